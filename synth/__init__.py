@@ -1,0 +1,1 @@
+"""Synthetic data: generation engine, verifiable generators and verifiers, long-CoT cold-start builder."""

@@ -1,0 +1,9 @@
+"""`q3 synth <verb>`: synthetic generation, verifiable RL pairs, long-CoT cold start."""
+
+from q3.cli import verb
+
+VERBS = {
+    "run": verb("synth.engine:cli", "Generate synthetic data from templates against an endpoint (Spark or local)."),
+    "verifiable": verb("synth.generators:cli", "Emit programmatic RL query-verifier pairs (math, code, logic)."),
+    "coldstart": verb("synth.coldstart:cli", "Build the filtered long-CoT cold-start SFT set."),
+}

@@ -1,0 +1,4 @@
+"""megatron-core Qwen3 trainer (dense and MoE), checkpoints, HF export/import, generation, post-training.
+
+Never imports dataproc/ or pyspark: it meets the corpus through manifests and .bin/.idx files.
+"""

@@ -1,0 +1,1 @@
+"""Post-training: long-CoT SFT, GRPO with verifiers, strong-to-weak distillation."""
