@@ -19,6 +19,8 @@ class OcrConfig(Q3Config):
     refine_model: str | None = None     # None: same model
     max_tokens: int = 4096
     min_page_chars: int = 16            # fewer text-layer chars than this = no text layer
+    timeout_s: float = 120.0
+    cache_dir: str | None = None        # q3/llm.py on-disk cache: a rerun sends nothing again
 
 
 class InputSpec(Q3Config):
