@@ -149,6 +149,10 @@ def test_fifty_megabyte_document_is_one_row(tmp_path, sample_docs):
     assert t.num_rows == 2 and t.column("n_chars").to_pylist() == [50_000_000, 5]
     t = read_all(tmp_path / "big.txt")
     assert t.num_rows == 1 and t.column("n_chars")[0].as_py() == 50_000_000
+    # downstream, normalise rejects it per config instead of truncating or crashing
+    from dataproc.stages.normalise import NormaliseStage
+    out = NormaliseStage()(t.to_batches()[0]).to_pylist()[0]
+    assert out["reason"] == "too_long" and out["stage"] == "normalise"
 
 
 def test_parquet(tmp_path, some_docs):
