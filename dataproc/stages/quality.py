@@ -181,9 +181,10 @@ class QualityStage:
             for k, _ in self.ngram_dup:
                 q[f"dup_{k}gram_frac"] = 0.0
             return
-        arr = np.asarray(words)
-        ids = np.unique(arr, return_inverse=True)[1].astype(np.uint64).ravel() + np.uint64(1)
-        wlen = np.char.str_len(arr).astype(np.int64)
+        # word ids = Python's string hash (cached on the str, computed in C); 64-bit, so
+        # collisions are negligible for documents of any realistic size
+        ids = np.fromiter(map(hash, words), np.int64, n).view(np.uint64)
+        wlen = np.fromiter(map(len, words), np.int64, n)
         csum = np.concatenate(([0], np.cumsum(wlen)))
         h = ids.copy()
         # Unsegmented scripts: tokens are characters, so an n-word gram spans ~scale*n tokens.
@@ -201,12 +202,19 @@ class QualityStage:
                 h = h[:-1] * _PRIME + ids[k - 1:]          # hash of the gram starting at each position
                 if k not in top and k not in dup:
                     continue
-                _, first, inverse, counts = np.unique(h, return_index=True, return_inverse=True,
-                                                         return_counts=True)
+                # one stable sort groups equal grams; within a group the first element is the
+                # gram's first occurrence, every other element a repeat
+                order = np.argsort(h, kind="stable")
+                hs = h[order]
+                starts_mask = np.empty(len(h), np.bool_)
+                starts_mask[0] = True
+                np.not_equal(hs[1:], hs[:-1], out=starts_mask[1:])
                 if k in top:
                     name, thr = top[k]
+                    starts = np.flatnonzero(starts_mask)
+                    counts = np.diff(starts, append=len(h))
                     best = int(np.argmax(counts))
-                    pos = int(first[best])
+                    pos = int(order[starts[best]])
                     frac = float((csum[pos + k] - csum[pos]) * counts[best]) / n_text
                     q[f"top_{name}gram_frac"] = frac
                     if frac > thr:
@@ -214,7 +222,7 @@ class QualityStage:
                 if k in dup:
                     name, thr = dup[k]
                     # Gopher: characters inside any repeated occurrence of an n-gram (each once).
-                    repeat = np.nonzero(first[inverse] != np.arange(len(h)))[0]
+                    repeat = order[~starts_mask]
                     if len(repeat):
                         cover = np.zeros(n + 1, np.int32)
                         np.add.at(cover, repeat, 1)
