@@ -46,7 +46,7 @@ _UNSEG_CHARS = ("\u0e00-\u0e7f\u0e80-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17
 # Tokens: word (letters/digits, with inner ' - ’) or a run of symbols. Unsegmented scripts: one char.
 _TOKENS = re.compile(r"(\w+(?:['’\-]\w+)*)|[^\w\s]+")
 _TOKENS_UNSEG = re.compile(rf"([{_UNSEG_CHARS}]|[^\W{_UNSEG_CHARS}]+(?:['’\-][^\W{_UNSEG_CHARS}]+)*)|[^\w\s]+")
-_HAS_ALPHA = re.compile(r"[^\W\d_]")
+_NUMERIC_TOKEN = re.compile(r"(?<!\S)[\d_]+(?:['’\-][\d_]+)*(?!\S)")
 _ALPHA_WS_WORD = re.compile(r"\S*[^\W\d_]\S*")
 _PARA_SPLIT = re.compile(r"\n{2,}")
 _LINE_SPLIT = re.compile(r"\n+")
@@ -110,7 +110,8 @@ class QualityStage:
         n_lines = max(len(lines), 1)
         q["n_lines"] = len(lines)
         if unseg:   # symbols are covered by their own rules; count letters among real tokens
-            q["alpha_word_ratio"] = sum(1 for w in words if _HAS_ALPHA.search(w)) / max(n_words, 1)
+            numeric = len(_NUMERIC_TOKEN.findall(" ".join(words)))   # tokens without a letter
+            q["alpha_word_ratio"] = (n_words - numeric) / max(n_words, 1)
         else:   # Gopher's definition: whitespace-separated words holding at least one letter
             q["alpha_word_ratio"] = len(_ALPHA_WS_WORD.findall(text)) / max(len(text.split()), 1)
         q["mean_word_len"] = (sum(map(len, words)) / n_words) if n_words else 0.0
@@ -242,12 +243,13 @@ class QualityStage:
         tok = _TOKENS_UNSEG if unseg else None
         for line in lines:
             line = line.strip()
+            if c.remove_citations and "[" in line:
+                line = _CITATION.sub("", line)
+            # cheapest test first: most dropped lines lack terminal punctuation
+            if not line.endswith(_C4_END) or line.endswith("..."):
+                continue
             words = line.split()
             if len(line) > c.max_word_len and any(len(w) > c.max_word_len for w in words):
-                continue
-            if c.remove_citations:
-                line = _CITATION.sub("", line)
-            if not line.endswith(_C4_END) or line.endswith("..."):
                 continue
             n_words = sum(1 for t in tok.findall(line) if t) if tok is not None else len(words)
             if n_words < c.min_words_per_line:
