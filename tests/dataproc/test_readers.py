@@ -372,3 +372,22 @@ def test_ocr_end_to_end_through_q3_llm_against_a_local_server(tmp_path):
     assert t[0]["reason"] is None and t[0]["text"] == "Page text, refined"
     assert [p for p, _ in got] == ["/v1/chat/completions"] * 2
     assert got[0][1]["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/")
+
+
+@pytest.mark.parametrize("name", ["x.jsonl", "x.jsonl.gz", "x.jsonl.zst", "x.parquet", "x.warc.gz",
+                                  "x.wet", "x.pdf", "x.txt"])
+def test_garbage_in_any_format_becomes_rejected_rows(tmp_path, name):
+    import random
+
+    rnd = random.Random(name)
+    garbage = bytes(rnd.randrange(256) for _ in range(20_000))
+    (tmp_path / name).write_bytes(garbage)
+    t = rows(read_all(tmp_path / name))       # must not raise
+    assert t and all(r["reason"] is not None and r["stage"] == "read" for r in t)
+
+
+@pytest.mark.parametrize("name", ["e.jsonl", "e.jsonl.gz", "e.parquet", "e.warc.gz", "e.pdf", "e.txt"])
+def test_empty_file_in_any_format_is_one_rejected_row(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    t = rows(read_all(tmp_path / name))
+    assert [r["reason"] for r in t] == ["empty_file"]
