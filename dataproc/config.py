@@ -66,6 +66,9 @@ class GopherQualityConfig(Q3Config):
     max_bullet_lines_ratio: float | None = 0.9
     max_ellipsis_lines_ratio: float | None = 0.3
     min_alpha_words_ratio: float | None = 0.8     # words with at least one letter
+    # "whitespace": Gopher paper (whitespace-separated words); "tokens": datatrove (punctuation
+    # tokens count as words without a letter, so symbol-heavy technical text fails more often)
+    alpha_ratio_over: Literal["whitespace", "tokens"] = "whitespace"
     min_stop_words: int | None = 2                # only for languages with a stop-word list
 
 

@@ -54,10 +54,10 @@ _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 # C4's END_PUNCTUATION, plus the CJK/Arabic/Devanagari full stops so other languages can pass.
 _C4_END = (".", "?", "!", '"', "'", "。", "！", "？", "」", "』", "؟", "।", "۔", "॥")
-# FineWeb's stop chars (datatrove TERMINAL_PUNCTUATION, the common part).
-_FW_END = (".", "!", "?", "。", "！", "？", "؟", "।", "॥", "۔", "…", "‼", "⁇", "⁈", "⁉", "՜", "՞",
-           "։", "።", "፧", "፨", "჻", "᙮", "᠃", "᠉", "꓿", "꘎", "꘏", "꛳", "꛷", "︒", "﹒", "﹖", "﹗", "．", "｡",
-           '"', "'", "”", "’", "»", "」", "』", ")")
+# FineWeb's stop chars: sentence-final marks of many scripts (a subset of datatrove's
+# TERMINAL_PUNCTUATION; like it, no quotes, brackets or ellipsis).
+_FW_END = (".", "!", "?", "。", "！", "？", "؟", "।", "॥", "۔", "‼", "⁇", "⁈", "⁉", "։", "።", "፧", "፨", "᙮", "᠃", "᠉", "꓿", "꘎", "꘏", "꛳", "꛷", "﹒", "﹖", "﹗", "．", "｡",
+           "܀", "܁", "܂", "߹", "᥄", "᥅", "᱾", "᱿")
 _SENT_END = re.compile(r"[.!?。！？؟।]+(?=\s|$)")
 
 _PRIME = np.uint64(1_000_003)
@@ -87,6 +87,7 @@ class QualityStage:
         self.stop = {k: frozenset(w.lower() for w in v) for k, v in stop.items()}
         self.unseg = tuple(self.cfg.unsegmented_scripts)
         self.skip = tuple(self.cfg.skip_prefixes)
+        self.alpha_over_tokens = self.cfg.gopher_quality.alpha_ratio_over == "tokens"
         self.ngram_top = sorted(self.cfg.gopher_repetition.top_ngrams.items())
         self.ngram_dup = sorted(self.cfg.gopher_repetition.dup_ngrams.items())
 
@@ -109,9 +110,12 @@ class QualityStage:
         lines = text.splitlines()
         n_lines = max(len(lines), 1)
         q["n_lines"] = len(lines)
-        if unseg:   # symbols are covered by their own rules; count letters among real tokens
+        if unseg or self.alpha_over_tokens:
             numeric = len(_NUMERIC_TOKEN.findall(" ".join(words)))   # tokens without a letter
-            q["alpha_word_ratio"] = (n_words - numeric) / max(n_words, 1)
+            if unseg:   # symbols are covered by their own rules; count letters among real tokens
+                q["alpha_word_ratio"] = (n_words - numeric) / max(n_words, 1)
+            else:       # datatrove's variant: punctuation tokens count as words without a letter
+                q["alpha_word_ratio"] = (n_words - numeric) / n_tok
         else:   # Gopher's definition: whitespace-separated words holding at least one letter
             q["alpha_word_ratio"] = len(_ALPHA_WS_WORD.findall(text)) / max(len(text.split()), 1)
         q["mean_word_len"] = (sum(map(len, words)) / n_words) if n_words else 0.0
@@ -153,7 +157,8 @@ class QualityStage:
             self._repetition(text, n_text, words, q, failed, self.cfg.unsegmented_ngram_scale if unseg else 1)
         rewritten = self._c4(lines, unseg, q, failed) if "c4" in families else None
         if "fineweb" in families:
-            self._fineweb(text, lines, n_words, q, failed, unseg)
+            # FineWeb (datatrove) divides by all tokens, punctuation included
+            self._fineweb(text, lines, len(toks), q, failed, unseg)
         return q, failed, rewritten
 
     def _repetition(self, text: str, n_text: int, words: list[str], q: dict, failed: list,

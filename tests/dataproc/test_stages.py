@@ -123,6 +123,11 @@ def test_gopher_quality_rules(docs_by_lang):
     assert "gopher_bullet_lines" in [r for r, _ in q.measure(bullets, "eng_Latn")[1]]
     numbers = " ".join(str(i) for i in range(400)) + " " + " ".join(good.split()[:60])
     assert "gopher_alpha_words" in [r for r, _ in q.measure(numbers, "eng_Latn")[1]]
+    # symbol-heavy words: fine by the Gopher paper (whitespace words), not by datatrove's tokens
+    flags = good + "\n" + " ".join(f"--opt{i % 7}=x," for i in range(3 * len(good.split())))
+    assert "gopher_alpha_words" not in [r for r, _ in q.measure(flags, "eng_Latn")[1]]
+    q_tok = QualityStage(QualityConfig(enabled=["gopher_quality"], gopher_quality={"alpha_ratio_over": "tokens"}))
+    assert "gopher_alpha_words" in [r for r, _ in q_tok.measure(flags, "eng_Latn")[1]]
     # German text fails the English stop-word rule but passes with its own list
     de = _prose(docs_by_lang, "deu_Latn")
     assert "gopher_stop_words" in [r for r, _ in q.measure(de, "eng_Latn")[1]]
