@@ -33,6 +33,8 @@ class LangIdConfig(Q3Config):
     thresholds: dict[str, float] = Field(default_factory=dict)   # per `lang` code overrides
     keep_languages: list[str] | None = None   # None: every language in conf/languages.yaml
     max_chars: int = 2000               # LID looks at this many characters
+    registry: str | None = None         # language registry YAML; default conf/languages.yaml
+    passthrough_prefixes: list[str] = Field(default_factory=lambda: ["code_"])  # reader-set lang kept (code)
 
 
 class QualityConfig(Q3Config):
