@@ -58,6 +58,8 @@ class PipelineConfig(Q3Config):
     inputs: list[InputSpec] = Field(default_factory=list)
     output: str = "data/pipeline"
     runner: Literal["spark", "local"] = "spark"
+    chunk_files: int = Field(default=64, ge=1)   # files per resumable chunk (each commits atomically)
+    keep_parts: bool = False            # keep <output>.parts/ (per-chunk commits) after the final commit
     normalise: NormaliseConfig = Field(default_factory=NormaliseConfig)
     langid: LangIdConfig = Field(default_factory=LangIdConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
