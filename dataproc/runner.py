@@ -180,7 +180,8 @@ def read_output(path: str | Path, kind: str = "kept", columns: list[str] | None 
     t = pa.concat_tables(tables, promote_options="default")
     if columns is not None:
         t = t.select(columns)
-    return t.sort_by("id") if "id" in t.schema.names else t
+    keys = [(k, "ascending") for k in ("id", "url", "reason") if k in t.schema.names]
+    return t.sort_by(keys) if keys else t
 
 
 def part_counts(part: Path) -> dict[str, Any]:
