@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from q3 import paths
 from q3.config import ConfigError, Q3Config, load_yaml, validate
-from q3.paths import CONF_DIR
 
 
 class Language(Q3Config):
@@ -94,7 +94,7 @@ def parse_registry(data: dict, source: str = "languages.yaml") -> LanguageRegist
 
 @lru_cache(maxsize=8)
 def load_registry(path: str | None = None) -> LanguageRegistry:
-    p = Path(path) if path else CONF_DIR / "languages.yaml"
+    p = Path(path) if path else paths.CONF_DIR / "languages.yaml"   # read late: executors may move it
     if not p.is_file():
         raise ConfigError(f"language registry not found: {p}")
     return parse_registry(load_yaml(p), str(p))

@@ -95,8 +95,25 @@ def process_file(cfg: PipelineConfig, spec_index: int, path: str) -> Iterator[pa
         yield _finish(run(_read_error(path, spec.source or Path(spec.path).stem, e)))
 
 
-def process_paths(cfg_json: str, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _use_shipped_conf(archive: str | None) -> None:
+    """On an executor that imports the project from a --py-files zip there is no conf/ next to the
+    code: use the copy the driver shipped with SparkContext.addArchive (see _ship_conf)."""
+    from q3 import paths
+
+    if archive is None or (paths.CONF_DIR / "languages.yaml").is_file():
+        return
+    from pyspark import SparkFiles
+
+    shipped = Path(SparkFiles.get(archive))
+    if shipped.is_dir():
+        paths.CONF_DIR = shipped
+        os.environ["Q3_CONF"] = str(shipped)
+
+
+def process_paths(cfg_json: str, batches: Iterable[pa.RecordBatch],
+                  conf_archive: str | None = None) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: batches of (spec, path) -> stage outputs."""
+    _use_shipped_conf(conf_archive)
     cfg = PipelineConfig.model_validate_json(cfg_json)
     for b in batches:
         for row in b.to_pylist():
@@ -254,15 +271,42 @@ def _run_chunk_local(cfg: PipelineConfig, chunk: list[tuple[int, str]], tmp: Pat
     write_tables(outputs(), tmp)
 
 
+def _ship_conf(spark) -> str | None:
+    """Send conf/ (zipped) to every executor once per application: stages read it there (the
+    language registry). Returns the archive's name, which executors resolve with SparkFiles."""
+    import tempfile
+    import zipfile
+
+    from q3 import paths
+
+    sc = spark.sparkContext
+    if not paths.CONF_DIR.is_dir():
+        return None
+    if sc.applicationId not in _SHIPPED:
+        name = f"q3conf-{sc.applicationId}.zip"
+        dest = Path(tempfile.mkdtemp(prefix="q3conf-")) / name
+        with zipfile.ZipFile(dest, "w") as zf:
+            for f in sorted(paths.CONF_DIR.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f.relative_to(paths.CONF_DIR).as_posix())
+        sc.addArchive(str(dest))
+        _SHIPPED[sc.applicationId] = name
+    return _SHIPPED[sc.applicationId]
+
+
+_SHIPPED: dict[str, str] = {}
+
+
 def _run_chunk_spark(spark, cfg: PipelineConfig, chunk: list[tuple[int, str]], tmp: Path) -> None:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
+    archive = _ship_conf(spark)
     cfg_json = cfg.model_dump_json()
     n_parts = cfg.spark.partitions or max(1, min(len(chunk), spark.sparkContext.defaultParallelism * 2))
     paths = spark.createDataFrame([(i, p) for i, p in chunk], "spec int, path string").repartition(n_parts)
-    out = paths.mapInArrow(lambda it: process_paths(cfg_json, it), from_arrow_schema(STAGE_OUTPUT_SCHEMA))
+    out = paths.mapInArrow(lambda it: process_paths(cfg_json, it, archive), from_arrow_schema(STAGE_OUTPUT_SCHEMA))
     out = out.persist(StorageLevel.MEMORY_AND_DISK)   # written twice (kept, rejected): run the stages once
     try:
         (out.filter(F.col("reason").isNull()).drop(*REJECT_COLS)

@@ -77,8 +77,9 @@ def get_spark(app: str = "q3", conf: dict[str, Any] | None = None, master: str |
     settings.update(conf or {})
     submitted: set[str] = set()
     if under_submit:   # the submit command's --conf/--master/--*-memory are the user's explicit choice
-        from pyspark import SparkConf
+        from pyspark import SparkConf, SparkContext
 
+        SparkContext._ensure_initialized()   # attach to spark-submit's JVM so SparkConf sees its settings
         submitted = {k for k, _ in SparkConf().getAll()}
     for k, v in settings.items():
         if k not in submitted:

@@ -14,8 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):   # run as a file by spark-submit: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if __package__ in (None, ""):   # run as a file (spark-submit): the project comes from --py-files,
+    try:                        # or from the checkout this file lives in
+        import dataproc  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dataproc.config import PipelineConfig  # noqa: E402
 from q3.config import load_config  # noqa: E402
