@@ -213,7 +213,10 @@ class LangIdStage:
         cut = self.cfg.max_chars
         lines = [t[:cut].replace("\n", " ") for t in texts]
         labels, scores = predict(self.model, lines)
-        prior = batch.column("lang").to_pylist() if "lang" in batch.schema.names else [None] * len(texts)
+        # The reader's language, when it gave one: `lang` (jsonl lang_hint) or, with lang_from_path,
+        # the path's language in `detail` of a still-live row. Only pass-through kinds (code) use it.
+        prior = [a or b for a, b in zip(batch.column("lang").to_pylist(), batch.column("detail").to_pylist(),
+                                        strict=True)]
         passthrough = tuple(self.cfg.passthrough_prefixes)
 
         langs: list[str] = []
