@@ -106,8 +106,11 @@ def chinese_script(text: str) -> str:
     return "Hant" if t > s else "Hans"
 
 
-def dominant_script(text: str, candidates: tuple[str, ...]) -> str:
-    counts = [len(_SCRIPT_RE[s].findall(text)) for s in candidates]
+def dominant_script(text: str, candidates: tuple[str, ...], latin_discount: float = 0.25) -> str:
+    """The candidate script with most letters. Latin letters count `latin_discount` each: every
+    script's text carries Latin material (commands, names, URLs), so a Cyrillic Serbian man page
+    full of option names is still Cyrillic; a Latin text has next to no letters of the other script."""
+    counts = [len(_SCRIPT_RE[s].findall(text)) * (latin_discount if s == "Latn" else 1.0) for s in candidates]
     best = max(range(len(candidates)), key=lambda i: (counts[i], -i))
     return candidates[best]
 
