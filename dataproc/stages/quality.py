@@ -181,9 +181,9 @@ class QualityStage:
             for k, _ in self.ngram_dup:
                 q[f"dup_{k}gram_frac"] = 0.0
             return
-        vocab: dict[str, int] = {}
-        ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), np.uint64, n) + np.uint64(1)
-        wlen = np.fromiter(map(len, words), np.int64, n)
+        arr = np.asarray(words)
+        ids = np.unique(arr, return_inverse=True)[1].astype(np.uint64).ravel() + np.uint64(1)
+        wlen = np.char.str_len(arr).astype(np.int64)
         csum = np.concatenate(([0], np.cumsum(wlen)))
         h = ids.copy()
         # Unsegmented scripts: tokens are characters, so an n-word gram spans ~scale*n tokens.
@@ -235,7 +235,7 @@ class QualityStage:
         for line in lines:
             line = line.strip()
             words = line.split()
-            if any(len(w) > c.max_word_len for w in words):
+            if len(line) > c.max_word_len and any(len(w) > c.max_word_len for w in words):
                 continue
             if c.remove_citations:
                 line = _CITATION.sub("", line)
