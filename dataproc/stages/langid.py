@@ -93,17 +93,13 @@ _SIMP_TRAD = (
     "题題额額饭飯馆館验驗鲜鮮鸡雞黄黃龄齡壳殼参參档檔软軟杂雜认認")
 SIMPLIFIED_ONLY = frozenset(_SIMP_TRAD[0::2])
 TRADITIONAL_ONLY = frozenset(_SIMP_TRAD[1::2])
+_SIMP_RE = re.compile("[" + "".join(sorted(SIMPLIFIED_ONLY)) + "]")   # C-speed counting, not a char loop
+_TRAD_RE = re.compile("[" + "".join(sorted(TRADITIONAL_ONLY)) + "]")
 
 
 def chinese_script(text: str) -> str:
     """'Hant' if Traditional-only characters outnumber Simplified-only ones, else 'Hans'."""
-    s = t = 0
-    for ch in text:
-        if ch in SIMPLIFIED_ONLY:
-            s += 1
-        elif ch in TRADITIONAL_ONLY:
-            t += 1
-    return "Hant" if t > s else "Hans"
+    return "Hant" if len(_TRAD_RE.findall(text)) > len(_SIMP_RE.findall(text)) else "Hans"
 
 
 def dominant_script(text: str, candidates: tuple[str, ...], latin_discount: float = 0.25) -> str:
@@ -169,14 +165,18 @@ class LangIdStage:
             code = next(lg.code for lg in registry.languages if lg.lid176 == lab)
             self._default[lab] = code if iso not in CHINESE else f"{iso}_Hans"
         self._fixed: dict[str, str | None] = {}   # label -> lang when no text is needed (None: it is)
+        self._thr: dict[str, float] = {}
 
     @property
     def model(self):
         return load_model(self.model_path)
 
     def threshold(self, lang: str) -> float:
-        t = self.cfg.thresholds
-        return t.get(lang, t.get(lang.split("_")[0], self.cfg.default_threshold))
+        thr = self._thr.get(lang)
+        if thr is None:
+            t = self.cfg.thresholds
+            thr = self._thr[lang] = t.get(lang, t.get(lang.split("_")[0], self.cfg.default_threshold))
+        return thr
 
     def resolve(self, label: str, text: str) -> str:
         """fastText label (+ the text, for the script) -> `lang`."""
@@ -225,24 +225,25 @@ class LangIdStage:
         langs: list[str] = []
         reasons: list[str | None] = []
         details: list[str | None] = []
+        check_prior = bool(passthrough) and any(prior)
+        resolve, threshold, targets = self.resolve, self.threshold, self.targets
         for i, label in enumerate(labels):
-            if passthrough and prior[i] and prior[i].startswith(passthrough):
+            if check_prior and prior[i] and prior[i].startswith(passthrough):
                 langs.append(prior[i])     # e.g. code_Python set by the reader: LID says nothing useful
                 scores[i] = 1.0
                 reasons.append(None)
                 details.append(None)
                 continue
-            lang = self.resolve(label, lines[i]) if label else UNKNOWN_LANG
+            lang = resolve(label, lines[i]) if label else UNKNOWN_LANG
             langs.append(lang)
             score = scores[i]
-            top = label.removeprefix("__label__")
-            thr = self.threshold(lang)
+            thr = threshold(lang)
             if score < thr:
                 reasons.append("lang_low_confidence")
-                details.append(f"top={top} ({lang}) score={score:.3f} < threshold {thr:g}")
-            elif lang not in self.targets:
+                details.append(f"top={label.removeprefix('__label__')} ({lang}) score={score:.3f} < threshold {thr:g}")
+            elif lang not in targets:
                 reasons.append("lang_not_targeted")
-                details.append(f"top={top} ({lang}) score={score:.3f}")
+                details.append(f"top={label.removeprefix('__label__')} ({lang}) score={score:.3f}")
             else:
                 reasons.append(None)
                 details.append(None)
