@@ -53,6 +53,8 @@ class LangIdConfig(Q3Config):
     thresholds: dict[str, float] = Field(default_factory=dict)   # per `lang` code overrides
     keep_languages: list[str] | None = None   # None: every language in conf/languages.yaml
     max_chars: int = 2000               # LID looks at this many characters
+    registry: str | None = None         # language registry YAML; default conf/languages.yaml
+    passthrough_prefixes: list[str] = Field(default_factory=lambda: ["code_"])  # reader-set lang kept (code)
 
 
 class GopherQualityConfig(Q3Config):
@@ -145,6 +147,8 @@ class PipelineConfig(Q3Config):
     inputs: list[InputSpec] = Field(default_factory=list)
     output: str = "data/pipeline"
     runner: Literal["spark", "local"] = "spark"
+    chunk_files: int = Field(default=64, ge=1)   # files per resumable chunk (each commits atomically)
+    keep_parts: bool = False            # keep <output>.parts/ (per-chunk commits) after the final commit
     normalise: NormaliseConfig = Field(default_factory=NormaliseConfig)
     langid: LangIdConfig = Field(default_factory=LangIdConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
