@@ -22,8 +22,15 @@ import torch
 
 from q3.config import ConfigError, Q3Config, load_config
 from q3.log import get_logger
-from train.sampling import (END_THINK_ID, THINK_ID, THINKING_BUDGET_TEXT, SamplingParams, ThinkingBudget,
-                            preset_for, sample)
+from train.sampling import (
+    END_THINK_ID,
+    THINK_ID,
+    THINKING_BUDGET_TEXT,
+    SamplingParams,
+    ThinkingBudget,
+    preset_for,
+    sample,
+)
 
 log = get_logger("train.generate")
 ENDOFTEXT_ID, IM_END_ID = 151643, 151645
