@@ -4,7 +4,7 @@ Layout of a run directory (what `q3 train export-hf` and the next stage read):
 
     <out_dir>/checkpoints/latest                 text: the newest complete iteration dir name
     <out_dir>/checkpoints/iter_0000020/          megatron dist_checkpointing (torch_dist format):
-        metadata.json, common.pt, *.distcp        sharded model ("model.*") + optimizer state
+        metadata.json, common.pt, *.distcp        sharded model + optimizer state, megatron-LM key layout
         q3_meta.json                             ModelConfig, stage, seq_length, rope_base, yarn,
                                                  step, consumed_samples, lr schedule, parallel
         rng/rank_<r>.pt                          per-rank torch RNG state
@@ -76,7 +76,7 @@ def save(ckpt_root: str | Path, step: int, model, optimizer, meta: dict) -> Path
             shutil.rmtree(out)
         out.mkdir(parents=True)
     _barrier()
-    model_sd = _unwrap(model).sharded_state_dict(prefix="model.")
+    model_sd = _unwrap(model).sharded_state_dict()
     sd = {"model": model_sd}
     if optimizer is not None:
         sd["optimizer"] = optimizer.sharded_state_dict(model_sd)
@@ -100,7 +100,7 @@ def load(ckpt: str | Path, model, optimizer=None, load_rng: bool = True) -> dict
 
     ckpt = Path(ckpt)
     inner = _unwrap(model)
-    model_sd = inner.sharded_state_dict(prefix="model.")
+    model_sd = inner.sharded_state_dict()
     sd = {"model": model_sd}
     if optimizer is not None:
         sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True)

@@ -18,6 +18,7 @@ fresh optimizer and schedule), S3 likewise from S2 with its manifest's seq lengt
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -70,6 +71,11 @@ class RouterStats:
                      if getattr(r, "global_tokens_per_expert", None) is not None]
         self.ga_steps = [float(r.ga_steps) for r in self.routers if getattr(r, "ga_steps", None) is not None]
 
+    def counters_now(self) -> float:
+        """Sum of the live global-LBL counters (0 right after a step's reset)."""
+        return float(sum(r.global_tokens_per_expert.sum() for r in self.routers
+                         if getattr(r, "global_tokens_per_expert", None) is not None))
+
     def summary(self) -> dict[str, float]:
         if not self.last:
             return {}
@@ -77,7 +83,9 @@ class RouterStats:
         frac = loads / loads.sum(-1, keepdim=True).clamp(min=1)
         ent = -(frac * frac.clamp(min=1e-12).log()).sum(-1) / math.log(loads.shape[-1])
         return {"moe/max_over_mean_load": float((loads.max(-1).values / loads.mean(-1).clamp(min=1e-9)).mean()),
-                "moe/load_entropy": float(ent.mean())}
+                "moe/load_entropy": float(ent.mean()),
+                "moe/step_routed_tokens": float(loads[0].sum()),     # layer 0: tokens x top-k, all DP ranks
+                "moe/step_microbatches": self.ga_steps[0] if self.ga_steps else 0.0}
 
 
 class LossGuard:
@@ -135,6 +143,8 @@ def run(cfg: TrainConfig) -> dict:
     rank = torch.distributed.get_rank()
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     out_dir = Path(cfg.out_dir or runs_dir() / stage.lower())
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = out_dir / "checkpoints"
 
     # model ------------------------------------------------------------------------
@@ -230,7 +240,8 @@ def run(cfg: TrainConfig) -> dict:
 
     history = []
     t_log = time.time()
-    while step < cfg.train_steps:
+    stop_at = min(cfg.train_steps, cfg.stop_after or cfg.train_steps)
+    while step < stop_at:
         lr = sched(step)
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -265,16 +276,21 @@ def run(cfg: TrainConfig) -> dict:
         rs = stats.summary()
         row = {"step": step, "loss": loss, "lr": lr, "grad_norm": float(grad_norm or 0.0), "tokens_per_s": tps,
                "mfu": mfu, "skipped": int(why is not None), **rs}
+        if stats.routers:
+            row["moe/counters_after_step"] = stats.counters_now()
         history.append(row)
+        if rank == 0:
+            with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
         if rank == 0 and (step % cfg.log_interval == 0 or step == cfg.train_steps):
-            extra = " ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in rs.items())
+            extra = " ".join(f"{k.split('/')[-1]}={rs[k]:.3f}" for k in ("moe/max_over_mean_load", "moe/load_entropy") if k in rs)
             log.info("%s step %d/%d loss %.4f lr %.2e gnorm %.3f tok/s %.0f mfu %.2e %s",
                      stage, step, cfg.train_steps, loss, lr, row["grad_norm"], tps, mfu, extra)
             if writer is not None:
                 for k, v in row.items():
                     if k != "step":
                         writer.add_scalar(k if "/" in k else f"train/{k}", v, step)
-        if (cfg.save_interval and step % cfg.save_interval == 0) or step == cfg.train_steps:
+        if (cfg.save_interval and step % cfg.save_interval == 0) or step == stop_at:
             ckpt.save(ckpt_root, step, ddp, optimizer, meta_dict())
     elapsed = time.time() - t_log
     if writer is not None:
