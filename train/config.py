@@ -130,7 +130,8 @@ class TrainConfig(Q3Config):
     rope_base: float | None = None       # defaults to the manifest's
     micro_batch_size: int = 2
     global_batch_size: int = 8           # sequences per optimizer step over all DP ranks
-    train_steps: int = 100
+    train_steps: int = 100               # the stage's length (schedule horizon)
+    stop_after: int | None = None        # stop (and checkpoint) at this step; rerun to resume
     seed: int = 1234
     out_dir: str | None = None           # run directory (default runs/<stage>)
     load: str | None = None              # checkpoint dir to resume or to start the stage from
