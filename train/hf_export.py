@@ -35,7 +35,8 @@ from train.config import ModelConfig, load_model_config
 
 log = get_logger("train.hf_export")
 
-# Side file that records which model shape (and RoPE base) a checkpoint holds.
+# Side file that records which model shape (and RoPE base) a checkpoint holds: the trainer's
+# q3_meta.json (train.checkpoint.META); q3_model.json is accepted for hand-made checkpoints.
 MODEL_SIDECAR = "q3_model.json"
 # Qwen3 special tokens (DESIGN.md): <|endoftext|>, <|im_end|>.
 ENDOFTEXT_ID, IM_END_ID = 151643, 151645
@@ -47,7 +48,8 @@ class ExportConfig(Q3Config):
     out_dir: str                        # HF folder to write
     model: str | None = None            # conf/model name or YAML; default: the checkpoint's sidecar
     rope_base: float | None = None      # default: sidecar's (S3 stores 1e6), else the model's
-    yarn: bool = False                  # write rope_scaling YaRN (model.yarn) for 4x context
+    yarn: bool | None = None            # rope_scaling YaRN (model.yarn, 4x context); None: on iff
+                                        # rope_base >= 1e6 (an S3 / ABF long-context checkpoint)
     dtype: str = "float32"              # float32 | bfloat16 (safetensors dtype)
     preset: str = "thinking"            # sampling preset written to generation_config.json
 
@@ -234,8 +236,13 @@ def hf_to_megatron(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
 # ---------------------------------------------------------------- megatron checkpoints
 
 def find_dist_checkpoint(path: str | Path) -> Path:
-    """The dist-checkpoint directory at `path`: itself, its latest `iter_*`/`step_*` subdir,
-    or the dir named by a `latest` / `latest_checkpointed_iteration.txt` file."""
+    """The dist-checkpoint directory at `path`: the trainer's latest complete checkpoint of a run
+    dir (train.checkpoint layout), the dir itself, or the one named by a `latest` file."""
+    from train.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(path)
+    if found is not None:
+        return found
     p = Path(path)
     if (p / "metadata.json").is_file():
         return p
@@ -258,7 +265,7 @@ def find_dist_checkpoint(path: str | Path) -> Path:
 def read_sidecar(ckpt: Path) -> dict:
     """Model info saved next to a checkpoint (by import-hf or the trainer), searching upwards."""
     for d in (ckpt, *ckpt.parents[:3]):
-        for name in (MODEL_SIDECAR, "model_config.json"):
+        for name in ("q3_meta.json", MODEL_SIDECAR):
             f = d / name
             if f.is_file():
                 return json.loads(f.read_text())
@@ -310,15 +317,16 @@ def load_megatron(ckpt_dir: str | Path, cfg: ModelConfig | None = None, rope_bas
     return model, cfg, float(rope_base)
 
 
-def save_megatron(model, cfg: ModelConfig, out_dir: str | Path, rope_base: float | None = None) -> Path:
-    """Write `model` as a megatron-core dist checkpoint (+ sidecar) at out_dir (single process)."""
-    from megatron.core import dist_checkpointing
+def save_megatron(model, cfg: ModelConfig, out_dir: str | Path, rope_base: float | None = None,
+                  stage: str = "import") -> Path:
+    """Write `model` as a trainer checkpoint (train.checkpoint layout, step 0, no optimizer) that
+    `q3 train pretrain load=out_dir finetune=true` starts from."""
+    from train import checkpoint
 
-    with atomic_dir(out_dir, {"model": cfg.name}) as tmp:
-        dist_checkpointing.save(model.sharded_state_dict(), str(tmp))
-        sidecar = {"model": cfg.model_dump(mode="json"), "rope_base": rope_base or cfg.rope_base}
-        (tmp / MODEL_SIDECAR).write_text(json.dumps(sidecar, indent=2))
-    return Path(out_dir)
+    rope = float(rope_base or cfg.rope_base)
+    meta = {"model": cfg.model_dump(mode="json"), "stage": stage, "seq_length": cfg.max_position_embeddings,
+            "rope_base": rope, "yarn": cfg.yarn.model_dump(), "step": 0, "consumed_samples": 0}
+    return checkpoint.save(out_dir, 0, model, None, meta)
 
 
 # ---------------------------------------------------------------- HF folders
@@ -378,10 +386,12 @@ def read_hf_folder(hf_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def export_hf(load: str | Path, out_dir: str | Path, model: str | None = None, rope_base: float | None = None,
-              yarn: bool = False, dtype: str = "float32", preset: str = "thinking") -> dict:
+              yarn: bool | None = None, dtype: str = "float32", preset: str = "thinking") -> dict:
     t0 = time.time()
     cfg = load_model_config(model) if model else None
     m, cfg, rope = load_megatron(load, cfg, rope_base)
+    if yarn is None:
+        yarn = rope >= 1e6
     meta = write_hf_folder(m, cfg, out_dir, rope, yarn, dtype, preset)
     meta.update(seconds=round(time.time() - t0, 2), rope_base=rope, out_dir=str(out_dir))
     return meta

@@ -2,10 +2,9 @@
 random weights, reference logits from the distributed megatron forward, a dist checkpoint.
 
     torchrun --nproc_per_node=2 tests/train/ep_worker.py OUT_DIR
-writes OUT_DIR/ckpt (megatron dist checkpoint + q3_model.json), OUT_DIR/tokens.pt, OUT_DIR/logits.pt
+writes OUT_DIR/ckpt (train.checkpoint layout: latest, iter_0000001/), OUT_DIR/tokens.pt, OUT_DIR/logits.pt
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -13,11 +12,10 @@ import torch
 
 
 def main(out: Path) -> None:
-    from megatron.core import dist_checkpointing
     from megatron.core import parallel_state as ps
 
+    from train import checkpoint
     from train.config import load_model_config
-    from train.hf_export import MODEL_SIDECAR
     from train.model import build_model, destroy_parallel, forward_logits, init_parallel
 
     init_parallel(ep=2, seed=7)
@@ -40,14 +38,12 @@ def main(out: Path) -> None:
     tokens = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         logits = forward_logits(model, tokens)
-    ckpt = out / "ckpt"
+    # the trainer's checkpoint writer (all ranks), as `q3 train pretrain` saves under EP=2
+    meta = {"model": cfg.model_dump(mode="json"), "stage": "ep2-test", "seq_length": 64,
+            "rope_base": cfg.rope_base, "yarn": cfg.yarn.model_dump(), "step": 1, "consumed_samples": 0,
+            "parallel": {"expert_model_parallel_size": 2}}
+    checkpoint.save(out / "ckpt", 1, model, None, meta)
     if rank == 0:
-        ckpt.mkdir(parents=True, exist_ok=True)
-    torch.distributed.barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(ckpt))
-    if rank == 0:
-        (ckpt / MODEL_SIDECAR).write_text(json.dumps({"model": cfg.model_dump(mode="json"),
-                                                      "rope_base": cfg.rope_base, "saved_with": {"ep": 2}}))
         torch.save(tokens, out / "tokens.pt")
         torch.save(logits, out / "logits.pt")
     torch.distributed.barrier()
