@@ -229,12 +229,14 @@ class JsonDecoder:
     def force(self, text_or_ids) -> None:
         self.ids += self.tok.encode(text_or_ids) if isinstance(text_or_ids, str) else list(text_or_ids)
 
-    def pick(self, allowed: list[int]) -> int:
+    def pick(self, allowed: list[int] | torch.Tensor) -> int:
         if len(allowed) == 1:
-            t = allowed[0]
+            t = int(allowed[0])
         else:
             logits = self.lm.next_logits(self.ids)[: self.tok.vocab_size]
-            t = sample(logits, self.ids[self.n0:], self.p, self.g, torch.tensor(sorted(set(allowed))))
+            if not isinstance(allowed, torch.Tensor):
+                allowed = torch.tensor(sorted(set(allowed)))
+            t = sample(logits, self.ids[self.n0:], self.p, self.g, allowed)
         self.ids.append(t)
         return t
 
@@ -325,11 +327,11 @@ class JsonDecoder:
     def string(self, s: dict, delim: list[int]) -> None:
         max_tokens = int(s.get("maxLength", 16))
         self.force('"')
-        safe = self.tok.string_safe
-        allowed_idx = torch.nonzero(safe).flatten().tolist()
+        safe = torch.nonzero(self.tok.string_safe).flatten()
+        safe_or_end = torch.cat([safe, torch.tensor([self.quote])])
         n = 0
         while n < max_tokens:
-            t = self.pick(allowed_idx + ([self.quote] if n >= int(s.get("minLength", 1)) else []))
+            t = self.pick(safe_or_end if n >= int(s.get("minLength", 1)) else safe)
             if t == self.quote:
                 self.ids.pop()
                 break

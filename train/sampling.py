@@ -41,47 +41,50 @@ def preset_for(thinking: bool) -> SamplingParams:
     return PRESETS["thinking" if thinking else "non_thinking"]
 
 
-def process_logits(logits: torch.Tensor, generated: list[int], p: SamplingParams) -> torch.Tensor:
-    """Log-probabilities [vocab] after presence penalty, temperature, top-k and top-p.
+def candidates(logits: torch.Tensor, generated: list[int], p: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, log-probabilities) that survive presence penalty, temperature, top-k, top-p.
 
     Presence penalty (OpenAI semantics): subtract `presence_penalty` once from the logit of every
-    token that already occurs in the generated text. Filtered-out tokens get -inf.
+    token already in the generated text. top-k runs first (a partial sort of the vocabulary),
+    then top-p keeps the smallest prefix of the k whose probability mass reaches top_p.
     """
-    x = logits.detach().float().clone()
+    x = logits.detach().float()
     if p.presence_penalty and generated:
+        x = x.clone()
         seen = torch.tensor(sorted(set(generated)), dtype=torch.long)
-        seen = seen[seen < x.numel()]
-        x[seen] -= p.presence_penalty
+        x[seen[seen < x.numel()]] -= p.presence_penalty
     if p.temperature <= 0:                       # greedy
-        out = torch.full_like(x, float("-inf"))
-        out[x.argmax()] = 0.0
-        return out
-    x = x / p.temperature
-    if 0 < p.top_k < x.numel():
-        kth = torch.topk(x, p.top_k).values[-1]
-        x[x < kth] = float("-inf")
+        return x.argmax().view(1), torch.zeros(1)
+    k = p.top_k if 0 < p.top_k < x.numel() else x.numel()
+    vals, idx = torch.topk(x, k)                 # sorted, descending
+    vals = vals / p.temperature
     if 0 < p.top_p < 1:
-        sorted_x, idx = torch.sort(x, descending=True)
-        probs = torch.softmax(sorted_x, dim=-1)
-        cum = probs.cumsum(-1)
-        drop = cum - probs > p.top_p             # keep the smallest prefix whose mass reaches top_p
-        sorted_x[drop] = float("-inf")
-        x = torch.full_like(x, float("-inf")).scatter(0, idx, sorted_x)
-    return torch.log_softmax(x, dim=-1)
+        probs = torch.softmax(vals, dim=-1)
+        keep = probs.cumsum(-1) - probs < p.top_p
+        vals, idx = vals[keep], idx[keep]
+    return idx, torch.log_softmax(vals, dim=-1)
+
+
+def process_logits(logits: torch.Tensor, generated: list[int], p: SamplingParams) -> torch.Tensor:
+    """Log-probabilities over the whole vocabulary (-inf where filtered out)."""
+    idx, lp = candidates(logits, generated, p)
+    return torch.full((logits.numel(),), float("-inf")).scatter(0, idx, lp)
 
 
 def sample(logits: torch.Tensor, generated: list[int], p: SamplingParams,
            generator: torch.Generator | None = None, allowed: torch.Tensor | None = None) -> int:
-    """One token id. `allowed` (bool [vocab] or index tensor) restricts the choice (constrained
-    decoding); the restriction is applied before top-k/top-p so that they rank allowed tokens."""
+    """One token id. `allowed` (index tensor) restricts the choice (constrained decoding); the
+    restriction is applied before top-k/top-p so that they rank allowed tokens only."""
     if allowed is not None:
-        mask = torch.full_like(logits, float("-inf"), dtype=torch.float32)
-        mask[allowed] = 0.0
-        logits = logits.float() + mask
-    lp = process_logits(logits, generated, p)
-    if not torch.isfinite(lp).any():
+        masked = torch.full((logits.numel(),), float("-inf"))
+        masked[allowed] = logits.detach().float()[allowed]
+        logits = masked
+    idx, lp = candidates(logits, generated, p)
+    finite = torch.isfinite(lp)
+    if not finite.any():
         return int(logits.argmax())
-    return int(torch.multinomial(lp.exp(), 1, generator=generator))
+    idx, lp = idx[finite], lp[finite]
+    return int(idx[torch.multinomial(lp.exp(), 1, generator=generator)])
 
 
 class ThinkingBudget:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_export import tiny_checkpoint_and_export
 
 from train.config import load_model_config
 from train.hf_export import (
@@ -19,9 +20,8 @@ from train.hf_export import (
     load_megatron,
     megatron_to_hf,
     read_hf_folder,
-    save_megatron,
 )
-from train.model import build_model, forward_logits, init_parallel
+from train.model import forward_logits
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,25 +35,10 @@ def _load_hf(path):
     return model.eval()
 
 
-def _random_model(name: str, seed: int = 0):
-    """A tiny model whose every weight is perturbed (norm weights are all ones at init, which
-    would hide a wrong norm mapping)."""
-    init_parallel()
-    cfg = load_model_config(name)
-    torch.manual_seed(seed)
-    model = build_model(cfg, seq_length=64)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval(), cfg
-
-
 @pytest.fixture(scope="module", params=["tiny_dense", "tiny_moe"])
 def exported(request, tmp_path_factory):
-    model, cfg = _random_model(request.param)
     d = tmp_path_factory.mktemp(request.param)
-    save_megatron(model, cfg, d / "ckpt")
-    meta = export_hf(d / "ckpt", d / "hf")
+    model, cfg, _, _, meta = tiny_checkpoint_and_export(d, request.param)
     return model, cfg, d, meta
 
 
