@@ -363,6 +363,7 @@ def write_hf_folder(model, cfg: ModelConfig, out_dir: str | Path, rope_base: flo
     meta = {"model": cfg.name, "tensors": len(tensors), "params": n_params}
     with atomic_dir(out_dir, meta) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "model.safetensors").chmod(0o644)        # safetensors creates it owner-only
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, rope_base, yarn, dtype), indent=2))
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(preset), indent=2))
         for f in TOKENIZER_FILES:
