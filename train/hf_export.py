@@ -48,8 +48,9 @@ class ExportConfig(Q3Config):
     out_dir: str                        # HF folder to write
     model: str | None = None            # conf/model name or YAML; default: the checkpoint's sidecar
     rope_base: float | None = None      # default: sidecar's (S3 stores 1e6), else the model's
-    yarn: bool | None = None            # rope_scaling YaRN (model.yarn, 4x context); None: on iff
-                                        # rope_base >= 1e6 (an S3 / ABF long-context checkpoint)
+    yarn: bool = False                  # write rope_scaling YaRN (model.yarn, 4x context). Off by
+    # default, like the published Qwen3 configs: YaRN rescales the rotary frequencies, so the
+    # logits then differ from the trainer's by design; turn it on for inputs beyond the trained length.
     dtype: str = "float32"              # float32 | bfloat16 (safetensors dtype)
     preset: str = "thinking"            # sampling preset written to generation_config.json
 
@@ -307,7 +308,9 @@ def load_megatron(ckpt_dir: str | Path, cfg: ModelConfig | None = None, rope_bas
     prefix = _key_prefix(ckpt)
     sharded = model.sharded_state_dict(prefix=prefix)
     loaded = dist_checkpointing.load(sharded, str(ckpt))
-    state = {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)}
+    # load() also merges the checkpoint's common (non-sharded) state, e.g. the optimizer's: keep ours
+    wanted = set(model.state_dict())
+    state = {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix) and k[len(prefix):] in wanted}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
@@ -387,12 +390,10 @@ def read_hf_folder(hf_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def export_hf(load: str | Path, out_dir: str | Path, model: str | None = None, rope_base: float | None = None,
-              yarn: bool | None = None, dtype: str = "float32", preset: str = "thinking") -> dict:
+              yarn: bool = False, dtype: str = "float32", preset: str = "thinking") -> dict:
     t0 = time.time()
     cfg = load_model_config(model) if model else None
     m, cfg, rope = load_megatron(load, cfg, rope_base)
-    if yarn is None:
-        yarn = rope >= 1e6
     meta = write_hf_folder(m, cfg, out_dir, rope, yarn, dtype, preset)
     meta.update(seconds=round(time.time() - t0, 2), rope_base=rope, out_dir=str(out_dir))
     return meta

@@ -165,3 +165,30 @@ def test_export_from_expert_parallel_checkpoint(tmp_path):
     _, t = read_hf_folder(tmp_path / "hf")
     stds = [t[f"model.layers.0.mlp.experts.{n}.down_proj.weight"].std().item() for n in range(8)]
     assert min(stds[4:]) > 1.5 * max(stds[:4])
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_export_of_trainer_run_under_ep2(tmp_path, dev_manifests, tiny):
+    """A real `train.pretrain` run (tiny MoE, S3 manifest: RoPE base 1e6) under torchrun with
+    expert parallelism 2: the export of its run dir matches the trainer's forward."""
+    from train.checkpoint import load_model
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", Q3_PROGRESS="0")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "train.pretrain", f"out_dir={tmp_path / 'run'}", "tensorboard=false", *tiny,
+           f"manifest={dev_manifests['S3']}", "train_steps=2", "parallel.expert_model_parallel_size=2"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = export_hf(tmp_path / "run", tmp_path / "hf")
+    assert meta["rope_base"] == 1e6
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["rope_theta"] == 1e6
+    model, cfg, ckmeta = load_model(tmp_path / "run")
+    assert ckmeta["parallel"]["expert_model_parallel_size"] == 2
+    tokens = torch.randint(0, cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = forward_logits(model, tokens)
+        out = _load_hf(tmp_path / "hf")(input_ids=tokens).logits
+    assert (out - ref).abs().max().item() < 1e-4
