@@ -62,8 +62,14 @@ def destroy_parallel() -> None:
         torch.distributed.destroy_process_group()
 
 
-def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, ep: int = 1):
-    """The megatron `TransformerConfig` that encodes a Qwen3 shape."""
+def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, ep: int = 1, dp: int = 1):
+    """The megatron `TransformerConfig` that encodes a Qwen3 shape.
+
+    `dp`: data-parallel size. megatron normalises each rank's global-batch LBL term by the
+    *global* token count and DDP then averages gradients over DP ranks, so the effective
+    coefficient would be coeff/dp; we scale it by dp so the objective is the same for any DP
+    layout of the same global batch (tested: DP=2 losses == one process).
+    """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     dtype = _DTYPES[cfg.params_dtype]
@@ -111,7 +117,8 @@ def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, ep: int = 1):
             moe_ffn_hidden_size=cfg.moe_ffn_hidden_size,
             moe_shared_expert_intermediate_size=cfg.moe_shared_expert_intermediate_size,
             moe_router_load_balancing_type=lbl,
-            moe_aux_loss_coeff=cfg.moe_aux_loss_coeff if lbl != "none" else 0.0,
+            moe_aux_loss_coeff=(0.0 if lbl == "none" else
+                                cfg.moe_aux_loss_coeff * (dp if lbl == "global_aux_loss" else 1)),
             moe_router_score_function="softmax",
             moe_router_pre_softmax=False,    # top-k, then softmax over the k = Qwen3's renormalised probs
             moe_token_dispatcher_type=cfg.moe_token_dispatcher_type,
@@ -138,14 +145,14 @@ def layer_spec(cfg: ModelConfig):
 
 
 def build_model(cfg: ModelConfig, seq_length: int = 4096, rope_base: float | None = None,
-                tp: int = 1, pp: int = 1, ep: int = 1):
+                tp: int = 1, pp: int = 1, ep: int = 1, dp: int = 1):
     """A megatron-core GPTModel for `cfg` (call `init_parallel` first). Not wrapped in DDP."""
     from megatron.core.models.gpt import GPTModel
 
     from train.shims import patch_megatron_without_te
 
     patch_megatron_without_te()
-    tcfg = transformer_config(cfg, tp=tp, pp=pp, ep=ep)
+    tcfg = transformer_config(cfg, tp=tp, pp=pp, ep=ep, dp=dp)
     model = GPTModel(
         config=tcfg,
         transformer_layer_spec=layer_spec(cfg),

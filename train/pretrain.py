@@ -151,7 +151,7 @@ def run(cfg: TrainConfig) -> dict:
     mcfg = load_model_config(cfg.model, cfg.model_overrides)
     mcfg = mcfg.model_copy(update={"rope_base": rope})
     model = build_model(mcfg, seq_length=seq, rope_base=rope, tp=par.tensor_model_parallel_size,
-                        ep=par.expert_model_parallel_size)
+                        ep=par.expert_model_parallel_size, dp=dp)
     tcfg = model.config
     ddp = DistributedDataParallel(
         config=tcfg, ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True), module=model)

@@ -22,6 +22,14 @@ def dev_manifests(tmp_path_factory) -> dict[str, Path]:
     return build_dev_data(tmp_path_factory.mktemp("devdata"), max_files=40)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_pretrain(out_dir: Path, overrides: list[str], nproc: int = 1, config: str | None = None,
                  timeout: int = 600) -> list[dict]:
     """Run one stage in a subprocess (torchrun when nproc > 1); returns metrics.jsonl rows."""
@@ -29,7 +37,7 @@ def run_pretrain(out_dir: Path, overrides: list[str], nproc: int = 1, config: st
     args = [*([f"--config={config}"] if config else []), f"out_dir={out_dir}", "tensorboard=false", *overrides]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               "--master_port=0", "-m", "train.pretrain", *args]
+               f"--master_port={_free_port()}", "-m", "train.pretrain", *args]
     else:
         cmd = [sys.executable, "-m", "train.pretrain", *args]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
