@@ -14,10 +14,16 @@ the /think, /no_think flags; an extension field `thinking_budget` caps thinking 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -196,3 +202,42 @@ def main(config: str | None, overrides: list[str]) -> int:
     finally:
         server.server_close()
     return 0
+
+
+@contextmanager
+def background(load: str | Path, *overrides: str, startup_timeout: float = 300) -> Iterator[str]:
+    """Run `q3 serve load=... port=0` in a child process; yield its base URL
+    (http://127.0.0.1:PORT/v1) once the model is loaded; SIGTERM it on exit.
+
+        with background("runs/export", "served_model_name=q3-tiny") as base_url:
+            httpx.post(f"{base_url}/chat/completions", json={...})
+    """
+    with tempfile.TemporaryDirectory() as d:
+        port_file = Path(d) / "port"
+        cmd = [sys.executable, "-m", "q3.cli", "serve", f"load={load}", "port=0", f"port_file={port_file}",
+               *overrides]
+        root = str(Path(__file__).resolve().parents[1])
+        # a parent that is itself a (1-rank) torch.distributed job must not hand down its rendezvous
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + startup_timeout
+            while not port_file.exists():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"q3 serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+                if time.time() > deadline:
+                    raise TimeoutError(f"q3 serve did not start within {startup_timeout}s")
+                time.sleep(0.2)
+            yield f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stderr:
+                proc.stderr.close()

@@ -120,3 +120,18 @@ def test_q3_serve_in_background(hf_dir, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+        proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_background_helper_on_megatron_checkpoint(tmp_path):
+    """`train.serve.background` (what labeling/synth/demo use) serving a megatron checkpoint."""
+    from train.serve import background
+
+    ckpt = tiny_checkpoint_and_export(tmp_path, "tiny_moe")[2]
+    with background(ckpt, "served_model_name=moe") as base:
+        assert httpx.get(f"{base}/models", timeout=30).json()["data"][0]["id"] == "moe"
+        r = httpx.post(f"{base}/chat/completions", timeout=120, json={
+            "messages": [{"role": "user", "content": "Is this code? print(1)"}], "seed": 0,
+            "response_format": {"type": "json_schema", "json_schema": {"schema": SCHEMA}}})
+        assert set(json.loads(r.json()["choices"][0]["message"]["content"])) == set(SCHEMA["properties"])
