@@ -130,7 +130,8 @@ def model_config_from_hf(c: dict, name: str = "imported") -> ModelConfig:
         init_method_std=c.get("initializer_range", 0.02),
     )
     if moe:
-        kw.update(num_experts=c["num_experts"], moe_router_topk=c["num_experts_per_tok"],
+        # transformers 5 writes num_local_experts (its attribute_map alias of num_experts)
+        kw.update(num_experts=c.get("num_experts", c.get("num_local_experts")), moe_router_topk=c["num_experts_per_tok"],
                   moe_ffn_hidden_size=c["moe_intermediate_size"])
     return ModelConfig(**kw)
 

@@ -90,6 +90,11 @@ def test_import_round_trip(exported, tmp_path):
     _, t1 = read_hf_folder(d / "hf")
     _, t2 = read_hf_folder(tmp_path / "hf2")
     assert t1.keys() == t2.keys() and all(torch.equal(t1[k], t2[k]) for k in t1)
+    # a folder written by transformers itself (save_pretrained: its own config keys) imports too
+    _load_hf(d / "hf").save_pretrained(tmp_path / "resaved")
+    import_hf(tmp_path / "resaved", tmp_path / "ckpt3")
+    again, _, _ = load_megatron(tmp_path / "ckpt3")
+    assert all(torch.equal(a[k], again.state_dict()[k]) for k in tensors)
 
 
 def test_qkv_interleaving_and_te_names():
