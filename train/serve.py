@@ -63,6 +63,15 @@ def _num(body: dict, key: str, typ, lo=None, hi=None):
     return v
 
 
+def _text(content) -> str:
+    """Message content as text: a string, or OpenAI content parts [{"type": "text", "text": ...}]."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "".join(str(p.get("text", "")) for p in content)
+    raise BadRequest("message content must be a string or a list of text parts")
+
+
 class ChatService:
     """Turns OpenAI chat-completion requests into `train.generate.chat` calls."""
 
@@ -76,9 +85,9 @@ class ChatService:
     def complete(self, body: dict) -> dict:
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(
-                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "tool")
-                and isinstance(m.get("content", ""), str) for m in msgs):
-            raise BadRequest("messages must be a non-empty list of {role, content} with string content")
+                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "tool") for m in msgs):
+            raise BadRequest("messages must be a non-empty list of {role, content}")
+        msgs = [{**m, "content": _text(m.get("content"))} for m in msgs]
         if body.get("stream"):
             raise BadRequest("stream=true is not supported by q3 serve")
         max_tokens = _num(body, "max_completion_tokens", int, 1, self.cfg.max_tokens_limit) or \

@@ -98,6 +98,10 @@ def test_bad_requests_are_400(client):
               "response_format": {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/x"}}}})
     assert r.status_code == 400 and "unsupported" in r.json()["error"]["message"]
     assert client.post("/v1/chat/completions", content=b"{not json").status_code == 400
+    assert post({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).status_code == 400
+    parts = post({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi /no_think"}]}],
+                  "max_tokens": 1, "seed": 0})
+    assert parts.status_code == 200 and parts.json()["usage"]["completion_tokens"] == 1
 
 
 def test_q3_serve_in_background(hf_dir, tmp_path):
