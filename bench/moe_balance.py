@@ -24,14 +24,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(kind: str, manifest: Path, steps: int, coeff: float, out: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "Q3_PROGRESS": "0"}
-    subprocess.run([sys.executable, "-m", "train.pretrain", "model=tiny_moe", f"manifest={manifest}",
+def train(kind: str, manifest: Path, steps: int, coeff: float, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "Q3_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "train.pretrain", "model=tiny_moe", f"manifest={manifest}",
                     "seq_length=64", "micro_batch_size=1", "global_batch_size=8", f"train_steps={steps}",
                     f"out_dir={out}", "tensorboard=false", "log_interval=100", "guard.enabled=false",
                     f"model_overrides.moe_router_load_balancing_type={kind}",
                     f"model_overrides.moe_aux_loss_coeff={coeff}"],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def analyse(manifest: Path, out: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "Q3_PROGRESS": "0"}
     data = manifest.parent
     p = subprocess.run([sys.executable, "-m", "train.router_analysis", str(out), f"code={data}/tokens/code",
                         f"prose={data}/tokens/prose", "--seq", "64", "--windows", "16"],
@@ -53,8 +57,13 @@ def main() -> None:
     manifest = build_dev_data(ROOT / "data" / "bench_devdata", max_files=40)["S1"]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("global_aux_loss", "aux_loss"):
-            results[kind] = run(kind, manifest, args.steps, args.coeff, Path(tmp) / kind)
+        kinds = ("global_aux_loss", "aux_loss")      # both trainings run side by side (one thread each)
+        procs = {k: train(k, manifest, args.steps, args.coeff, Path(tmp) / k) for k in kinds}
+        for k, p in procs.items():
+            if p.wait() != 0:
+                raise SystemExit(f"training with {k} failed")
+        for k in kinds:
+            results[k] = analyse(manifest, Path(tmp) / k)
     print(json.dumps(results, indent=2))
     if args.record:
         res = ROOT / "bench" / "RESULTS.md"
