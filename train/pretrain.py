@@ -309,6 +309,29 @@ def run(cfg: TrainConfig) -> dict:
     return {"losses": losses, "history": history, "checkpoint": str(last), "skipped": guard.skipped}
 
 
+def run_stages(manifests: list[str | Path], out_root: str | Path = "runs/demo",
+               configs: tuple[str, ...] = ("demo_s1", "demo_s2", "demo_s3"),
+               overrides: list[str] | None = None) -> dict[str, str]:
+    """S1 -> S2 -> S3 in this process: each stage starts from the previous stage's checkpoint.
+
+    What `make demo` calls (`if __name__ == "__main__"` guard needed: dist_checkpointing spawns).
+    Returns {stage config: checkpoint dir}; the last one is what `q3 train export-hf` reads.
+    """
+    from train.model import destroy_parallel
+
+    out_root, done, prev = Path(out_root), {}, None
+    for conf, manifest in zip(configs, manifests, strict=True):
+        ov = [f"manifest={manifest}", f"out_dir={out_root / conf}", *(overrides or [])]
+        if prev is not None:
+            ov += [f"load={prev}", "finetune=true"]
+        try:
+            res = run(load_config(TrainConfig, "train", conf, ov))
+        finally:
+            destroy_parallel()
+        done[conf] = prev = res["checkpoint"]
+    return done
+
+
 def cli(config: str | None, overrides: list[str]) -> int:
     """Pretrain a stage from its manifest (runs under torchrun too)."""
     from train.model import destroy_parallel

@@ -50,3 +50,24 @@ def test_schedules():
     wsd = LRSchedule(lr=1.0, min_lr=0.1, total_steps=100, warmup_steps=10, decay="wsd", decay_fraction=0.2)
     assert wsd(70) == 1.0 and wsd(99) == pytest.approx(0.1) and 0.1 < wsd(90) < 1.0
     assert all(cos(s) >= cos(s + 1) for s in range(10, 99))
+
+
+def test_loss_guard_skips_nan_and_spikes():
+    from train.config import GuardConfig
+    from train.pretrain import LossGuard, flops_per_token
+
+    g = LossGuard(GuardConfig(spike_factor=2.0, min_history=3))
+    assert g.check(float("nan")) == "non-finite loss"
+    assert g.check(float("inf")) == "non-finite loss"
+    for x in (5.0, 5.0, 5.0):
+        assert g.check(x) is None
+        g.update(x)
+    assert g.check(11.0).startswith("loss spike")
+    assert g.check(9.0) is None
+    s = g.state()
+    g2 = LossGuard(GuardConfig())
+    g2.load(s)
+    assert g2.state() == s
+    # MFU numerator: 6 x active params dominates; the 30B-A3B costs like a ~3B dense model per token
+    m = load_model_config("qwen3_30b_a3b")
+    assert 6 * 3.0e9 < flops_per_token(m, 4096) < 6 * 4.0e9
