@@ -154,6 +154,20 @@ def fingerprint(cfg: PipelineConfig, items: list[tuple[int, str]]) -> str:
     return config_hash({"cfg": semantic, "files": files})
 
 
+def resolve_paths(cfg: PipelineConfig) -> PipelineConfig:
+    """Expand `~` and environment variables in input/output paths; `${Q3_DATA}` defaults to the
+    project's data dir, so configs can say `${Q3_DATA}/sample/raw` wherever the data lives."""
+    from q3.paths import data_dir
+
+    os.environ.setdefault("Q3_DATA", str(data_dir()))
+
+    def expand(p: str) -> str:
+        return os.path.expanduser(os.path.expandvars(p))
+
+    inputs = [spec.model_copy(update={"path": expand(spec.path)}) for spec in cfg.inputs]
+    return cfg.model_copy(update={"inputs": inputs, "output": expand(cfg.output)})
+
+
 def parts_dir(cfg: PipelineConfig) -> Path:
     out = Path(cfg.output)
     return out.parent / f"{out.name}.parts"
@@ -333,6 +347,7 @@ def spark_conf_for(cfg: PipelineConfig) -> tuple[dict[str, str], str | None]:
 def run(cfg: PipelineConfig, spark=None) -> dict[str, Any]:
     """Run the pipeline of `cfg` with its engine; returns the stats (also in <output>/stats.json)."""
     global _CURRENT_CHUNK
+    cfg = resolve_paths(cfg)
     items = plan(cfg)
     fp = fingerprint(cfg, items)
     out = Path(cfg.output)

@@ -47,7 +47,9 @@ def run_pipeline(cfg: PipelineConfig, spark=None) -> dict:
 
 
 def cli(config: str | None, overrides: list[str]) -> int:
-    cfg = load_config(PipelineConfig, "pipeline", config or "default", overrides)
+    from dataproc.runner import resolve_paths
+
+    cfg = resolve_paths(load_config(PipelineConfig, "pipeline", config or "default", overrides))
     t0 = time.time()
     stats = run_pipeline(cfg)
     print_summary(stats, cfg.output, time.time() - t0)
