@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -41,6 +42,8 @@ import httpx
 from pydantic import Field
 
 from q3.config import Q3Config
+
+logging.getLogger("httpx").setLevel(logging.WARNING)   # one INFO line per request drowns progress
 
 # ----------------------------------------------------------------------------------------- config
 
