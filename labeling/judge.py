@@ -26,7 +26,7 @@ from labeling.dimensions import Dimension, load_dimensions
 from labeling.io import read_docs
 from q3.atomic import atomic_dir
 from q3.config import config_hash, load_config
-from q3.llm import ChatRequest, LLMClient
+from q3.llm import ChatRequest, LLMClient, LLMConfigError
 from q3.log import get_logger, print_table
 
 log = get_logger("labeling.judge")
@@ -149,5 +149,9 @@ def run_judge(cfg: LabelConfig) -> Path:
 def cli(config: str | None, overrides: list[str]) -> int:
     """LLM-judge a stratified sample on every dimension."""
     cfg = load_config(LabelConfig, "labeling", config, overrides)
-    run_judge(cfg)
+    try:
+        run_judge(cfg)
+    except LLMConfigError as e:       # no endpoint / wrong model / bad key: say what to fix, no traceback
+        log.error("%s", e)
+        return 2
     return 0
