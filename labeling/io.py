@@ -1,0 +1,57 @@
+"""Reading the documents to label: kept Parquet (DOC_SCHEMA, hive-partitioned by lang) or JSONL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from q3.atomic import atomic_dir, is_committed, read_marker
+from q3.schemas import DOC_SCHEMA, content_id
+
+
+def jsonl_to_table(path: str | Path) -> pa.Table:
+    """Sample JSONL (text, url, source, lang_hint) -> DOC_SCHEMA, lang = lang_hint."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+    cols = {
+        "id": [content_id(r["text"]) for r in rows],
+        "text": [r["text"] for r in rows],
+        "source": [r.get("source", "") for r in rows],
+        "url": [r.get("url", "") for r in rows],
+        "lang": [r.get("lang") or r.get("lang_hint") or "und_Zyyy" for r in rows],
+        "n_chars": [len(r["text"]) for r in rows],
+    }
+    n = len(rows)
+    arrays = [pa.array(cols[f.name], f.type) if f.name in cols else pa.nulls(n, f.type) for f in DOC_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=DOC_SCHEMA)
+
+
+def read_docs(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    p = Path(path)
+    if p.suffix in (".jsonl", ".json"):
+        t = jsonl_to_table(p)
+        return t.select(columns) if columns else t
+    dataset = ds.dataset(str(p), format="parquet", partitioning="hive",
+                         exclude_invalid_files=True, ignore_prefixes=[".", "_"])
+    return dataset.to_table(columns=columns)
+
+
+def as_parquet(path: str | Path, work: Path) -> Path:
+    """Spark reads Parquet: a JSONL input is converted once (atomically) into work/input_docs."""
+    p = Path(path)
+    if p.suffix not in (".jsonl", ".json"):
+        return p
+    out = work / "input_docs"
+    stamp = {"source": str(p.resolve()), "mtime": p.stat().st_mtime, "size": p.stat().st_size}
+    if is_committed(out) and read_marker(out).get("source_stamp") == stamp:
+        return out
+    with atomic_dir(out, {"source_stamp": stamp}) as tmp:
+        pq.write_table(jsonl_to_table(p), tmp / "part-0.parquet")
+    return out
