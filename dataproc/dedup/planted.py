@@ -134,3 +134,34 @@ def evaluate(docs: Sequence[dict], clusters: Sequence, cfg, threshold: float | N
     p, r = precision_recall(found, truth)
     return {"docs": len(docs), "true_pairs": len(truth), "found_pairs": len(found),
             "true_positives": len(found & truth), "precision": p, "recall": r}
+
+
+def sample_path() -> str:
+    """docs.jsonl of the project's sample corpus, built (or reused from Q3_DATA) by `dataproc.sample`."""
+    from dataproc.sample import SampleConfig, build_sample
+
+    return str(build_sample(SampleConfig()) / "docs.jsonl")
+
+
+def sample_docs(path: str, langs: Sequence[str] | None = None, limit_per_lang: int | None = None,
+                max_chars: int | None = None) -> list[dict]:
+    """Real documents from a sample docs.jsonl (fields text/url/source/lang_hint), lang = lang_hint."""
+    import json
+
+    out: list[dict] = []
+    per: dict[str, int] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            d = json.loads(line)
+            lang = d.get("lang_hint") or d.get("lang")
+            if langs is not None and lang not in langs:
+                continue
+            if limit_per_lang is not None and per.get(lang, 0) >= limit_per_lang:
+                continue
+            text = d["text"] if max_chars is None else d["text"][:max_chars]
+            if not text.strip():
+                continue
+            per[lang] = per.get(lang, 0) + 1
+            out.append({"text": text, "lang": lang, "url": d.get("url") or "",
+                        "source": d.get("source") or "sample"})
+    return out
