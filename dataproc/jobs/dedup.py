@@ -67,6 +67,7 @@ def _run_local(cfg: DedupConfig, input_dir: str, out: Path) -> dict[str, Any]:
     if cfg.lines.enabled:
         from dataproc.dedup.lines import line_dedup_table
         full, stats["lines"] = line_dedup_table(full, cfg.lines)
+        stats["docs_kept"] -= stats["lines"]["docs_emptied"]
     live = pc.is_null(full.column("reason"))
     kept = full.filter(live).select(DOC_SCHEMA.names)
     rejected = full.filter(pc.invert(live)).cast(STAGE_OUTPUT_SCHEMA)
@@ -105,6 +106,7 @@ def _run_spark(cfg: DedupConfig, input_dir: str, out: Path, spark=None) -> dict[
     if cfg.lines.enabled:
         from dataproc.dedup.lines import line_dedup_spark
         full, stats["lines"] = line_dedup_spark(full, cfg.lines, str(work / "lines"))
+        stats["docs_kept"] -= stats["lines"]["docs_emptied"]
     full.write.mode("overwrite").parquet(str(work / "full"))
     full = spark.read.parquet(str(work / "full"))
     live = F.col("reason").isNull()
