@@ -9,6 +9,18 @@ from pydantic import Field
 from q3.config import Q3Config
 
 
+class OcrConfig(Q3Config):
+    """PDF pages without a text layer -> a vision-language model (OpenAI-compatible endpoint)."""
+
+    endpoint: str | None = None         # e.g. http://127.0.0.1:8000/v1; None: no OCR (page counted as missing)
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    prompt: str | None = None           # None: dataproc.readers.pdf.OCR_PROMPT
+    refine: bool = False                # second pass: an LLM fixes OCR errors
+    refine_model: str | None = None     # None: same model
+    max_tokens: int = 4096
+    min_page_chars: int = 16            # fewer text-layer chars than this = no text layer
+
+
 class InputSpec(Q3Config):
     """One input source: a path/glob and its format."""
 
@@ -19,6 +31,7 @@ class InputSpec(Q3Config):
     id_field: str | None = None
     url_field: str | None = "url"
     lang_from_path: bool = False        # manpages sample: language known from the path (kept as `detail`)
+    ocr: OcrConfig = Field(default_factory=OcrConfig)   # pdf only
 
 
 class NormaliseConfig(Q3Config):
