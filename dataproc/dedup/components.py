@@ -17,6 +17,22 @@ from __future__ import annotations
 
 import numpy as np
 
+
+def exact_edge_filter(batch, cfg_minhash):
+    """Arrow batch (u, v, tu, lu, tv, lv) -> (u, v) of the edges with true Jaccard >= threshold.
+    Shared by both runners (Spark: mapInArrow over edges joined with their texts)."""
+    import pyarrow as pa
+
+    from dataproc.dedup.minhash import exact_jaccard
+
+    cols = {n: batch.column(n).to_pylist() for n in ("u", "v", "tu", "lu", "tv", "lv")}
+    keep = [exact_jaccard(tu, lu, tv, lv, cfg_minhash) >= cfg_minhash.threshold - 1e-12
+            for tu, lu, tv, lv in zip(cols["tu"], cols["lu"], cols["tv"], cols["lv"], strict=True)]
+    idx = [i for i, k in enumerate(keep) if k]
+    return pa.RecordBatch.from_arrays([pa.array([cols["u"][i] for i in idx], pa.int64()),
+                                       pa.array([cols["v"][i] for i in idx], pa.int64())], names=["u", "v"])
+
+
 # --- local (numpy) --------------------------------------------------------------------------
 
 
@@ -71,8 +87,9 @@ def union_find(nodes: np.ndarray, edges: np.ndarray) -> dict[int, int]:
 # --- Spark --------------------------------------------------------------------------------
 
 
-def bucket_edges_spark(meta, cfg_minhash, need: int | None):
-    """meta: DataFrame(rk, scope, sig, bands) of exact survivors -> DataFrame(u, v) edges u > v."""
+def bucket_edges_spark(meta, cfg_minhash, need: int | None, texts=None):
+    """meta: DataFrame(rk, scope, sig, bands) of exact survivors -> DataFrame(u, v) edges.
+    `need`: signature positions that must agree; `texts` (rk, text, lang): check true Jaccard."""
     from pyspark.sql import functions as F
 
     ex = (meta.where(F.col("bands").isNotNull())
@@ -90,6 +107,20 @@ def bucket_edges_spark(meta, cfg_minhash, need: int | None):
                       .join(s.withColumnRenamed("rk", "v").withColumnRenamed("sig", "sv"), "v")
                       .where(F.expr("size(filter(arrays_zip(su, sv), x -> x.su = x.sv))") >= need)
                       .select("u", "v"))
+    if texts is not None:
+        cfg_json = cfg_minhash.model_dump_json()
+
+        def fn(it):
+            from dataproc.dedup.config import MinHashConfig
+            c = MinHashConfig.model_validate_json(cfg_json)
+            for b in it:
+                yield exact_edge_filter(b, c)
+
+        t = texts.select("rk", "text", "lang")
+        edges = (edges.join(t.select(F.col("rk").alias("u"), F.col("text").alias("tu"), F.col("lang").alias("lu")), "u")
+                      .join(t.select(F.col("rk").alias("v"), F.col("text").alias("tv"), F.col("lang").alias("lv")), "v")
+                      .select("u", "v", "tu", "lu", "tv", "lv")
+                      .mapInArrow(fn, "u long, v long"))
     return edges
 
 

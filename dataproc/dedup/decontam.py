@@ -195,8 +195,8 @@ class Decontaminator:
         reasons, details, new_texts, mask = [], [], list(texts), []
         for i, (t, lg) in enumerate(zip(texts, langs, strict=True)):
             bench, detail, cut = self._check(t or "", lg)
-            bad = bench is not None and (cut is None or not cut.strip())
-            if bench is not None and cut is not None and cut.strip():
+            bad = bench is not None and (cut is None or not _WORD.search(cut))
+            if bench is not None and cut is not None and not bad:
                 new_texts[i] = cut
             mask.append(bad)
             reasons.append(f"contaminated:{bench}" if bench else None)

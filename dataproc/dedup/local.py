@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataproc.dedup.annotate import Annotator
-from dataproc.dedup.components import bucket_edges_np, union_find, verify_edges_np
+from dataproc.dedup.components import bucket_edges_np, exact_edge_filter, union_find, verify_edges_np
 from dataproc.dedup.config import DedupConfig
 from dataproc.dedup.lsh import min_matches
 
@@ -42,8 +42,14 @@ def _empty_meta() -> pa.Table:
     return META_SCHEMA.empty_table()
 
 
-def dedup_meta(meta: pa.Table, cfg: DedupConfig) -> pd.DataFrame:
-    """meta -> DataFrame(rk, id, lang, n_bytes, dup_cluster, dup_cluster_size, reason)."""
+def dedup_table(docs: pa.Table, cfg: DedupConfig) -> pd.DataFrame:
+    """DOC_SCHEMA table -> one result row per document (see `dedup_meta`), in row order."""
+    return dedup_meta(annotate_table(docs, cfg), cfg, docs.column("text").to_pylist())
+
+
+def dedup_meta(meta: pa.Table, cfg: DedupConfig, texts: list | None = None) -> pd.DataFrame:
+    """meta -> DataFrame(rk, id, lang, n_bytes, dup_cluster, dup_cluster_size, reason).
+    `texts[rk]` are needed for minhash.verify=exact."""
     df = meta.select(["rk", "id", "url", "source", "lang", "scope", "neg_score", "nh", "n_bytes"]).to_pandas()
     df["neg_score"] = df["neg_score"].astype(np.float32)
     if cfg.exact.enabled:
@@ -64,11 +70,23 @@ def dedup_meta(meta: pa.Table, cfg: DedupConfig) -> pd.DataFrame:
             sc_codes = pd.factorize(df["scope"].to_numpy()[idx])[0]
             rks = df["rk"].to_numpy()[idx]
             edges = bucket_edges_np(rks, sc_codes, keys)
-            if cfg.minhash.verify and len(edges):
-                p = cfg.minhash.num_perm
+            mh = cfg.minhash
+            if mh.verify != "none" and len(edges):
+                p = mh.num_perm
                 sigs = np.asarray(pc.list_flatten(meta.column("sig").take(pa.array(idx))).to_numpy()).reshape(-1, p)
+                margin = mh.prefilter_margin if mh.verify == "exact" else 0.0
                 edges = verify_edges_np(edges, {int(r): i for i, r in enumerate(rks)}, sigs,
-                                        min_matches(cfg.minhash.threshold, p))
+                                        min_matches(mh.threshold - margin, p))
+            if mh.verify == "exact" and len(edges):
+                if texts is None:
+                    raise ValueError("minhash.verify=exact needs the documents' texts")
+                lang = df["lang"].tolist()
+                batch = pa.RecordBatch.from_pydict({
+                    "u": edges[:, 0], "v": edges[:, 1],
+                    "tu": [texts[u] for u in edges[:, 0]], "lu": [lang[u] for u in edges[:, 0]],
+                    "tv": [texts[v] for v in edges[:, 1]], "lv": [lang[v] for v in edges[:, 1]]})
+                kept = exact_edge_filter(batch, mh)
+                edges = np.stack([kept.column("u").to_numpy(), kept.column("v").to_numpy()], axis=1).astype(np.int64)
             root = union_find(rks, edges)
             comp_rep = {r: root.get(r, r) for r in df["rk"][reps]}
             comp = {rk: comp_rep[rep] for rk, rep in zip(df["rk"], df["rep"], strict=True)}

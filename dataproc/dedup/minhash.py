@@ -179,7 +179,8 @@ def _windows(norm: str, char_mode: bool, n: int, window: int) -> list[str]:
 
 
 def doc_shingle_hashes(text: str, lang: str | None, cfg: MinHashConfig) -> np.ndarray:
-    """The distinct 32-bit shingle hashes of one document (uint32)."""
+    """The 32-bit shingle hashes of one document (uint32; repeats kept: they cannot change a min,
+    and dropping them costs more than it saves)."""
     char_mode = is_char_lang(lang)
     n = cfg.char_ngram if char_mode else cfg.word_ngram
     norm = normalise(text or "")
@@ -193,7 +194,7 @@ def doc_shingle_hashes(text: str, lang: str | None, cfg: MinHashConfig) -> np.nd
             continue
         h = _char_ngram_hashes(seg, n) if char_mode else _word_ngram_hashes(seg, n)
         parts.append((_fmix64(h) & np.uint64(0xFFFFFFFF)).astype(np.uint32))
-    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint32)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def _sha1_32(s: str) -> int:
@@ -235,10 +236,15 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def signatures_from_hashes(hashes: Sequence[np.ndarray], a: np.ndarray, b: np.ndarray,
-                           chunk: int = 16384) -> np.ndarray:
-    """(n_docs, num_perm) uint32 MinHash signatures; an empty document is all 0xFFFFFFFF."""
+                           chunk: int = 4096) -> np.ndarray:
+    """(n_docs, num_perm) uint32 MinHash signatures; an empty document is all 0xFFFFFFFF.
+
+    Shingle hashes of consecutive documents are stacked into chunks of ~`chunk` values; each chunk
+    is permuted as a (num_perm, chunk) matrix (contiguous rows: ~3x faster than the transpose) and
+    reduced per document with `np.minimum.reduceat`. Memory: num_perm * chunk * 4 bytes."""
     n, p = len(hashes), len(a)
     out = np.full((n, p), MAX32, dtype=np.uint32)
+    ac, bc = a[:, None], b[:, None]
     docs: list[int] = []
     total = 0
 
@@ -248,8 +254,7 @@ def signatures_from_hashes(hashes: Sequence[np.ndarray], a: np.ndarray, b: np.nd
             return
         h = _fmix32(np.concatenate([hashes[i] for i in docs]))
         starts = np.cumsum([0] + [len(hashes[i]) for i in docs[:-1]])
-        phv = h[:, None] * a[None, :] + b[None, :]
-        out[docs] = np.minimum.reduceat(phv, starts, axis=0)
+        out[docs] = np.minimum.reduceat(ac * h[None, :] + bc, starts, axis=1).T
         docs, total = [], 0
 
     for i, h in enumerate(hashes):
@@ -260,7 +265,7 @@ def signatures_from_hashes(hashes: Sequence[np.ndarray], a: np.ndarray, b: np.nd
             acc = out[i]
             for s in range(0, len(h), chunk):
                 part = _fmix32(h[s:s + chunk])
-                acc = np.minimum(acc, (part[:, None] * a[None, :] + b[None, :]).min(axis=0))
+                acc = np.minimum(acc, (ac * part[None, :] + bc).min(axis=1))
             out[i] = acc
             continue
         if total + len(h) > chunk:
@@ -282,3 +287,14 @@ class Signer:
         hashes = [doc_shingle_hashes(t or "", lg, self.cfg) for t, lg in zip(texts, langs, strict=True)]
         has = np.array([len(h) > 0 for h in hashes], dtype=bool)
         return signatures_from_hashes(hashes, self.a, self.b), has
+
+
+def exact_jaccard(text_a: str, lang_a: str | None, text_b: str, lang_b: str | None,
+                  cfg: MinHashConfig) -> float:
+    """Jaccard of two documents' shingle sets (over the 32-bit shingle hashes)."""
+    a = np.unique(doc_shingle_hashes(text_a or "", lang_a, cfg))
+    b = np.unique(doc_shingle_hashes(text_b or "", lang_b, cfg))
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)

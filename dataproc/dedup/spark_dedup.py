@@ -31,7 +31,7 @@ def _order(prefix: str = ""):
     return F.struct(*[F.col(f"{prefix}{c}").alias(c) for c in ("neg_score", "id", "url", "source", "rk")])
 
 
-def dedup_meta(meta, cfg: DedupConfig, workdir: str):
+def dedup_meta(meta, cfg: DedupConfig, workdir: str, texts=None):
     """meta (materialised) -> DataFrame(rk, id, lang, n_bytes, dup_cluster, dup_cluster_size, reason)."""
     from pyspark.sql import functions as F
 
@@ -45,8 +45,12 @@ def dedup_meta(meta, cfg: DedupConfig, workdir: str):
     meta = meta.drop("sig", "bands") if not cfg.minhash.enabled else meta
     if cfg.minhash.enabled:
         m = meta.where(F.col("rk") == F.col("rep")).select("rk", "scope", "sig", "bands")
-        need = min_matches(cfg.minhash.threshold, cfg.minhash.num_perm) if cfg.minhash.verify else None
-        edges = bucket_edges_spark(m, cfg.minhash, need)
+        mh = cfg.minhash
+        need = None if mh.verify == "none" else min_matches(
+            mh.threshold - (mh.prefilter_margin if mh.verify == "exact" else 0.0), mh.num_perm)
+        if mh.verify == "exact" and texts is None:
+            raise ValueError("minhash.verify=exact needs the documents' texts")
+        edges = bucket_edges_spark(m, mh, need, texts if mh.verify == "exact" else None)
         cc = connected_components(edges, f"{workdir}/cc")
         meta = (meta.drop("sig", "bands")
                     .join(cc.withColumnRenamed("node", "rep"), "rep", "left")

@@ -74,15 +74,15 @@ def run_decontam(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig
             bc = spark.sparkContext.broadcast(index)
             res = docs.mapInArrow(_stage_fn(cfg.decontam.model_dump_json(), bc),
                                   from_arrow_schema(STAGE_OUTPUT_SCHEMA))
-            res.write.parquet(str(tmp / "_all"))
-            res = spark.read.parquet(str(tmp / "_all"))
+            res.write.parquet(str(tmp / "work_all"))
+            res = spark.read.parquet(str(tmp / "work_all"))
             live = F.col("reason").isNull()
             res.where(live).select(*DOC_SCHEMA.names).write.partitionBy("lang").parquet(str(tmp / "kept"))
             res.where(~live).write.parquet(str(tmp / "rejected"))
             by_reason = {r["reason"]: r["count"] for r in res.where(~live).groupBy("reason").count().collect()}
             n_in = res.count()
             import shutil
-            shutil.rmtree(tmp / "_all", ignore_errors=True)
+            shutil.rmtree(tmp / "work_all", ignore_errors=True)
         stats = {"docs_in": n_in, "rejected": by_reason, "benchmarks": index.items,
                  "eval_items_too_short": index.skipped, "ngram_index": int(len(index.hashes)),
                  "mode": cfg.decontam.mode, "seconds": round(time.time() - t0, 2)}

@@ -50,10 +50,10 @@ def read_docs_local(path: str | Path) -> pa.Table:
 
 
 def _run_local(cfg: DedupConfig, input_dir: str, out: Path) -> dict[str, Any]:
-    from dataproc.dedup.local import annotate_table, dedup_meta
+    from dataproc.dedup.local import dedup_table
 
     docs = read_docs_local(input_dir)
-    res = dedup_meta(annotate_table(docs, cfg), cfg)
+    res = dedup_table(docs, cfg)
     stats = compute_stats(res)
     t = docs.set_column(docs.schema.get_field_index("dup_cluster"), "dup_cluster",
                         pa.array(res["dup_cluster"].tolist(), pa.string()))
@@ -94,7 +94,7 @@ def _run_spark(cfg: DedupConfig, input_dir: str, out: Path, spark=None) -> dict[
     docs = with_row_key(spark.read.parquet(str(input_dir)))
     annotate(docs, cfg).write.mode("overwrite").parquet(str(work / "meta"))
     meta = spark.read.parquet(str(work / "meta"))
-    res = dedup_meta(meta, cfg, str(work))
+    res = dedup_meta(meta, cfg, str(work), texts=docs.select("rk", "text", "lang"))
     stats = compute_stats_spark(res)
     r = res.select("rk", "id", "dup_cluster", "dup_cluster_size", "reason")
     full = docs.drop("dup_cluster", "dup_cluster_size").join(r, ["rk", "id"])

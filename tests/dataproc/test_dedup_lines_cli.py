@@ -13,7 +13,8 @@ import pytest
 
 from dataproc.dedup.config import DedupConfig, LinesConfig
 from dataproc.dedup.lines import normalise_unit
-from dataproc.dedup.planted import docs_table, sample_docs, sample_path
+from dataproc.dedup.planted import docs_table
+from dataproc.dedup.planted import sample_docs as load_docs
 from dataproc.jobs.dedup import run_dedup
 from q3.paths import ROOT
 
@@ -21,8 +22,8 @@ BOILER = "This page is part of release 4.16 of the Linux man-pages project, see 
 
 
 @pytest.fixture(scope="session")
-def docs():
-    return sample_docs(sample_path(), ["eng_Latn", "deu_Latn"], limit_per_lang=12, max_chars=3000)
+def docs(sample_dir):
+    return load_docs(str(sample_dir / "docs.jsonl"), ["eng_Latn", "deu_Latn"], limit_per_lang=12, max_chars=3000)
 
 
 def _with_boilerplate(docs):
