@@ -100,7 +100,7 @@ def run_datatrove(jsonl_dir: Path, work: Path, workers: int = 2) -> tuple[float,
     cfg = MinhashConfig()                        # 5-grams, 14 buckets x 8 hashes (FineWeb)
     tok = _Whitespace.make()
     t0 = time.perf_counter()
-    common = {"logging_dir": None, "skip_completed": False}
+    common = {"logging_dir": str(work / "logs"), "skip_completed": False}
     LocalPipelineExecutor(pipeline=[JsonlReader(str(jsonl_dir)),
                                     MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg, language=tok)],
                           tasks=workers, workers=workers, **common).run()
