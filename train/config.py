@@ -1,0 +1,159 @@
+"""Typed configs of the trainer: the model shape (`ModelConfig`) and the run (`TrainConfig`).
+
+`conf/model/<name>.yaml` holds a `ModelConfig`; `conf/train/<name>.yaml` holds a `TrainConfig`
+whose `model` field names a model config (or inlines one). Everything the report fixes about a
+Qwen3 shape lives in `ModelConfig`; everything about one stage's run lives in `TrainConfig` and
+the stage manifest (seq length, RoPE base, datasets, schedule).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from q3.config import Q3Config, load_config
+
+
+class YarnConfig(Q3Config):
+    """YaRN RoPE scaling used at inference/export time (4x context); never applied in training."""
+
+    factor: float = 4.0
+    original_max_position_embeddings: int = 32768
+
+
+class ModelConfig(Q3Config):
+    name: str
+    family: Literal["dense", "moe"] = "dense"
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int                 # GQA: number of KV heads
+    kv_channels: int = 128                # head_dim (Qwen3: 128 even when hidden/heads != 128)
+    ffn_hidden_size: int                  # dense SwiGLU intermediate size
+    vocab_size: int = 151669              # real tokenizer size (151,643 BPE + 26 special)
+    padded_vocab_size: int = 151936       # embedding rows in the published checkpoints
+    tie_word_embeddings: bool = False
+    norm_epsilon: float = 1e-6
+    rope_base: float = 10000.0            # S1/S2 base; S3's manifest raises it to 1e6 (ABF)
+    max_position_embeddings: int = 40960
+    yarn: YarnConfig = Field(default_factory=YarnConfig)
+    init_method_std: float = 0.02
+    # MoE (family == "moe")
+    num_experts: int | None = None
+    moe_router_topk: int = 8
+    moe_ffn_hidden_size: int | None = None
+    moe_shared_expert_intermediate_size: int | None = None   # Qwen3: none
+    moe_router_load_balancing_type: Literal["global_aux_loss", "aux_loss", "seq_aux_loss", "none"] = "global_aux_loss"
+    moe_aux_loss_coeff: float = 1e-3
+    moe_token_dispatcher_type: Literal["allgather", "alltoall"] = "allgather"
+    moe_grouped_gemm: bool = False
+    # implementation, chosen by config, never by device inside model code
+    transformer_impl: Literal["local", "transformer_engine"] = "local"
+    params_dtype: Literal["float32", "bfloat16"] = "float32"
+    fp8_format: Literal["e4m3", "hybrid"] | None = None        # TE only
+    fp8_recipe: Literal["tensorwise", "delayed", "mxfp8", "blockwise"] = "delayed"
+    fp8_amax_history_len: int = 1024
+    fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
+    use_cpu_initialization: bool = True
+    fusions: bool = False                  # bias/rope/softmax/grad-accum fusions (GPU only)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError("num_attention_heads must be a multiple of num_query_groups")
+        if self.family == "moe" and (self.num_experts is None or self.moe_ffn_hidden_size is None):
+            raise ValueError("family 'moe' needs num_experts and moe_ffn_hidden_size")
+        if self.padded_vocab_size < self.vocab_size:
+            raise ValueError("padded_vocab_size must be >= vocab_size")
+        if self.fp8_format is not None and self.transformer_impl != "transformer_engine":
+            raise ValueError("fp8_format needs transformer_impl: transformer_engine")
+        return self
+
+    @property
+    def is_moe(self) -> bool:
+        return self.family == "moe"
+
+    def num_params(self, active: bool = False) -> int:
+        """Parameter count (active=True: per-token active parameters, for MFU)."""
+        h, L = self.hidden_size, self.num_layers
+        q = self.num_attention_heads * self.kv_channels
+        kv = self.num_query_groups * self.kv_channels
+        attn = h * q + 2 * h * kv + q * h + 2 * self.kv_channels + 2 * h
+        if self.is_moe:
+            n = self.moe_router_topk if active else self.num_experts
+            mlp = n * 3 * h * self.moe_ffn_hidden_size + h * self.num_experts
+        else:
+            mlp = 3 * h * self.ffn_hidden_size
+        emb = self.padded_vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return L * (attn + mlp) + emb + h
+
+
+class ParallelConfig(Q3Config):
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    expert_model_parallel_size: int = 1
+
+
+class OptimConfig(Q3Config):
+    lr: float | None = None          # None: take the manifest's schedule.lr
+    min_lr: float | None = None
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+class ScheduleConfig(Q3Config):
+    """Overrides of the manifest's schedule (None: use the manifest's value)."""
+
+    decay: Literal["cosine", "wsd", "linear", "constant"] | None = None
+    warmup_fraction: float | None = None
+    decay_fraction: float | None = None
+
+
+class GuardConfig(Q3Config):
+    """Loss-spike / NaN guard: skip the update (and log) when the loss is non-finite or spikes."""
+
+    enabled: bool = True
+    spike_factor: float = 3.0        # skip if loss > spike_factor * running mean ...
+    min_history: int = 10            # ... once this many steps are in the running mean
+    ema: float = 0.9
+
+
+class TrainConfig(Q3Config):
+    model: str | ModelConfig = "tiny_moe"
+    manifest: str | None = None          # stage manifest YAML (datasets, seq, RoPE base, schedule)
+    stage: str | None = None             # defaults to the manifest's stage name
+    seq_length: int | None = None        # defaults to the manifest's
+    rope_base: float | None = None       # defaults to the manifest's
+    micro_batch_size: int = 2
+    global_batch_size: int = 8           # sequences per optimizer step over all DP ranks
+    train_steps: int = 100               # the stage's length (schedule horizon)
+    stop_after: int | None = None        # stop (and checkpoint) at this step; rerun to resume
+    seed: int = 1234
+    out_dir: str | None = None           # run directory (default runs/<stage>)
+    load: str | None = None              # checkpoint dir to resume or to start the stage from
+    finetune: bool = False               # True: take weights only (new stage), reset optimizer/step
+    save_interval: int = 0               # 0: save only at the end
+    log_interval: int = 1
+    tensorboard: bool = True
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    model_overrides: dict = Field(default_factory=dict)   # e.g. {moe_router_load_balancing_type: aux_loss}
+    peak_flops: float = 0.0              # per device FLOP/s for MFU (0: estimate for CPU)
+    num_workers: int = 0
+    split: str = "100,0,0"
+    data_cache_dir: str | None = None
+
+
+def load_model_config(ref: str | ModelConfig, overrides: dict | None = None) -> ModelConfig:
+    """A model config by name (conf/model/<name>.yaml), by path, or already parsed."""
+    cfg = ref if isinstance(ref, ModelConfig) else load_config(ModelConfig, "model", ref)
+    if overrides:
+        cfg = cfg.model_copy(update=overrides)
+        cfg = ModelConfig.model_validate(cfg.model_dump())
+    return cfg

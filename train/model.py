@@ -1,0 +1,187 @@
+"""Build a megatron-core `GPTModel` for a Qwen3 dense or MoE shape from a `ModelConfig`.
+
+Qwen3 = pre-norm RMSNorm, GQA attention with QK-Norm (RMSNorm on each head's q and k), no
+biases, SwiGLU MLP, RoPE; MoE layers replace every MLP with 128 routed experts (top-8, no
+shared experts; softmax over the top-k logits == softmax-then-renormalise) trained with the
+global-batch load-balancing loss. Implementation is picked by `ModuleSpec`:
+`transformer_impl: local` (pure PyTorch, CPU) or `transformer_engine` (TE kernels, FP8 via
+`fp8_format`/`fp8_recipe`). The model code never branches on the device.
+
+Megatron's parallel state must be initialised first: `init_parallel()` does it for single-process
+use (export, tests) and `train.pretrain` does it under torchrun.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.nn.functional as F
+
+from train.config import ModelConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def init_parallel(tp: int = 1, pp: int = 1, ep: int = 1, seed: int = 1234,
+                  backend: str | None = None) -> None:
+    """Start torch.distributed (a 1-rank group if not under torchrun) and megatron's groups."""
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+
+    from train.shims import install_if_needed
+
+    cpu = install_if_needed()
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" not in os.environ:
+            import socket
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        backend = backend or ("gloo" if cpu else "nccl")
+        if not cpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend=backend, timeout=timedelta(minutes=10))
+    if not ps.model_parallel_is_initialized():
+        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                     expert_model_parallel_size=ep)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_parallel() -> None:
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, ep: int = 1, dp: int = 1):
+    """The megatron `TransformerConfig` that encodes a Qwen3 shape.
+
+    `dp`: data-parallel size. megatron normalises each rank's global-batch LBL term by the
+    *global* token count and DDP then averages gradients over DP ranks, so the effective
+    coefficient would be coeff/dp; we scale it by dp so the objective is the same for any DP
+    layout of the same global batch (tested: DP=2 losses == one process).
+    """
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    dtype = _DTYPES[cfg.params_dtype]
+    kw: dict = dict(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        kv_channels=cfg.kv_channels,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=cfg.norm_epsilon,
+        qk_layernorm=True,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        gated_linear_unit=True,             # SwiGLU
+        activation_func=F.silu,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=cfg.init_method_std,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        expert_model_parallel_size=ep,
+        sequence_parallel=tp > 1 and cfg.is_moe,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        use_cpu_initialization=cfg.use_cpu_initialization,
+        bias_activation_fusion=cfg.fusions,
+        bias_dropout_fusion=cfg.fusions,
+        masked_softmax_fusion=cfg.fusions,
+        apply_rope_fusion=cfg.fusions,
+        gradient_accumulation_fusion=cfg.fusions,
+        persist_layer_norm=cfg.fusions,
+        transformer_impl=cfg.transformer_impl,
+    )
+    if cfg.fp8_format is not None:
+        kw.update(fp8=cfg.fp8_format, fp8_recipe=cfg.fp8_recipe,
+                  fp8_amax_history_len=cfg.fp8_amax_history_len,
+                  fp8_amax_compute_algo=cfg.fp8_amax_compute_algo)
+    if cfg.is_moe:
+        lbl = cfg.moe_router_load_balancing_type
+        kw.update(
+            num_moe_experts=cfg.num_experts,
+            moe_router_topk=cfg.moe_router_topk,
+            moe_ffn_hidden_size=cfg.moe_ffn_hidden_size,
+            moe_shared_expert_intermediate_size=cfg.moe_shared_expert_intermediate_size,
+            moe_router_load_balancing_type=lbl,
+            moe_aux_loss_coeff=(0.0 if lbl == "none" else
+                                cfg.moe_aux_loss_coeff * (dp if lbl == "global_aux_loss" else 1)),
+            moe_router_score_function="softmax",
+            moe_router_pre_softmax=False,    # top-k, then softmax over the k = Qwen3's renormalised probs
+            moe_token_dispatcher_type=cfg.moe_token_dispatcher_type,
+            moe_grouped_gemm=cfg.moe_grouped_gemm,
+            # fp32 router GEMM needs TE's general_gemm in megatron 0.16; local spec routes in param dtype
+            moe_router_dtype="fp32" if cfg.transformer_impl == "transformer_engine" else None,
+            moe_permute_fusion=False,
+        )
+    return TransformerConfig(**kw)
+
+
+def layer_spec(cfg: ModelConfig):
+    """Local PyTorch spec or Transformer Engine spec, by config."""
+    from megatron.core.models.gpt import gpt_layer_specs as specs
+
+    num_experts = cfg.num_experts if cfg.is_moe else None
+    if cfg.transformer_impl == "transformer_engine":
+        # Untested here (no GPU, TE not installed): the spec megatron ships for TE kernels.
+        return specs.get_gpt_layer_with_transformer_engine_spec(
+            num_experts=num_experts, moe_grouped_gemm=cfg.moe_grouped_gemm, qk_layernorm=True)
+    return specs.get_gpt_layer_local_spec(
+        num_experts=num_experts, moe_grouped_gemm=cfg.moe_grouped_gemm, qk_layernorm=True,
+        normalization="RMSNorm")
+
+
+def build_model(cfg: ModelConfig, seq_length: int = 4096, rope_base: float | None = None,
+                tp: int = 1, pp: int = 1, ep: int = 1, dp: int = 1):
+    """A megatron-core GPTModel for `cfg` (call `init_parallel` first). Not wrapped in DDP."""
+    from megatron.core.models.gpt import GPTModel
+
+    from train.shims import patch_megatron_without_te
+
+    patch_megatron_without_te()
+    tcfg = transformer_config(cfg, tp=tp, pp=pp, ep=ep, dp=dp)
+    model = GPTModel(
+        config=tcfg,
+        transformer_layer_spec=layer_spec(cfg),
+        vocab_size=cfg.padded_vocab_size,
+        max_sequence_length=max(seq_length, 1),
+        pre_process=True,
+        post_process=True,
+        share_embeddings_and_output_weights=cfg.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_percent=1.0,
+        rotary_base=int(rope_base if rope_base is not None else cfg.rope_base),
+    )
+    if cfg.params_dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+    return model
+
+
+def forward_logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits [batch, seq, vocab] for `tokens` [batch, seq] (causal, positions 0..seq-1)."""
+    from train.shims import causal_attention_mask
+
+    b, s = tokens.shape
+    position_ids = torch.arange(s, dtype=torch.long, device=tokens.device).unsqueeze(0).expand(b, s)
+    mask = causal_attention_mask(s).to(tokens.device)
+    return model(tokens, position_ids, mask)
+
+
+def moe_routers(model) -> list:
+    """The TopKRouter modules of a (possibly DDP-wrapped) model, in layer order."""
+    from megatron.core.transformer.moe.router import TopKRouter
+
+    return [m for m in model.modules() if isinstance(m, TopKRouter)]
