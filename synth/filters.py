@@ -245,3 +245,9 @@ def response_filters(item: dict[str, Any], response: str, validation: NgramIndex
         if reason:
             return reason
     return None
+
+
+def strip_to_answer(text: str) -> str:
+    """A non-thinking reply may still carry an (empty) think block; judge what follows it."""
+    parts = split_think(text)
+    return parts[1] if parts else text
