@@ -71,6 +71,7 @@ class EngineConfig(Q3Config):
     dedup: bool = True
     decontam: bool = True
     min_output_chars: int = 20
+    params: dict[str, Any] = Field(default_factory=dict)   # overrides every template's sampling params
 
 
 # ---- seeds and requests ----------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def plan_requests(docs: list[dict[str, Any]], cfg: EngineConfig, templates: list
                 else [doc["lang"]]
             for lang in langs:
                 body: dict[str, Any] = {"model": cfg.endpoint.model,
-                                        "messages": t.messages(doc, lang, cfg.n_items), **t.params}
+                                        "messages": t.messages(doc, lang, cfg.n_items), **t.params, **cfg.params}
                 fmt = t.response_format()
                 if fmt is not None:
                     body["response_format"] = fmt
