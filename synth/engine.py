@@ -130,7 +130,7 @@ def _rows_from_reply(req: dict[str, Any], res: dict[str, Any], chash: str, min_c
             "cached": res.get("cached")}
 
     def row(text: str, item: int = 0, reason: str | None = None, detail: str | None = None) -> dict:
-        lang = req["lang"] if not doc["lang"].startswith("code_") or t.name != "code_exercise" else doc["lang"]
+        lang = req["lang"]
         return {"id": content_id(text or f"{doc['id']}:{t.name}:{req['lang']}:{item}"), "text": text or "",
                 "source": f"synth/{t.name}", "url": f"synth://{t.name}/{doc['id']}/{req['lang']}/{item}",
                 "lang": lang, "n_chars": len(text or ""), "n_tokens": None,

@@ -31,6 +31,8 @@ def strip_thinking(response: str) -> str:
     """The part after the reasoning: answers are judged on the summary, not on the thinking."""
     if "</think>" in response:
         return response.rsplit("</think>", 1)[1]
+    if "<think>" in response:   # thinking never finished (e.g. cut by the budget): no answer yet
+        return response.split("<think>", 1)[0]
     return _THINK.sub("", response)
 
 

@@ -74,3 +74,8 @@ def test_logic_and_format_and_errors():
     assert verify("\\boxed{2}", "math", {"answer": "2", "format": {"require_think": True}}).reason == "bad_think_tags"
     assert verify("x", "nope", {}).reason == "unknown_verifier"
     assert verify("\\boxed{2}", "math", {}).reason == "bad_verifier_data"
+
+
+def test_unfinished_thinking_has_no_answer():
+    assert extract_answer("<think>so it is \\boxed{4} maybe") is None
+    assert verify("<think>so it is \\boxed{4} maybe", "math", {"answer": "4"}).reason == "no_answer"
