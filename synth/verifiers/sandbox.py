@@ -69,7 +69,7 @@ del _q3_guard
 @dataclass
 class SandboxLimits:
     cpu_s: int = 2              # RLIMIT_CPU: CPU seconds
-    wall_s: float = 6.0         # wall-clock timeout (sleeping or blocked code)
+    wall_s: float = 10.0        # wall-clock timeout (sleeping or blocked code; generous: shared CPUs)
     mem_mb: int = 256           # RLIMIT_AS
     nproc: int = 8              # RLIMIT_NPROC (processes + threads of the sandbox user)
     fsize_mb: int = 1           # RLIMIT_FSIZE: largest file the code may write

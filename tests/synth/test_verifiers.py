@@ -55,7 +55,8 @@ def test_code_verify_cannot_be_faked_by_printing_or_exiting():
 
 
 def test_code_verify_contains_hostile_code():
-    assert verify("```python\ndef add(a, b):\n    while True: pass\n```", "code", CODE).reason == "cpu_limit"
+    # CPU limit, or the wall clock first when the shared machine is busy: contained either way
+    assert verify("```python\ndef add(a, b):\n    while True: pass\n```", "code", CODE).reason in ("cpu_limit", "timeout")
     assert verify("```python\ndef sub(a, b):\n    return a - b\n```", "code", CODE).reason == "missing_function"
     assert verify("no code at all", "code", CODE).reason == "no_code"
 
