@@ -23,7 +23,8 @@ def test_extract_answer(response, expected):
     ("-3, 2", "2, -3", True), ("x = 2 or x = -3", "-3, 2", True), ("(1, 2)", "(2, 1)", False),
     ("2x+1", "1 + 2*x", True), ("1,000", "1000", True), ("2\\pi", "6.283185307", True),
     ("7", "8", False), ("3, 3", "3", False), ("0.3333333333", "1/3", True), ("0.33", "1/3", False),
-    ("__import__('os').system('id')", "0", False), ("9**999999", "1", False),
+    ("__import__('os').system('id')", "0", False), ("9**999999", "1", False), ("9^9^9", "1", False),
+    ("2^(2^(2^(2^2)))", "3", False), ("2^10", "1024", True), ("\\sqrt{8}", "2\\sqrt{2}", True),
 ])
 def test_answers_equal(a, b, same):
     assert answers_equal(a, b) is same
