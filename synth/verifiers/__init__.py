@@ -94,4 +94,9 @@ def verify(response: str, verifier_type: str, verifier_data: dict[str, Any]) -> 
         return VerifyResult(0.0, "bad_verifier_data", f"{type(e).__name__}: {e}"[:200])
 
 
-__all__ = ["VerifyResult", "verify", "VERIFIERS", "extract_answer", "SandboxLimits"]
+def verify_item(response: str, item: dict[str, Any]) -> VerifyResult:
+    """verify() for one RL pair (a row of `q3 synth verifiable`): the GRPO reward entry point."""
+    return verify(response, item["verifier_type"], item["verifier_data"])
+
+
+__all__ = ["VerifyResult", "verify", "verify_item", "VERIFIERS", "extract_answer", "SandboxLimits"]
