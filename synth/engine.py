@@ -242,7 +242,16 @@ def run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark=None) -> l
     """Shards as Spark tasks: mapInArrow runs `process_shard` (with its async pool) per shard."""
     from dataproc.spark import get_spark
 
+    own = spark is None
     spark = spark or get_spark("q3-synth")
+    try:
+        return _run_spark(cfg, seeds, output, spark)
+    finally:
+        if own:   # a session we started is ours to stop (a caller's stays up)
+            spark.stop()
+
+
+def _run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark) -> list[dict[str, Any]]:
     n_shards = (seeds.num_rows + cfg.shard_size - 1) // cfg.shard_size
     pending = [k for k in range(n_shards) if not is_committed(shard_dir(output, k))]
     shard_col = pa.array([i // cfg.shard_size for i in range(seeds.num_rows)], pa.int64())
@@ -254,10 +263,9 @@ def run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark=None) -> l
         cj, out = cfg.model_dump(mode="json"), str(output)
 
         def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            tbl = pa.Table.from_batches(list(batches))
-            if tbl.num_rows == 0:
+            rows = [r for b in batches for r in b.to_pylist()]
+            if not rows:
                 return
-            rows = tbl.to_pylist()
             for k in sorted({r["shard"] for r in rows}):
                 docs = [{c: r[c] for c in ("id", "text", "lang", "source")} for r in rows if r["shard"] == k]
                 stats = process_shard(k, docs, cj, out)
