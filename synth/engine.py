@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -256,7 +257,7 @@ def _run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark) -> list[
     pending = [k for k in range(n_shards) if not is_committed(shard_dir(output, k))]
     shard_col = pa.array([i // cfg.shard_size for i in range(seeds.num_rows)], pa.int64())
     table = seeds.append_column("shard", shard_col)
-    table = table.filter(pa.compute.is_in(table.column("shard"), pa.array(pending, pa.int64())))
+    table = table.filter(pc.is_in(table.column("shard"), pa.array(pending, pa.int64())))
     results: list[dict[str, Any]] = [{**read_marker(shard_dir(output, k)), "skipped": True}
                                      for k in range(n_shards) if k not in pending]
     if pending:
