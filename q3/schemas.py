@@ -77,6 +77,7 @@ DOC_SCHEMA = pa.schema([
     ("labels", LABELS_TYPE),
     ("dup_cluster", pa.string()),   # id of the cluster's survivor; null until dedup
     ("n_tokens", pa.int64()),       # Qwen3 tokens; null until tokenisation
+    ("dup_cluster_size", pa.int64()),  # documents in the near-duplicate cluster (FineWeb-2 rehydration); null until dedup
 ])
 
 REJECT_FIELDS = [

@@ -1,0 +1,138 @@
+"""Candidate edges from LSH buckets and their connected components, in Spark and locally.
+
+Edges: every document of a (scope, band, bucket) group is linked to the group's smallest row key,
+so a bucket of k members gives k-1 edges (a 10^5-member bucket costs 10^5 rows, not 10^10 pairs).
+With `verify`, an edge survives only if the two signatures agree on >= min_matches positions
+(estimated Jaccard >= threshold).
+
+Spark: `connected_components` runs the alternating large-star / small-star algorithm (Kiveris et
+al., "Connected Components in MapReduce and Beyond", 2014) on an edge DataFrame; every round is
+materialised to Parquet (lineage stays short, memory bounded); nothing is collected to the driver.
+It converges to stars whose centre is the component's smallest node.
+
+Local: the same edges in numpy, then a union-find. Both give the same partition of the nodes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- local (numpy) --------------------------------------------------------------------------
+
+
+def bucket_edges_np(rk: np.ndarray, scope: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(m, 2) int64 edges (node, bucket min node) over all bands. `scope` are int codes."""
+    out = []
+    for j in range(keys.shape[1]):
+        key = keys[:, j]
+        order = np.lexsort((rk, key, scope))
+        s_sc, s_key, s_rk = scope[order], key[order], rk[order]
+        new = np.ones(len(order), dtype=bool)
+        new[1:] = (s_sc[1:] != s_sc[:-1]) | (s_key[1:] != s_key[:-1])
+        first = np.maximum.accumulate(np.where(new, np.arange(len(order)), 0))
+        root = s_rk[first]
+        sel = ~new
+        out.append(np.stack([s_rk[sel], root[sel]], axis=1))
+    if not out:
+        return np.empty((0, 2), np.int64)
+    e = np.concatenate(out)
+    return np.unique(e, axis=0) if len(e) else e.reshape(0, 2)
+
+
+def verify_edges_np(edges: np.ndarray, sig_of: dict[int, int], sigs: np.ndarray, need: int) -> np.ndarray:
+    if len(edges) == 0:
+        return edges
+    iu = np.array([sig_of[int(u)] for u in edges[:, 0]])
+    iv = np.array([sig_of[int(v)] for v in edges[:, 1]])
+    matches = (sigs[iu] == sigs[iv]).sum(axis=1)
+    return edges[matches >= need]
+
+
+def union_find(nodes: np.ndarray, edges: np.ndarray) -> dict[int, int]:
+    """node -> smallest node of its component (pure Python union-find, path halving)."""
+    parent: dict[int, int] = {int(x): int(x) for x in nodes}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for u, v in edges.tolist():
+        ru, rv = find(u), find(v)
+        if ru != rv:
+            if ru < rv:
+                parent[rv] = ru
+            else:
+                parent[ru] = rv
+    return {x: find(x) for x in parent}
+
+
+# --- Spark --------------------------------------------------------------------------------
+
+
+def bucket_edges_spark(meta, cfg_minhash, need: int | None):
+    """meta: DataFrame(rk, scope, sig, bands) of exact survivors -> DataFrame(u, v) edges u > v."""
+    from pyspark.sql import functions as F
+
+    ex = (meta.where(F.col("bands").isNotNull())
+              .select("rk", "scope", F.posexplode("bands").alias("band", "bucket")))
+    roots = (ex.groupBy("scope", "band", "bucket")
+               .agg(F.min("rk").alias("root"), F.count(F.lit(1)).alias("c"))
+               .where(F.col("c") > 1).drop("c"))
+    edges = (ex.join(roots, ["scope", "band", "bucket"])
+               .where(F.col("rk") != F.col("root"))
+               .select(F.col("rk").alias("u"), F.col("root").alias("v"))
+               .distinct())
+    if need is not None:
+        s = meta.select("rk", "sig")
+        edges = (edges.join(s.withColumnRenamed("rk", "u").withColumnRenamed("sig", "su"), "u")
+                      .join(s.withColumnRenamed("rk", "v").withColumnRenamed("sig", "sv"), "v")
+                      .where(F.expr("size(filter(arrays_zip(su, sv), x -> x.su = x.sv))") >= need)
+                      .select("u", "v"))
+    return edges
+
+
+def _materialise(df, path: str):
+    df.write.mode("overwrite").parquet(path)
+    return df.sparkSession.read.parquet(path)
+
+
+def _fingerprint(df) -> tuple[int, int]:
+    from pyspark.sql import functions as F
+    row = df.agg(F.count(F.lit(1)).alias("n"),
+                 F.sum(F.xxhash64("u", "v").cast("decimal(38,0)")).alias("h")).collect()[0]
+    return int(row["n"]), int(row["h"] or 0)
+
+
+def connected_components(edges, workdir: str, max_rounds: int = 100):
+    """edges: DataFrame(u, v) long -> DataFrame(node, comp), comp = smallest node of the
+    component, for every node that appears in an edge (isolated nodes are their own component)."""
+    from pyspark.sql import functions as F
+
+    e = _materialise(edges.select(F.greatest("u", "v").alias("u"), F.least("u", "v").alias("v"))
+                          .where(F.col("u") != F.col("v")).distinct(), f"{workdir}/e0")
+    fp = _fingerprint(e)
+    for i in range(1, max_rounds + 1):
+        # large-star: each node u links its larger neighbours to min(neighbourhood + u)
+        both = e.select("u", "v").union(e.select(F.col("v").alias("u"), F.col("u").alias("v")))
+        mins = both.groupBy("u").agg(F.least(F.min("v"), F.col("u")).alias("m"))
+        ls = (both.join(mins, "u").where(F.col("v") > F.col("u"))
+                  .select(F.col("v").alias("u"), F.col("m").alias("v")).distinct())
+        ls = _materialise(ls, f"{workdir}/ls{i}")
+        # small-star: each node u links itself and its smaller neighbours to min(smaller ones)
+        m2 = ls.groupBy("u").agg(F.min("v").alias("m"))
+        ss = (ls.join(m2, "u").select(F.col("v").alias("u"), "m")
+                .union(m2.select("u", "m"))
+                .where(F.col("u") != F.col("m"))
+                .select("u", F.col("m").alias("v")).distinct())
+        e = _materialise(ss, f"{workdir}/ss{i}")
+        new_fp = _fingerprint(e)
+        if new_fp == fp:
+            break
+        fp = new_fp
+    else:
+        raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
+    nodes = e.select(F.col("u").alias("node"), F.col("v").alias("comp"))
+    roots = e.select(F.col("v").alias("node"), F.col("v").alias("comp"))
+    return nodes.union(roots).distinct()

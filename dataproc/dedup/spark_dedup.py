@@ -1,0 +1,66 @@
+"""The Spark runner: exact groups, LSH edges, connected components, survivors — all in Spark.
+
+Nothing proportional to the corpus reaches the driver: signatures and band keys are computed by
+`Annotator` inside `mapInArrow`, intermediate tables are materialised as Parquet under `workdir`.
+"""
+
+from __future__ import annotations
+
+from dataproc.dedup.annotate import META_DDL, annotate_batches
+from dataproc.dedup.components import bucket_edges_spark, connected_components
+from dataproc.dedup.config import DedupConfig
+from dataproc.dedup.lsh import min_matches
+
+
+def with_row_key(docs):
+    from pyspark.sql import functions as F
+    return docs.withColumn("rk", F.monotonically_increasing_id())
+
+
+def annotate(docs_rk, cfg: DedupConfig):
+    from pyspark.sql import functions as F
+    score = (F.col("quality.score") if "quality" in docs_rk.columns else F.lit(None)).cast("float")
+    cols = [F.col(c) if c in docs_rk.columns else F.lit(None).cast("string").alias(c)
+            for c in ("id", "url", "source", "lang", "text")]
+    inp = docs_rk.select("rk", *cols, score.alias("score"))
+    return inp.mapInArrow(annotate_batches(cfg.model_dump_json()), META_DDL)
+
+
+def _order(prefix: str = ""):
+    from pyspark.sql import functions as F
+    return F.struct(*[F.col(f"{prefix}{c}").alias(c) for c in ("neg_score", "id", "url", "source", "rk")])
+
+
+def dedup_meta(meta, cfg: DedupConfig, workdir: str):
+    """meta (materialised) -> DataFrame(rk, id, lang, n_bytes, dup_cluster, dup_cluster_size, reason)."""
+    from pyspark.sql import functions as F
+
+    spark = meta.sparkSession
+    if cfg.exact.enabled:
+        reps = meta.groupBy("scope", "nh").agg(F.min(_order()).alias("best"))
+        meta = (meta.join(reps, ["scope", "nh"])
+                    .withColumn("rep", F.col("best.rk")).drop("best"))
+    else:
+        meta = meta.withColumn("rep", F.col("rk"))
+    meta = meta.drop("sig", "bands") if not cfg.minhash.enabled else meta
+    if cfg.minhash.enabled:
+        m = meta.where(F.col("rk") == F.col("rep")).select("rk", "scope", "sig", "bands")
+        need = min_matches(cfg.minhash.threshold, cfg.minhash.num_perm) if cfg.minhash.verify else None
+        edges = bucket_edges_spark(m, cfg.minhash, need)
+        cc = connected_components(edges, f"{workdir}/cc")
+        meta = (meta.drop("sig", "bands")
+                    .join(cc.withColumnRenamed("node", "rep"), "rep", "left")
+                    .withColumn("comp", F.coalesce("comp", "rep")))
+    else:
+        meta = meta.withColumn("comp", F.col("rep"))
+    meta.write.mode("overwrite").parquet(f"{workdir}/rows")
+    meta = spark.read.parquet(f"{workdir}/rows")
+    surv = meta.groupBy("comp").agg(F.min(_order()).alias("s"), F.count(F.lit(1)).alias("dup_cluster_size"))
+    res = (meta.join(surv, "comp")
+               .select("rk", "id", "lang", "n_bytes",
+                       F.col("s.id").alias("dup_cluster"), "dup_cluster_size",
+                       F.when(F.col("rk") == F.col("s.rk"), F.lit(None).cast("string"))
+                        .when(F.col("rk") != F.col("rep"), F.lit("exact_duplicate"))
+                        .otherwise(F.lit("near_duplicate")).alias("reason")))
+    res.write.mode("overwrite").parquet(f"{workdir}/res")
+    return spark.read.parquet(f"{workdir}/res")
