@@ -90,9 +90,10 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
         return [json.loads(x) for x in fh if x.strip()]
 
 
-def _body(ep: EndpointConfig, content: str, s: Sampling, seed: int) -> dict[str, Any]:
-    return {"model": ep.model, "messages": [{"role": "user", "content": content}],
-            "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": seed, **s.extra}
+def _body(content: str, s: Sampling, seed: int) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": content}],
+            "params": {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": seed,
+                       **s.extra}}
 
 
 def as_thinking_response(res: dict[str, Any]) -> str:
@@ -131,7 +132,7 @@ def build(cfg: ColdStartConfig) -> dict[str, Any]:
         (rejected_q.append({"id": it["id"], "reason": why}) if why else live.append(it))
 
     # 1b. answerable without CoT: a non-thinking sample that already verifies
-    bodies = [_body(cfg.endpoint, it["query"] + cfg.no_think_suffix, cfg.no_think, seed=k)
+    bodies = [_body(it["query"] + cfg.no_think_suffix, cfg.no_think, seed=k)
               for it in live for k in range(cfg.no_think.n)]
     res = ask_sync(cfg.endpoint, cache, bodies)
     tokens = Counter()
@@ -158,7 +159,7 @@ def build(cfg: ColdStartConfig) -> dict[str, Any]:
 
     # 3. N thinking-mode candidates per query
     n = cfg.candidates.n
-    bodies = [_body(cfg.endpoint, it["query"], cfg.candidates, seed=1000 + k) for it in balanced for k in range(n)]
+    bodies = [_body(it["query"], cfg.candidates, seed=1000 + k) for it in balanced for k in range(n)]
     res = ask_sync(cfg.endpoint, cache, bodies)
     _count(tokens, res, "candidates")
 
@@ -179,7 +180,7 @@ def build(cfg: ColdStartConfig) -> dict[str, Any]:
             kept += 1
             sft.append({**to_sft(it, resp), "id": f"{it['id']}-c{k}", "query_id": it["id"], "domain": it["domain"],
                         "subdomain": it.get("subdomain"), "difficulty": it.get("difficulty"),
-                        "provenance": {"model": cfg.endpoint.model, "candidate": k, "request_key": r.get("key"),
+                        "provenance": {"model": cfg.endpoint.resolved_model(), "candidate": k, "request_key": r.get("key"),
                                        "query_source": it.get("source"), "config_hash": config_hash(cfg)}})
         if kept == 0:
             rejected_q.append({"id": it["id"], "reason": "no_candidate_survived"})

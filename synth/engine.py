@@ -29,8 +29,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from dataproc.dedup.config import DecontamConfig
+from dataproc.dedup.decontam import Decontaminator
+from dataproc.dedup.exact import exact_normalise
 from q3.atomic import atomic_dir, is_committed, read_marker
 from q3.config import Q3Config, config_hash, load_config
+from q3.llm import extract_json
 from q3.log import get_logger, print_table, progress
 from q3.paths import data_dir
 from q3.schemas import DOC_SCHEMA, content_id
@@ -69,8 +73,8 @@ class EngineConfig(Q3Config):
     shard_size: int = Field(8, ge=1)
     runner: Literal["local", "spark"] = "local"
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
-    dedup: bool = True
-    decontam: bool = True
+    dedup: bool = True                # exact: normalised-text hash over the whole output
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)   # evals: [] = not checked
     min_output_chars: int = 20
     params: dict[str, Any] = Field(default_factory=dict)   # overrides every template's sampling params
 
@@ -108,23 +112,20 @@ def plan_requests(docs: list[dict[str, Any]], cfg: EngineConfig, templates: list
             langs = [lang for lang in cfg.target_languages if lang != doc["lang"]] if t.per_language \
                 else [doc["lang"]]
             for lang in langs:
-                body: dict[str, Any] = {"model": cfg.endpoint.model,
-                                        "messages": t.messages(doc, lang, cfg.n_items), **t.params, **cfg.params}
-                fmt = t.response_format()
-                if fmt is not None:
-                    body["response_format"] = fmt
-                out.append({"doc": doc, "template": t, "lang": lang, "body": body})
+                request = {"messages": t.messages(doc, lang, cfg.n_items), "params": {**t.params, **cfg.params},
+                           "schema": t.json_schema if t.output == "json" else None, "schema_name": t.name}
+                out.append({"doc": doc, "template": t, "lang": lang, "request": request})
     return out
 
 
 # ---- one shard ---------------------------------------------------------------------------------------
 
 
-def _rows_from_reply(req: dict[str, Any], res: dict[str, Any], chash: str, min_chars: int
+def _rows_from_reply(req: dict[str, Any], res: dict[str, Any], chash: str, min_chars: int, model: str
                      ) -> list[dict[str, Any]]:
     t: Template = req["template"]
     doc = req["doc"]
-    prov = {"template": t.name, "template_hash": t.digest(), "model": req["body"]["model"],
+    prov = {"template": t.name, "template_hash": t.digest(), "model": model,
             "seed_id": doc["id"], "seed_source": doc["source"], "target_lang": req["lang"], "item": 0,
             "config_hash": chash, "request_key": res.get("key"), "prompt_tokens": res.get("prompt_tokens"),
             "completion_tokens": res.get("completion_tokens"), "finish_reason": res.get("finish_reason"),
@@ -137,16 +138,20 @@ def _rows_from_reply(req: dict[str, Any], res: dict[str, Any], chash: str, min_c
                 "lang": lang, "n_chars": len(text or ""), "n_tokens": None,
                 "provenance": {**prov, "item": item}, "reason": reason, "detail": detail}
 
-    if res.get("error"):
-        return [row("", reason="request_failed", detail=res["error"])]
     text = (res.get("text") or "").strip()
+    if res.get("error"):
+        if res["error"].startswith(("invalid_json", "schema_mismatch")):   # structured output unusable
+            return [row(text, reason="bad_json", detail=res["error"][:300])]
+        return [row(text, reason="request_failed", detail=res["error"][:300])]
     if res.get("finish_reason") == "length":
         return [row(text, reason="truncated", detail="finish_reason=length")]
     if t.output == "json":
         try:
-            pairs = json.loads(_strip_fence(text))["pairs"]
-            assert isinstance(pairs, list)
-        except (ValueError, KeyError, TypeError, AssertionError):
+            data = res.get("data") if res.get("data") is not None else extract_json(text)
+            pairs = data["pairs"]
+            if not isinstance(pairs, list):
+                raise TypeError("pairs is not a list")
+        except (ValueError, KeyError, TypeError):
             return [row(text, reason="bad_json", detail=text[:200])]
         rows = []
         for i, p in enumerate(pairs):
@@ -160,14 +165,6 @@ def _rows_from_reply(req: dict[str, Any], res: dict[str, Any], chash: str, min_c
     if len(text) < min_chars:
         return [row(text, reason="too_short" if text else "empty")]
     return [row(text)]
-
-
-def _strip_fence(text: str) -> str:
-    s = text.strip()
-    if s.startswith("```"):
-        s = s.split("\n", 1)[1] if "\n" in s else ""
-        s = s.rsplit("```", 1)[0]
-    return s
 
 
 def shard_dir(output: Path, shard: int) -> Path:
@@ -186,10 +183,10 @@ def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, An
     cache = Path(cfg.endpoint.cache_dir) if cfg.endpoint.cache_dir else out / "cache"
     t0 = time.time()
 
-    results = ask_sync(cfg.endpoint, cache, [r["body"] for r in reqs])
-    chash = run_config_hash(cfg)
+    results = ask_sync(cfg.endpoint, cache, [r["request"] for r in reqs])
+    chash, model = run_config_hash(cfg), cfg.endpoint.resolved_model()
     rows = [r for req, res in zip(reqs, results, strict=True)
-            for r in _rows_from_reply(req, res, chash, cfg.min_output_chars)]
+            for r in _rows_from_reply(req, res, chash, cfg.min_output_chars, model)]
     _maybe_crash(shard)
     stats = {"shard": shard, "docs": len(docs), "requests": len(reqs),
              "cache_hits": sum(bool(r.get("cached")) for r in results),
@@ -214,8 +211,9 @@ def run_config_hash(cfg: EngineConfig) -> str:
     d = cfg.model_dump(mode="json")
     d.pop("output", None)
     d.pop("runner", None)
-    for k in ("concurrency", "timeout_s", "max_retries", "cache_dir", "api_key_env"):
-        d["endpoint"].pop(k, None)
+    ep = cfg.endpoint
+    d["endpoint"] = {"model": ep.resolved_model(), "default_params": ep.default_params,
+                     "cache_namespace": ep.cache_namespace}
     d["template_hashes"] = {n: load_template(n).digest() for n in cfg.templates}
     return config_hash(d)
 
@@ -282,27 +280,22 @@ def _run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark) -> list[
 
 
 def _exact_key(text: str) -> str:
-    try:   # the corpus pipeline's normalisation, so synthetic and web duplicates agree
-        from dataproc.dedup.exact import exact_normalise
-    except ImportError:
-        import unicodedata
-
-        def exact_normalise(t: str) -> str:
-            return " ".join(unicodedata.normalize("NFKC", t).casefold().split())
+    """The corpus pipeline's exact-dedup normalisation, so synthetic and web duplicates agree."""
     return content_id(exact_normalise(text))
 
 
-def decontaminate(texts: list[str]) -> list[str | None]:
-    """Benchmark contamination per text (None = clean, else the benchmark/detail).
-
-    Call point for dataproc's decontamination (dataproc/dedup/decontam.py, branch `dedup`): when it
-    is importable it is used; otherwise every text is reported clean and the run says so."""
-    try:
-        from dataproc.dedup import decontam
-    except ImportError:
-        log.warning("dataproc.dedup.decontam not available: synthetic outputs NOT decontaminated")
-        return [None] * len(texts)
-    return decontam.contamination(texts)   # adapter: see docs/synth.md
+def decontaminate(rows: list[dict[str, Any]], cfg: DecontamConfig) -> list[tuple[str | None, str | None]]:
+    """(reason, detail) per row from dataproc's decontamination stage (n-gram overlap with the eval
+    sets in `cfg.evals`); (None, None) = clean. No eval sets configured: everything is clean."""
+    if not cfg.evals or not rows:
+        if not cfg.evals:
+            log.info("decontam.evals is empty: synthetic outputs are not checked against benchmarks")
+        return [(None, None)] * len(rows)
+    stage = Decontaminator(cfg.model_copy(update={"mode": "reject"}))
+    batch = pa.RecordBatch.from_pylist([{k: r[k] for k in ("id", "text", "source", "url", "lang", "n_chars")}
+                                        for r in rows])
+    out = stage(batch)
+    return list(zip(out.column("reason").to_pylist(), out.column("detail").to_pylist(), strict=True))
 
 
 def finalize(cfg: EngineConfig, output: Path, n_shards: int) -> dict[str, Any]:
@@ -318,11 +311,10 @@ def finalize(cfg: EngineConfig, output: Path, n_shards: int) -> dict[str, Any]:
                 rows[i]["reason"], rows[i]["detail"] = "duplicate", seen[key]
             else:
                 seen[key] = rows[i]["id"]
-    if cfg.decontam:
-        live = [i for i, r in enumerate(rows) if r["reason"] is None]
-        for i, hit in zip(live, decontaminate([rows[i]["text"] for i in live]), strict=True):
-            if hit:
-                rows[i]["reason"], rows[i]["detail"] = "contaminated", hit
+    live = [i for i, r in enumerate(rows) if r["reason"] is None]
+    for i, (reason, detail) in zip(live, decontaminate([rows[i] for i in live], cfg.decontam), strict=True):
+        if reason:
+            rows[i]["reason"], rows[i]["detail"] = reason, detail
     kept = [r for r in rows if r["reason"] is None]
     rejected = [r for r in rows if r["reason"] is not None]
     shard_stats = [read_marker(shard_dir(output, k)) for k in range(n_shards)]

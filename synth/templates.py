@@ -75,13 +75,6 @@ class Template(Q3Config):
         msgs = [{"role": "system", "content": self.system}] if self.system else []
         return msgs + [{"role": "user", "content": user}]
 
-    def response_format(self) -> dict[str, Any] | None:
-        if self.output != "json":
-            return None
-        if self.json_schema is None:
-            return {"type": "json_object"}
-        return {"type": "json_schema", "json_schema": {"name": self.name, "schema": self.json_schema}}
-
 
 def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
