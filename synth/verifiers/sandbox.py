@@ -147,10 +147,12 @@ def _user_process_count() -> int:
 
 
 def _classify(rc: int, stderr: str, timed_out: bool, cpu_used: float, limits: SandboxLimits) -> str:
-    if timed_out:
-        return "timeout"
+    """The containment that stopped the program. A limit the program ran into is reported even if the
+    wall clock then had to kill it (e.g. a MemoryError traceback that took long to print)."""
+    if rc == 0 and not timed_out:
+        return "ok"
     # `unshare` (2.38) cannot always re-raise SIGXCPU and exits 1 instead, so also judge by CPU used.
-    if rc == -signal.SIGXCPU or (rc != 0 and cpu_used >= 0.95 * limits.cpu_s):
+    if rc == -signal.SIGXCPU or (not timed_out and cpu_used >= 0.95 * limits.cpu_s):
         return "cpu_limit"
     if rc == -signal.SIGXFSZ or "File too large" in stderr:
         return "file_limit"
@@ -158,15 +160,14 @@ def _classify(rc: int, stderr: str, timed_out: bool, cpu_used: float, limits: Sa
         return "memory_limit"
     if "BlockingIOError" in stderr and "Resource temporarily unavailable" in stderr:
         return "process_limit"
-    if "PermissionError: sandbox:" in stderr:
+    if ("PermissionError: sandbox:" in stderr or "PermissionError: [Errno 13]" in stderr
+            or "Network is unreachable" in stderr or "OSError: [Errno 101]" in stderr):
         return "blocked"
-    if "PermissionError: [Errno 13]" in stderr:
-        return "blocked"
-    if "Network is unreachable" in stderr or "OSError: [Errno 101]" in stderr:
-        return "blocked"
+    if timed_out:
+        return "timeout"
     if rc < 0 or rc > 128:
         return "killed"
-    return "ok" if rc == 0 else "error"
+    return "error"
 
 
 def run_python(code: str, limits: SandboxLimits | None = None, stdin: str = "",

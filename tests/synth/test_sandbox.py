@@ -9,7 +9,8 @@ import pytest
 
 from synth.verifiers.sandbox import SandboxLimits, isolation_plan, run_python
 
-FAST = SandboxLimits(cpu_s=2, wall_s=5, mem_mb=256, nproc=8, fsize_mb=1)
+# small limits keep the tests fast and harmless; a generous wall clock because the CI machine is shared
+FAST = SandboxLimits(cpu_s=2, wall_s=20, mem_mb=256, nproc=8, fsize_mb=1)
 
 
 def test_plain_program_runs_with_clean_environment_and_throwaway_dir():
