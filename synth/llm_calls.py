@@ -7,12 +7,16 @@ cold-start records can be built without importing the client elsewhere.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 from q3.llm import ChatRequest, EndpointConfig, LLMClient, Result
 
 __all__ = ["EndpointConfig", "ask_sync", "to_dict"]
+
+# one line per HTTP request at INFO drowns the progress of long runs; retries and errors still show
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def to_dict(r: Result) -> dict[str, Any]:
