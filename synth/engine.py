@@ -77,6 +77,7 @@ class EngineConfig(Q3Config):
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)   # evals: [] = not checked
     min_output_chars: int = 20
     params: dict[str, Any] = Field(default_factory=dict)   # overrides every template's sampling params
+    reject_truncated: bool = True     # replies cut by max_tokens are rejected (the demo's tiny model never stops)
 
 
 # ---- seeds and requests ----------------------------------------------------------------------------
@@ -121,8 +122,8 @@ def plan_requests(docs: list[dict[str, Any]], cfg: EngineConfig, templates: list
 # ---- one shard ---------------------------------------------------------------------------------------
 
 
-def _rows_from_reply(req: dict[str, Any], res: dict[str, Any], chash: str, min_chars: int, model: str
-                     ) -> list[dict[str, Any]]:
+def _rows_from_reply(req: dict[str, Any], res: dict[str, Any], chash: str, min_chars: int, model: str,
+                     reject_truncated: bool = True) -> list[dict[str, Any]]:
     t: Template = req["template"]
     doc = req["doc"]
     prov = {"template": t.name, "template_hash": t.digest(), "model": model,
@@ -143,7 +144,7 @@ def _rows_from_reply(req: dict[str, Any], res: dict[str, Any], chash: str, min_c
         if res["error"].startswith(("invalid_json", "schema_mismatch")):   # structured output unusable
             return [row(text, reason="bad_json", detail=res["error"][:300])]
         return [row(text, reason="request_failed", detail=res["error"][:300])]
-    if res.get("finish_reason") == "length":
+    if res.get("finish_reason") == "length" and reject_truncated:
         return [row(text, reason="truncated", detail="finish_reason=length")]
     if t.output == "json":
         try:
@@ -186,7 +187,7 @@ def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, An
     results = ask_sync(cfg.endpoint, cache, [r["request"] for r in reqs])
     chash, model = run_config_hash(cfg), cfg.endpoint.resolved_model()
     rows = [r for req, res in zip(reqs, results, strict=True)
-            for r in _rows_from_reply(req, res, chash, cfg.min_output_chars, model)]
+            for r in _rows_from_reply(req, res, chash, cfg.min_output_chars, model, cfg.reject_truncated)]
     _maybe_crash(shard)
     stats = {"shard": shard, "docs": len(docs), "requests": len(reqs),
              "cache_hits": sum(bool(r.get("cached")) for r in results),
