@@ -172,20 +172,30 @@ def shard_dir(output: Path, shard: int) -> Path:
     return output / "shards" / f"shard-{shard:05d}"
 
 
+def shard_done(target: Path, chash: str, seed_ids: list[str]) -> bool:
+    """Committed by a run with the same config and the same seeds (else it is redone)."""
+    if not is_committed(target):
+        return False
+    m = read_marker(target)
+    return m.get("config_hash") == chash and m.get("seed_ids") == seed_ids
+
+
 def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, Any], output: str) -> dict[str, Any]:
     """Generate one shard and commit it atomically; a committed shard is skipped. Returns its stats."""
     cfg = EngineConfig.model_validate(cfg_json)
     out = Path(output)
     target = shard_dir(out, shard)
-    if is_committed(target):
+    chash = run_config_hash(cfg)
+    if shard_done(target, chash, [d["id"] for d in docs]):
         return {**read_marker(target), "skipped": True}
+    # not committed, or committed by another config / shard plan: (re)generate (the cache still helps)
     templates = [load_template(n) for n in cfg.templates]
     reqs = plan_requests(docs, cfg, templates)
     cache = Path(cfg.endpoint.cache_dir) if cfg.endpoint.cache_dir else out / "cache"
     t0 = time.time()
 
     results = ask_sync(cfg.endpoint, cache, [r["request"] for r in reqs])
-    chash, model = run_config_hash(cfg), cfg.endpoint.resolved_model()
+    model = cfg.endpoint.resolved_model()
     rows = [r for req, res in zip(reqs, results, strict=True)
             for r in _rows_from_reply(req, res, chash, cfg.min_output_chars, model, cfg.reject_truncated)]
     _maybe_crash(shard)
@@ -194,7 +204,8 @@ def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, An
              "failed": sum(r.get("error") is not None for r in results),
              "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in results),
              "completion_tokens": sum(r.get("completion_tokens") or 0 for r in results),
-             "rows": len(rows), "seconds": round(time.time() - t0, 3)}
+             "rows": len(rows), "seconds": round(time.time() - t0, 3), "config_hash": chash,
+             "seed_ids": [d["id"] for d in docs]}
     with atomic_dir(target, dict(stats)) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=SYNTH_SCHEMA), tmp / "rows.parquet")
     return {**stats, "skipped": False}
@@ -253,7 +264,9 @@ def run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark=None) -> l
 
 def _run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark) -> list[dict[str, Any]]:
     n_shards = (seeds.num_rows + cfg.shard_size - 1) // cfg.shard_size
-    pending = [k for k in range(n_shards) if not is_committed(shard_dir(output, k))]
+    chash, ids = run_config_hash(cfg), seeds.column("id").to_pylist()
+    pending = [k for k in range(n_shards) if not shard_done(shard_dir(output, k), chash,
+                                                            ids[k * cfg.shard_size:(k + 1) * cfg.shard_size])]
     shard_col = pa.array([i // cfg.shard_size for i in range(seeds.num_rows)], pa.int64())
     table = seeds.append_column("shard", shard_col)
     table = table.filter(pc.is_in(table.column("shard"), pa.array(pending, pa.int64())))

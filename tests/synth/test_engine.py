@@ -163,3 +163,13 @@ def test_bad_replies_become_rejected_rows(seed_file, tmp_path):
     rej = pq.read_table(tmp_path / "out" / "final" / "rejected.parquet").to_pylist()
     assert meta["kept"] == 0 and {r["reason"] for r in rej} == {"bad_json", "too_short"}
     assert all(r["detail"] for r in rej if r["reason"] == "bad_json")
+
+
+def test_changed_config_redoes_committed_shards(seed_file, tmp_path, llm_server):
+    out = tmp_path / "out"
+    run(_cfg(seed_file, out, llm_server.base_url, templates="[textbook]"))
+    meta = run(_cfg(seed_file, out, llm_server.base_url, templates="[textbook,qa]"))
+    rows = pq.read_table(out / "final" / "data.parquet").to_pylist()
+    assert {r["provenance"]["template"] for r in rows} == {"textbook", "qa"}
+    assert meta["cache_hits"] > 0   # the textbook replies came from the cache, not the server
+    assert set(llm_server.ok.values()) == {1}
