@@ -29,7 +29,8 @@ from typing import Any
 from pydantic import Field
 
 from q3.atomic import atomic_dir
-from q3.config import Q3Config, config_hash, load_config
+from q3.config import ConfigError, Q3Config, config_hash, load_config
+from q3.llm import LLMConfigError
 from q3.log import get_logger, print_table
 from q3.paths import data_dir
 from synth import filters
@@ -216,6 +217,9 @@ def cli(config: str | None, overrides: list[str]) -> int:
     keep_per_query, max_per_domain, filters.*
     """
     cfg = load_config(ColdStartConfig, "synth", config or "coldstart", overrides)
-    meta = build(cfg)
+    try:
+        meta = build(cfg)
+    except (FileNotFoundError, LLMConfigError) as e:   # say what to fix, no traceback
+        raise ConfigError(str(e)) from None
     print(json.dumps({k: meta[k] for k in ("queries", "sft", "seconds")}))
     return 0

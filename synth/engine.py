@@ -33,8 +33,8 @@ from dataproc.dedup.config import DecontamConfig
 from dataproc.dedup.decontam import Decontaminator
 from dataproc.dedup.exact import exact_normalise
 from q3.atomic import atomic_dir, is_committed, read_marker
-from q3.config import Q3Config, config_hash, load_config
-from q3.llm import extract_json
+from q3.config import ConfigError, Q3Config, config_hash, load_config
+from q3.llm import LLMConfigError, extract_json
 from q3.log import get_logger, print_table, progress
 from q3.paths import data_dir
 from q3.schemas import DOC_SCHEMA, content_id
@@ -172,6 +172,10 @@ def shard_dir(output: Path, shard: int) -> Path:
     return output / "shards" / f"shard-{shard:05d}"
 
 
+class EndpointUnavailable(RuntimeError):
+    """Requests still failing after the client's retries: the run stops without committing the shard."""
+
+
 def shard_done(target: Path, chash: str, seed_ids: list[str]) -> bool:
     """Committed by a run with the same config and the same seeds (else it is redone)."""
     if not is_committed(target):
@@ -195,6 +199,10 @@ def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, An
     t0 = time.time()
 
     results = ask_sync(cfg.endpoint, cache, [r["request"] for r in reqs])
+    transient = [r["error"] for r in results if (r.get("error") or "").startswith("gave_up")]
+    if transient:   # endpoint down or overloaded: commit nothing, so a rerun retries (answers are cached)
+        raise EndpointUnavailable(f"shard {shard}: {len(transient)} of {len(reqs)} requests failed after "
+                                  f"retries ({transient[0][:200]}); finished replies are cached - rerun to resume")
     model = cfg.endpoint.resolved_model()
     rows = [r for req, res in zip(reqs, results, strict=True)
             for r in _rows_from_reply(req, res, chash, cfg.min_output_chars, model, cfg.reject_truncated)]
@@ -373,7 +381,13 @@ def cli(config: str | None, overrides: list[str]) -> int:
     endpoint.{base_url,model,concurrency,timeout_s,max_retries,cache_dir}, dedup, decontam
     """
     cfg = load_config(EngineConfig, "synth", config or "default", overrides)
-    meta = run(cfg)
+    try:
+        meta = run(cfg)
+    except (FileNotFoundError, LLMConfigError) as e:   # say what to fix, no traceback
+        raise ConfigError(str(e)) from None
+    except EndpointUnavailable as e:
+        log.error("%s", e)
+        return 1
     print(json.dumps({k: meta[k] for k in ("kept", "rejected", "requests", "cache_hits", "prompt_tokens",
                                            "completion_tokens", "seconds")}))
     return 0

@@ -173,3 +173,12 @@ def test_changed_config_redoes_committed_shards(seed_file, tmp_path, llm_server)
     assert {r["provenance"]["template"] for r in rows} == {"textbook", "qa"}
     assert meta["cache_hits"] > 0   # the textbook replies came from the cache, not the server
     assert set(llm_server.ok.values()) == {1}
+
+
+def test_unreachable_endpoint_commits_nothing(seed_file, tmp_path):
+    from synth.engine import cli
+    with FaultServer(models=("test-model",)) as server:
+        url = server.base_url
+    # the server is gone: every request fails after its retries -> exit code 1, no shard committed
+    rc = cli(None, _overrides(seed_file, tmp_path / "out", url, **{"endpoint.max_retries": 0}))
+    assert rc == 1 and not is_committed(shard_dir(tmp_path / "out", 0))
