@@ -34,6 +34,7 @@ from q3.llm import LLMConfigError
 from q3.log import get_logger, print_table
 from q3.paths import data_dir
 from synth import filters
+from synth.engine import EndpointUnavailable
 from synth.llm_calls import EndpointConfig, ask_sync
 from synth.verifiers import verify
 
@@ -203,7 +204,15 @@ def build(cfg: ColdStartConfig) -> dict[str, Any]:
     return meta
 
 
+def _check_transient(res: list[dict[str, Any]]) -> None:
+    bad = [r["error"] for r in res if (r.get("error") or "").startswith("gave_up")]
+    if bad:   # endpoint down: stop, write nothing; finished replies are cached, so a rerun resumes
+        raise EndpointUnavailable(f"{len(bad)} of {len(res)} requests failed after retries ({bad[0][:200]}); "
+                                  "rerun to resume")
+
+
 def _count(tokens: Counter, res: list[dict[str, Any]], phase: str) -> None:
+    _check_transient(res)
     tokens[f"{phase}_requests"] += len(res)
     tokens[f"{phase}_cache_hits"] += sum(bool(r.get("cached")) for r in res)
     tokens[f"{phase}_prompt_tokens"] += sum(r.get("prompt_tokens") or 0 for r in res)
@@ -221,5 +230,8 @@ def cli(config: str | None, overrides: list[str]) -> int:
         meta = build(cfg)
     except (FileNotFoundError, LLMConfigError) as e:   # say what to fix, no traceback
         raise ConfigError(str(e)) from None
+    except EndpointUnavailable as e:
+        log.error("%s", e)
+        return 1
     print(json.dumps({k: meta[k] for k in ("queries", "sft", "seconds")}))
     return 0
