@@ -30,13 +30,13 @@ def test_every_domain_and_difficulty_verifies_reference_and_rejects_perturbed():
 def test_cli_writes_n_unique_items_in_one_schema(tmp_path):
     from synth.generators import cli
     out = tmp_path / "rl"
-    assert cli(None, [f"out={out}", "n=60", "seed=1"]) == 0
+    assert cli(None, [f"out={out}", "n=30", "seed=1"]) == 0
     assert is_committed(out)
     rows = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
-    assert len(rows) == 60 and len({r["id"] for r in rows}) == 60
+    assert len(rows) == 30 and len({r["id"] for r in rows}) == 30
     assert all(list(r) == FIELDS for r in rows)
     assert {r["verifier_type"] for r in rows} == {"math", "code", "logic"}
     first = (out / "pairs.jsonl").read_bytes()
     # rerun: committed output with the same config is kept; force=true regenerates identical bytes
-    write_pairs(VerifiableConfig(out=str(out), n=60, seed=1, force=True))
+    write_pairs(VerifiableConfig(out=str(out), n=30, seed=1, force=True))
     assert (out / "pairs.jsonl").read_bytes() == first
