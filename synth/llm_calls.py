@@ -1,0 +1,39 @@
+"""The one place in synth/ that talks to q3.llm (the project's single OpenAI-compatible client).
+
+Requests are plain dicts {messages, params, schema?}; results are plain dicts so engine rows and
+cold-start records can be built without importing the client elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from q3.llm import ChatRequest, EndpointConfig, LLMClient, Result
+
+__all__ = ["EndpointConfig", "ask_sync", "to_dict"]
+
+# one line per HTTP request at INFO drowns the progress of long runs; retries and errors still show
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def to_dict(r: Result) -> dict[str, Any]:
+    """{text, data, reasoning, error, finish_reason, prompt_tokens, completion_tokens, cached, key}."""
+    return {"text": r.text, "data": r.data, "reasoning": getattr(r, "reasoning", None), "error": r.error,
+            "finish_reason": r.finish_reason, "prompt_tokens": r.usage.get("prompt_tokens", 0),
+            "completion_tokens": r.usage.get("completion_tokens", 0), "cached": r.cached, "key": r.key}
+
+
+def ask_sync(ep: EndpointConfig, cache_dir: Path, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send `requests` (at most ep.concurrency in flight, retries, on-disk cache) and return one result
+    dict per request, in order. A request that fails for good comes back with `error` set (the
+    caller keeps it as a rejected row); endpoint misconfiguration raises LLMConfigError."""
+    if not requests:
+        return []
+    cfg = ep if ep.cache_dir else ep.model_copy(update={"cache_dir": str(cache_dir)})
+    reqs = [ChatRequest(messages=r["messages"], params=dict(r.get("params") or {}), schema=r.get("schema"),
+                        schema_name=r.get("schema_name", "output")) for r in requests]
+    client = LLMClient(cfg)
+    return [to_dict(r) for r in asyncio.run(client.acomplete_many(reqs))]
