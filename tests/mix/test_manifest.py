@@ -7,22 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataproc.jobs.tokenize import run_tokenize
-from dataproc.mix.config import MixConfig
 from dataproc.mix.manifest import build_manifests
 from q3.manifest import load_manifest
 from q3.tokenizer import get_tokenizer
-
-
-@pytest.fixture(scope="module")
-def demo_mix(kept_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("mix")
-    cfg_args = dict(input=str(kept_corpus), output=str(out), runner="local", buckets=4,
-                    stages=["demo_s1", "demo_s2", "demo_s3"],
-                    lang_groups={"chinese": ["cmn_*"], "code": ["code_*"]})
-    cfg = MixConfig(**cfg_args)
-    run_tokenize(cfg)
-    return cfg, build_manifests(cfg)
 
 
 def _blend(manifest, n_samples: int, cache: Path):
