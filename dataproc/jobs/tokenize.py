@@ -237,6 +237,9 @@ def _spark_stats(cfg: MixConfig, datasets: list[TokenDataset], workdir: Path) ->
     groups, wd = cfg.lang_groups, str(workdir)
 
     def run(it: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        # one Spark task = one core: keep tokenizers' rayon pool from oversubscribing the executor
+        # (read when the worker process first encodes)
+        os.environ.setdefault("RAYON_NUM_THREADS", "1")
         yield from tokenize_rows(it, datasets, groups, wd)
 
     rows = df.mapInArrow(run, "bucket int, stats string").collect()
