@@ -1,17 +1,12 @@
-"""Real multilingual test documents in DOC_SCHEMA, partitioned by `lang`.
-
-Preferred source: the project's sample builder (`dataproc.sample`, Debian manpages in ~25
-languages + Python sources). Until that module is on this branch, the same kind of real text is
-read straight from the machine: the installed manpages under /usr/share/man/<locale>/ (roff
-source, real prose in each language) and the Python standard library's sources (code).
-"""
+"""Real multilingual test documents in DOC_SCHEMA, partitioned by `lang`: the project's sample
+corpus (`dataproc.sample`: Debian manpages in ~25 languages + Python stdlib sources) as kept
+documents with lang = lang_hint, a quality score and (for 70%) annotation labels, derived
+deterministically from the id so label predicates have something to select."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-import sysconfig
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,43 +14,26 @@ import pyarrow.parquet as pq
 
 from q3.schemas import DOC_SCHEMA, content_id
 
-LOCALES = {
-    "cs": "ces_Latn", "da": "dan_Latn", "de": "deu_Latn", "es": "spa_Latn", "fi": "fin_Latn",
-    "fr": "fra_Latn", "hr": "hrv_Latn", "hu": "hun_Latn", "id": "ind_Latn", "it": "ita_Latn",
-    "ja": "jpn_Jpan", "ko": "kor_Hang", "nl": "nld_Latn", "pl": "pol_Latn", "pt": "por_Latn",
-    "ro": "ron_Latn", "ru": "rus_Cyrl", "sl": "slv_Latn", "sr": "srp_Cyrl", "sv": "swe_Latn",
-    "tr": "tur_Latn", "uk": "ukr_Cyrl", "zh_CN": "cmn_Hans", "zh_TW": "cmn_Hant", "man1": "eng_Latn",
-}
-
 
 def _sample_records(per_lang: int, max_chars: int) -> list[dict]:
-    try:  # the project's own sample builder, once the ingest branch is merged
-        from dataproc.sample import sample_records  # type: ignore[attr-defined]
-        return sample_records(per_lang=per_lang, max_chars=max_chars)
-    except (ImportError, AttributeError):
-        pass
-    recs: list[dict] = []
-    man = Path("/usr/share/man")
-    for loc, lang in sorted(LOCALES.items()):
-        d = man / loc if loc == "man1" else man / loc / "man1"
-        files = sorted(d.glob("*.gz"))[: per_lang * 3] if d.is_dir() else []
-        got = 0
-        for f in files:
-            try:
-                text = gzip.decompress(f.read_bytes()).decode("utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
-            if len(text) < 400:
-                continue
-            recs.append({"text": text[:max_chars], "url": str(f), "source": "manpages", "lang_hint": lang})
-            got += 1
-            if got >= per_lang:
-                break
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for f in sorted(stdlib.glob("*.py"))[: per_lang * 2]:
-        text = f.read_text(encoding="utf-8", errors="replace")
-        if len(text) >= 400:
-            recs.append({"text": text[:max_chars], "url": str(f), "source": "python", "lang_hint": "code_Python"})
+    """Records {text, url, source, lang_hint} from the project's sample builder (`q3 data sample`).
+
+    Same settings as tests/dataproc's fixture, so one build per machine serves both (under Q3_DATA).
+    """
+    from dataproc.sample import SampleConfig, build_sample
+    from q3.paths import data_dir
+
+    out = build_sample(SampleConfig(per_language=40, code_files=40, output=str(data_dir() / "sample-tests")))
+    by_lang: dict[str, list[dict]] = {}
+    with (out / "docs.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            by_lang.setdefault(r["lang_hint"], []).append(r)
+    recs = []
+    for lang in sorted(by_lang):
+        for r in by_lang[lang][:per_lang]:
+            recs.append({"text": r["text"][:max_chars], "url": r.get("url", ""), "source": r.get("source", "sample"),
+                         "lang_hint": lang})
     return recs
 
 
