@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dataproc.mix.config import MixConfig, StageConfig, load_stage
 from dataproc.mix.select import TokenDataset, chunk_lengths, doc_mask, length_ok, token_datasets
@@ -88,7 +89,10 @@ class _Shard:
 
 def _encode_into(batch: pa.RecordBatch, datasets: list[TokenDataset], groups: dict[str, list[str]],
                  shards: dict[str, _Shard], counts: dict[str, int]) -> None:
-    masks = [doc_mask(batch, td.select, groups) for td in datasets]
+    # an empty or null text would become a lone EOD "document": never selected
+    has_text = pc.fill_null(pc.greater(pc.utf8_length(batch.column("text")), 0), False)
+    has_text = has_text.to_numpy(zero_copy_only=False).astype(bool)
+    masks = [doc_mask(batch, td.select, groups) & has_text for td in datasets]
     union = np.logical_or.reduce(masks) if masks else np.zeros(batch.num_rows, dtype=bool)
     counts["docs_seen"] += batch.num_rows
     counts["docs_unselected"] += int((~union).sum())

@@ -41,3 +41,21 @@ def test_chunks_and_buckets():
                                      {"min_tokens": 4096, "max_tokens": 16383, "fraction": 0.25}])
     got = {td.name: w for td, w in expand_stage(st)}
     assert got == {"a.L16384-32768": 0.5625, "a.L4096-16383": 0.1875, "b.L16384-32768": 0.1875, "b.L4096-16383": 0.0625}
+
+
+def test_empty_or_null_text_is_never_written(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from dataproc.jobs.tokenize import _encode_into, _Shard
+    from dataproc.mix.select import TokenDataset
+
+    b = pa.RecordBatch.from_pylist([{"id": "x", "text": "hi", "lang": "eng_Latn"},
+                                    {"id": "y", "text": None, "lang": "eng_Latn"},
+                                    {"id": "z", "text": "", "lang": "eng_Latn"}], schema=DOC_SCHEMA)
+    shards = {"a": _Shard(tmp_path / "a")}
+    counts = {"docs_seen": 0, "docs_unselected": 0, "docs_tokenized": 0}
+    _encode_into(b, [TokenDataset("a", Selection())], {}, shards, counts)
+    shards["a"].finalize()
+    got = IndexedDataset(str(tmp_path / "a"))
+    assert len(got) == 1 and got[0].tolist()[-1] == 151_643
+    assert counts == {"docs_seen": 3, "docs_unselected": 2, "docs_tokenized": 1}
