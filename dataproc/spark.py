@@ -13,6 +13,22 @@ import sys
 from typing import Any
 
 import psutil
+from pydantic import Field
+
+from q3.config import Q3Config, load_config
+
+
+class ClusterProfile(Q3Config):
+    """conf/cluster/<name>.yaml: how to reach a cluster kind and the spark.* settings it needs."""
+
+    description: str = ""
+    master: str | None = None           # used when run directly; under spark-submit --master wins
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+def load_cluster_profile(name: str = "local", overrides: list[str] | None = None) -> ClusterProfile:
+    """Load a profile by name (conf/cluster/<name>.yaml) or path."""
+    return load_config(ClusterProfile, "cluster", name, overrides)
 
 
 def _local_memory() -> str:
@@ -21,8 +37,20 @@ def _local_memory() -> str:
     return f"{max(1, min(16, int(gib * 0.4)))}g"
 
 
-def get_spark(app: str = "q3", conf: dict[str, Any] | None = None, master: str | None = None):
-    """Return a SparkSession (reusing an active one). `conf` are extra spark.* settings."""
+def _under_submit() -> bool:
+    return "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("SPARK_ENV_LOADED") == "1"
+
+
+def get_spark(app: str = "q3", conf: dict[str, Any] | None = None, master: str | None = None,
+              profile: str | None = None):
+    """Return a SparkSession (reusing an active one). `conf` are extra spark.* settings; `profile`
+    names a conf/cluster/ profile whose master/conf apply first (explicit arguments win, and under
+    spark-submit whatever the submit command set wins over both)."""
+    if profile is not None:
+        prof = load_cluster_profile(profile)
+        conf = {**{k: str(v) for k, v in prof.conf.items()}, **(conf or {})}
+        if not _under_submit():
+            master = master or prof.master
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -31,7 +59,7 @@ def get_spark(app: str = "q3", conf: dict[str, Any] | None = None, master: str |
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app)
-    under_submit = "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("SPARK_ENV_LOADED") == "1"
+    under_submit = _under_submit()
     if master:
         builder = builder.master(master)
     elif not under_submit:
@@ -47,8 +75,15 @@ def get_spark(app: str = "q3", conf: dict[str, Any] | None = None, master: str |
     if not under_submit and not master:
         settings["spark.driver.memory"] = _local_memory()
     settings.update(conf or {})
+    submitted: set[str] = set()
+    if under_submit:   # the submit command's --conf/--master/--*-memory are the user's explicit choice
+        from pyspark import SparkConf, SparkContext
+
+        SparkContext._ensure_initialized()   # attach to spark-submit's JVM so SparkConf sees its settings
+        submitted = {k for k, _ in SparkConf().getAll()}
     for k, v in settings.items():
-        builder = builder.config(k, str(v))
+        if k not in submitted:
+            builder = builder.config(k, str(v))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("Q3_SPARK_LOG", "WARN"))
     return spark

@@ -40,6 +40,11 @@ QUALITY_TYPE = pa.struct([
     ("short_line_ratio", pa.float32()),
     ("char_dup_ratio", pa.float32()),
     ("list_ratio", pa.float32()),
+    ("hash_word_ratio", pa.float32()),
+    ("ellipsis_word_ratio", pa.float32()),
+    ("c4_sentences", pa.int32()),
+    ("c4_line_ratio", pa.float32()),          # lines C4's line rules keep / lines
+    ("failed", pa.list_(pa.string())),        # every rule the document fails (first one = reason)
     ("pii_email", pa.int32()),
     ("pii_ip", pa.int32()),
     ("pii_phone", pa.int32()),

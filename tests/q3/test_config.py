@@ -1,8 +1,9 @@
+from typing import Literal
+
 import pytest
 from pydantic import Field
 
 from q3.config import ConfigError, Q3Config, apply_overrides, config_hash, load_config, validate
-from typing import Literal
 
 
 class Inner(Q3Config):

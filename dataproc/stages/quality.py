@@ -1,0 +1,361 @@
+"""Heuristic quality filters: Gopher quality + repetition, C4, FineWeb — language-aware.
+
+Every signal of every enabled rule family is computed for every document and written into the
+`quality` struct (q3.schemas.QUALITY_TYPE); a document failing any rule is rejected with the
+first failing rule as `reason` (e.g. `gopher_min_words`, `c4_lorem_ipsum`, `fineweb_line_punct`)
+and all failing rules in `quality.failed`. `quality.score` = fraction of evaluated rules passed.
+
+Thresholds are the published defaults (as implemented by datatrove, so results are comparable).
+Language-aware: for scripts written without spaces (CJK, Thai, ...) a "word" is one ideograph /
+kana / Thai character or a run of other letters, and the rules about word length and stop words
+are skipped; stop-word rules apply only to languages with a stop-word list. Documents whose `lang`
+starts with a skip prefix (code) get signals but are never dropped.
+
+Per document this is one tokenisation (one regex `findall`) and a few passes over ints; regexes
+are compiled once, words are interned to ints for the n-gram passes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dataproc.config import QualityConfig
+from dataproc.stage import conform, reject
+from q3.schemas import QUALITY_TYPE
+
+# Stop words: Gopher's English list, and equally small lists of the most frequent function words
+# for a few more languages (all must be lowercase).
+STOP_WORDS: dict[str, list[str]] = {
+    "eng": ["the", "be", "to", "of", "and", "that", "have", "with"],
+    "deu": ["der", "die", "das", "und", "zu", "von", "mit", "ist", "nicht", "ein"],
+    "fra": ["le", "la", "les", "de", "et", "un", "une", "est", "pour", "des"],
+    "spa": ["el", "la", "de", "que", "y", "en", "los", "se", "del", "las"],
+    "ita": ["il", "la", "di", "che", "e", "per", "un", "del", "della", "non"],
+    "por": ["o", "a", "de", "que", "e", "do", "da", "em", "para", "não"],
+    "nld": ["de", "het", "een", "van", "en", "is", "dat", "niet", "op", "te"],
+    "rus": ["и", "в", "не", "на", "что", "с", "по", "для", "это", "или"],
+}
+
+_UNSEG_CHARS = ("\u0e00-\u0e7f\u0e80-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff"
+                "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff")
+# Tokens: word (letters/digits, with inner ' - ’) or a run of symbols. Unsegmented scripts: one char.
+_TOKENS = re.compile(r"(\w+(?:['’\-]\w+)*)|[^\w\s]+")
+_TOKENS_UNSEG = re.compile(rf"([{_UNSEG_CHARS}]|[^\W{_UNSEG_CHARS}]+(?:['’\-][^\W{_UNSEG_CHARS}]+)*)|[^\w\s]+")
+_NUMERIC_TOKEN = re.compile(r"(?<!\S)[\d_]+(?:['’\-][\d_]+)*(?!\S)")
+_ALPHA_WS_WORD = re.compile(r"\S*[^\W\d_]\S*")
+_PARA_SPLIT = re.compile(r"\n{2,}")
+_LINE_SPLIT = re.compile(r"\n+")
+_CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+# C4's END_PUNCTUATION, plus the CJK/Arabic/Devanagari full stops so other languages can pass.
+_C4_END = (".", "?", "!", '"', "'", "。", "！", "？", "」", "』", "؟", "।", "۔", "॥")
+# FineWeb's stop chars: sentence-final marks of many scripts (a subset of datatrove's
+# TERMINAL_PUNCTUATION; like it, no quotes, brackets or ellipsis).
+_FW_END = (".", "!", "?", "。", "！", "？", "؟", "।", "॥", "۔", "‼", "⁇", "⁈", "⁉", "։", "።", "፧", "፨", "᙮", "᠃", "᠉", "꓿", "꘎", "꘏", "꛳", "꛷", "﹒", "﹖", "﹗", "．", "｡",
+           "܀", "܁", "܂", "߹", "᥄", "᥅", "᱾", "᱿")
+_SENT_END = re.compile(r"[.!?。！？؟।]+(?=\s|$)")
+
+_PRIME = np.uint64(1_000_003)
+_FIELDS = [f.name for f in QUALITY_TYPE]
+_PII = [n for n in _FIELDS if n.startswith("pii_")]
+
+
+def _find_duplicates(items: list[str]) -> tuple[int, int]:
+    seen: set[str] = set()
+    dup = dup_chars = 0
+    for x in items:
+        if x in seen:
+            dup += 1
+            dup_chars += len(x)
+        else:
+            seen.add(x)
+    return dup, dup_chars
+
+
+class QualityStage:
+    name = "quality"
+
+    def __init__(self, cfg: QualityConfig | None = None) -> None:
+        self.cfg = cfg or QualityConfig()
+        self.families = set(self.cfg.enabled)
+        stop = self.cfg.stop_words if self.cfg.stop_words is not None else STOP_WORDS
+        self.stop = {k: frozenset(w.lower() for w in v) for k, v in stop.items()}
+        self.unseg = tuple(self.cfg.unsegmented_scripts)
+        self.skip = tuple(self.cfg.skip_prefixes)
+        self.alpha_over_tokens = self.cfg.gopher_quality.alpha_ratio_over == "tokens"
+        self.ngram_top = sorted(self.cfg.gopher_repetition.top_ngrams.items())
+        self.ngram_dup = sorted(self.cfg.gopher_repetition.dup_ngrams.items())
+
+    # ---- one document ------------------------------------------------------------------------
+    def measure(self, text: str, lang: str | None) -> tuple[dict[str, Any], list[tuple[str, str]], str | None]:
+        """(signals, failed rules as (reason, detail), rewritten text or None) for one document."""
+        lang = lang or ""
+        script = lang.partition("_")[2]
+        unseg = script in self.unseg
+        families = self.families
+        q: dict[str, Any] = {}
+        failed: list[tuple[str, str]] = []
+        n_text = max(len(text), 1)
+
+        toks = (_TOKENS_UNSEG if unseg else _TOKENS).findall(text)
+        words = [w for w in toks if w]              # tokens with a letter/digit (non-symbol words)
+        n_tok = max(len(toks), 1)
+        n_words = len(words)
+        q["n_words"] = n_words
+        lines = text.splitlines()
+        n_lines = max(len(lines), 1)
+        q["n_lines"] = len(lines)
+        if unseg or self.alpha_over_tokens:
+            numeric = len(_NUMERIC_TOKEN.findall(" ".join(words)))   # tokens without a letter
+            if unseg:   # symbols are covered by their own rules; count letters among real tokens
+                q["alpha_word_ratio"] = (n_words - numeric) / max(n_words, 1)
+            else:       # datatrove's variant: punctuation tokens count as words without a letter
+                q["alpha_word_ratio"] = (n_words - numeric) / n_tok
+        else:   # Gopher's definition: whitespace-separated words holding at least one letter
+            q["alpha_word_ratio"] = len(_ALPHA_WS_WORD.findall(text)) / max(len(text.split()), 1)
+        q["mean_word_len"] = (sum(map(len, words)) / n_words) if n_words else 0.0
+        q["hash_word_ratio"] = text.count("#") / n_tok
+        q["ellipsis_word_ratio"] = (text.count("...") + text.count("…")) / n_tok
+        q["symbol_word_ratio"] = max(q["hash_word_ratio"], q["ellipsis_word_ratio"])
+        q["bullet_line_ratio"] = sum(1 for s in lines if s.lstrip().startswith(("•", "-"))) / n_lines
+        q["ellipsis_line_ratio"] = sum(1 for s in lines if s.rstrip().endswith(("...", "…"))) / n_lines
+        stop = self.stop.get(lang.partition("_")[0])
+        if stop is not None:
+            q["stopword_count"] = len(stop.intersection(w.lower() for w in set(words)))
+
+        if "gopher_quality" in families:
+            g = self.cfg.gopher_quality
+            if g.min_words and n_words < g.min_words:
+                failed.append(("gopher_min_words", f"{n_words} words < {g.min_words}"))
+            if g.max_words and n_words > g.max_words:
+                failed.append(("gopher_max_words", f"{n_words} words > {g.max_words}"))
+            if not unseg and n_words:
+                if g.min_avg_word_len and q["mean_word_len"] < g.min_avg_word_len:
+                    failed.append(("gopher_min_avg_word_len", f"{q['mean_word_len']:.2f}"))
+                if g.max_avg_word_len and q["mean_word_len"] > g.max_avg_word_len:
+                    failed.append(("gopher_max_avg_word_len", f"{q['mean_word_len']:.2f}"))
+            if g.max_symbol_word_ratio is not None:
+                if q["hash_word_ratio"] > g.max_symbol_word_ratio:
+                    failed.append(("gopher_hash_ratio", f"{q['hash_word_ratio']:.3f}"))
+                if q["ellipsis_word_ratio"] > g.max_symbol_word_ratio:
+                    failed.append(("gopher_ellipsis_ratio", f"{q['ellipsis_word_ratio']:.3f}"))
+            if g.max_bullet_lines_ratio is not None and q["bullet_line_ratio"] > g.max_bullet_lines_ratio:
+                failed.append(("gopher_bullet_lines", f"{q['bullet_line_ratio']:.3f}"))
+            if g.max_ellipsis_lines_ratio is not None and q["ellipsis_line_ratio"] > g.max_ellipsis_lines_ratio:
+                failed.append(("gopher_ellipsis_lines", f"{q['ellipsis_line_ratio']:.3f}"))
+            if g.min_alpha_words_ratio is not None and q["alpha_word_ratio"] < g.min_alpha_words_ratio:
+                failed.append(("gopher_alpha_words", f"{q['alpha_word_ratio']:.3f}"))
+            if g.min_stop_words and stop is not None and not unseg and q["stopword_count"] < g.min_stop_words:
+                failed.append(("gopher_stop_words", f"{q['stopword_count']} < {g.min_stop_words}"))
+
+        if "gopher_repetition" in families:
+            self._repetition(text, n_text, words, q, failed, self.cfg.unsegmented_ngram_scale if unseg else 1)
+        rewritten = self._c4(lines, unseg, q, failed) if "c4" in families else None
+        if "fineweb" in families:
+            # FineWeb (datatrove) divides by all tokens, punctuation included
+            self._fineweb(text, lines, len(toks), q, failed, unseg)
+        return q, failed, rewritten
+
+    def _repetition(self, text: str, n_text: int, words: list[str], q: dict, failed: list,
+                    scale: int = 1) -> None:
+        r = self.cfg.gopher_repetition
+        paras = _PARA_SPLIT.split(text.strip())
+        dup, dup_chars = _find_duplicates(paras)
+        q["dup_para_frac"] = dup / max(len(paras), 1)
+        q["dup_para_char_frac"] = dup_chars / n_text
+        rlines = _LINE_SPLIT.split(text)
+        dup, dup_chars = _find_duplicates(rlines)
+        q["dup_line_frac"] = dup / max(len(rlines), 1)
+        q["dup_line_char_frac"] = dup_chars / n_text
+        for key, thr, reason in (("dup_para_frac", r.dup_para_frac, "gopher_dup_para_frac"),
+                                 ("dup_para_char_frac", r.dup_para_char_frac, "gopher_dup_para_char_frac"),
+                                 ("dup_line_frac", r.dup_line_frac, "gopher_dup_line_frac"),
+                                 ("dup_line_char_frac", r.dup_line_char_frac, "gopher_dup_line_char_frac")):
+            if thr is not None and q[key] > thr:
+                failed.append((reason, f"{q[key]:.3f} > {thr}"))
+        # n-grams over word ids, hashed with numpy (one vectorised pass per n). Characters of a
+        # gram = the sum of its words' lengths (as datatrove, which joins words without separator).
+        n = len(words)
+        if n < 2:
+            for k, _ in self.ngram_top:
+                q[f"top_{k}gram_frac"] = 0.0
+            for k, _ in self.ngram_dup:
+                q[f"dup_{k}gram_frac"] = 0.0
+            return
+        # word ids = Python's string hash (cached on the str, computed in C); 64-bit, so
+        # collisions are negligible for documents of any realistic size
+        ids = np.fromiter(map(hash, words), np.int64, n).view(np.uint64)
+        wlen = np.fromiter(map(len, words), np.int64, n)
+        csum = np.concatenate(([0], np.cumsum(wlen)))
+        h = ids.copy()
+        # Unsegmented scripts: tokens are characters, so an n-word gram spans ~scale*n tokens.
+        top = {k * scale: (k, thr) for k, thr in self.ngram_top}
+        dup = {k * scale: (k, thr) for k, thr in self.ngram_dup}
+        max_k = max([*top, *dup], default=1)
+        with np.errstate(over="ignore"):
+            for k in range(2, max_k + 1):
+                if n < k:
+                    if k in top:
+                        q[f"top_{top[k][0]}gram_frac"] = 0.0
+                    if k in dup:
+                        q[f"dup_{dup[k][0]}gram_frac"] = 0.0
+                    continue
+                h = h[:-1] * _PRIME + ids[k - 1:]          # hash of the gram starting at each position
+                if k not in top and k not in dup:
+                    continue
+                # one stable sort groups equal grams; within a group the first element is the
+                # gram's first occurrence, every other element a repeat
+                order = np.argsort(h, kind="stable")
+                hs = h[order]
+                starts_mask = np.empty(len(h), np.bool_)
+                starts_mask[0] = True
+                np.not_equal(hs[1:], hs[:-1], out=starts_mask[1:])
+                if k in top:
+                    name, thr = top[k]
+                    starts = np.flatnonzero(starts_mask)
+                    counts = np.diff(starts, append=len(h))
+                    best = int(np.argmax(counts))
+                    pos = int(order[starts[best]])
+                    frac = float((csum[pos + k] - csum[pos]) * counts[best]) / n_text
+                    q[f"top_{name}gram_frac"] = frac
+                    if frac > thr:
+                        failed.append((f"gopher_top_{name}gram", f"{frac:.3f} > {thr}"))
+                if k in dup:
+                    name, thr = dup[k]
+                    # Gopher: characters inside any repeated occurrence of an n-gram (each once).
+                    repeat = order[~starts_mask]
+                    if len(repeat):
+                        cover = np.zeros(n + 1, np.int32)
+                        np.add.at(cover, repeat, 1)
+                        np.add.at(cover, repeat + k, -1)
+                        frac = float(wlen[np.cumsum(cover[:n]) > 0].sum()) / n_text
+                    else:
+                        frac = 0.0
+                    q[f"dup_{name}gram_frac"] = frac
+                    if frac > thr:
+                        failed.append((f"gopher_dup_{name}gram", f"{frac:.3f} > {thr}"))
+
+    def _c4(self, lines: list[str], unseg: bool, q: dict, failed: list) -> str | None:
+        c = self.cfg.c4
+        kept: list[str] = []
+        sentences = 0
+        doc_reason = None
+        tok = _TOKENS_UNSEG if unseg else None
+        for line in lines:
+            line = line.strip()
+            if c.remove_citations and "[" in line:
+                line = _CITATION.sub("", line)
+            # cheapest test first: most dropped lines lack terminal punctuation
+            if not line.endswith(_C4_END) or line.endswith("..."):
+                continue
+            words = line.split()
+            if len(line) > c.max_word_len and any(len(w) > c.max_word_len for w in words):
+                continue
+            n_words = sum(1 for t in tok.findall(line) if t) if tok is not None else len(words)
+            if n_words < c.min_words_per_line:
+                continue
+            low = line.lower()
+            if c.lorem_ipsum and "lorem ipsum" in low:
+                doc_reason = doc_reason or ("c4_lorem_ipsum", line[:80])
+            if c.drop_javascript_lines and "javascript" in low:
+                continue
+            if c.curly_bracket and "{" in line:
+                doc_reason = doc_reason or ("c4_curly_bracket", line[:80])
+            if c.drop_policy_lines and any(p in low for p in _POLICY):
+                continue
+            sentences += max(len(_SENT_END.findall(line)), 1)
+            kept.append(line)
+        q["c4_sentences"] = sentences
+        q["c4_line_ratio"] = len(kept) / max(len(lines), 1)
+        if doc_reason:
+            failed.append(doc_reason)
+        if c.min_sentences is not None and sentences < c.min_sentences:
+            failed.append(("c4_min_sentences", f"{sentences} < {c.min_sentences}"))
+        return "\n".join(kept).strip() if c.rewrite_text else None
+
+    def _fineweb(self, text: str, lines: list[str], n_words: int, q: dict, failed: list,
+                 unseg: bool = False) -> None:
+        f = self.cfg.fineweb
+        short = f.short_line_length_unsegmented if unseg else f.short_line_length
+        nonempty = [ln for ln in lines if ln.strip()]
+        n = max(len(nonempty), 1)
+        q["line_punct_ratio"] = ratio = sum(1 for ln in nonempty if ln.endswith(_FW_END)) / n
+        if f.line_punct_thr is not None and ratio < f.line_punct_thr and not (
+                ratio == 0 and f.line_punct_exclude_zero):
+            failed.append(("fineweb_line_punct", f"{ratio:.3f} < {f.line_punct_thr}"))
+        q["short_line_ratio"] = ratio = sum(1 for ln in nonempty if len(ln) <= short) / n
+        if f.short_line_thr is not None and ratio > f.short_line_thr:
+            failed.append(("fineweb_short_lines", f"{ratio:.3f} > {f.short_line_thr}"))
+        q["char_dup_ratio"] = ratio = _find_duplicates(nonempty)[1] / max(len(text) - text.count("\n"), 1)
+        if f.char_dup_ratio is not None and ratio > f.char_dup_ratio:
+            failed.append(("fineweb_char_dup", f"{ratio:.3f} > {f.char_dup_ratio}"))
+        q["list_ratio"] = ratio = text.count("\n") / max(n_words, 1)
+        if f.new_line_ratio is not None and ratio > f.new_line_ratio:
+            failed.append(("fineweb_list_ratio", f"{ratio:.3f} > {f.new_line_ratio}"))
+
+    # ---- a batch -----------------------------------------------------------------------------
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        batch = conform(batch)
+        names = batch.schema.names
+        texts = batch.column("text").to_pylist()
+        langs = batch.column("lang").to_pylist()
+        cols: dict[str, list] = {f: [] for f in _FIELDS}
+        reasons: list[str | None] = []
+        details: list[str | None] = []
+        new_texts: list[str | None] = []
+        rewrote = False
+        skip = self.skip
+        for text, lang in zip(texts, langs, strict=True):
+            if text is None:
+                q, failed, rewritten = {}, [], None
+            else:
+                q, failed, rewritten = self.measure(text, lang)
+            n_rules = self._n_rules(q)
+            q["score"] = max(0.0, 1.0 - len(failed) / n_rules) if n_rules else 1.0
+            q["failed"] = [r for r, _ in failed]
+            for f in _FIELDS:
+                cols[f].append(q.get(f))
+            exempt = bool(lang) and lang.startswith(skip)
+            reasons.append(failed[0][0] if failed and not exempt else None)
+            details.append(failed[0][1] if failed and not exempt else None)
+            if rewritten is not None and not failed:
+                rewrote = True
+                new_texts.append(rewritten)
+            else:
+                new_texts.append(text)
+        old = batch.column("quality")
+        children = []
+        for field in QUALITY_TYPE:
+            if field.name in _PII:   # PII counts belong to the pii stage: carry them over
+                children.append(pc.struct_field(old, field.name) if old.null_count < len(old)
+                                else pa.nulls(len(old), field.type))
+            else:
+                children.append(pa.array(cols[field.name], field.type))
+        quality = pa.StructArray.from_arrays(children, fields=list(QUALITY_TYPE))
+        batch = batch.set_column(names.index("quality"), "quality", quality)
+        if rewrote:
+            text = pa.array(new_texts, pa.string())
+            batch = batch.set_column(names.index("text"), "text", text)
+            batch = batch.set_column(names.index("n_chars"), "n_chars",
+                                     pc.fill_null(pc.utf8_length(text).cast(pa.int64()), 0))
+        mask = pc.is_valid(pa.array(reasons, pa.string()))
+        return reject(batch, mask, self.name, pa.array(reasons, pa.string()), pa.array(details, pa.string()))
+
+    @staticmethod
+    def _n_rules(q: dict) -> int:
+        """How many rules were evaluated, for the score: one per rule-backing signal present."""
+        return sum(1 for k in _SCORED if q.get(k) is not None)
+
+
+# Signals that each back one rule (used to count evaluated rules for `score`).
+_SCORED = ("n_words", "mean_word_len", "hash_word_ratio", "ellipsis_word_ratio", "bullet_line_ratio",
+           "ellipsis_line_ratio", "alpha_word_ratio", "stopword_count", "dup_para_frac", "dup_para_char_frac",
+           "dup_line_frac", "dup_line_char_frac", "top_2gram_frac", "top_3gram_frac", "top_4gram_frac",
+           "dup_5gram_frac", "dup_6gram_frac", "dup_7gram_frac", "dup_8gram_frac", "dup_9gram_frac",
+           "dup_10gram_frac", "c4_sentences", "line_punct_ratio", "short_line_ratio", "char_dup_ratio",
+           "list_ratio")

@@ -1,0 +1,138 @@
+"""Runners end to end on real multilingual text: accounting, Spark == local, kill + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from lid_corpus import TEXTS, write_corpus
+
+from dataproc import runner
+from dataproc.config import PipelineConfig
+from q3.atomic import is_committed
+from q3.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cfg(inp: Path, out: Path, **kw) -> PipelineConfig:
+    data = {"inputs": [{"path": str(inp / "*.jsonl"), "format": "jsonl", "source": "test"}],
+            "output": str(out), "runner": "local", "chunk_files": 2, **kw}
+    return PipelineConfig.model_validate(data)
+
+
+def _rows(out: Path, kind: str) -> list[dict]:
+    return runner.read_output(out, kind).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def local_run(corpus, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("local") / "pipeline"
+    stats = runner.run(_cfg(corpus, out))
+    return out, stats
+
+
+def test_kept_plus_rejected_is_input(corpus, local_run):
+    out, stats = local_run
+    n_input = sum(len(f.read_text(encoding="utf-8").splitlines()) for f in corpus.glob("*.jsonl"))
+    kept, rejected = _rows(out, "kept"), _rows(out, "rejected")
+    assert len(kept) + len(rejected) == n_input == stats["input_docs"]
+    assert stats["kept_docs"] == len(kept) and stats["rejected_docs"] == len(rejected)
+    assert is_committed(out) and json.loads((out / "stats.json").read_text()) == stats
+    # every language of the corpus is kept under its own lang= partition
+    assert {r["lang"] for r in kept} == set(TEXTS)
+    assert {p.name for p in (out / "kept").iterdir()} == {f"lang={lang}" for lang in TEXTS}
+    assert all(r["reason"] for r in rejected)
+    reasons = {(r["stage"], r["reason"]) for r in rejected}
+    assert ("langid", "lang_low_confidence") in reasons
+    # per-stage counters chain: each stage's out is the next one's in
+    st = stats["stages"]
+    assert st[0]["in"] == n_input and st[-1]["out"] == len(kept)
+    assert all(a["out"] == b["in"] for a, b in zip(st, st[1:], strict=False))
+    assert sum(v["docs"] for v in stats["kept_by_lang"].values()) == len(kept)
+    assert not runner.parts_dir(_cfg(corpus, out)).exists()   # parts removed after the final commit
+
+
+def test_rerun_is_a_noop(corpus, local_run):
+    out, stats = local_run
+    before = (out / "_Q3_SUCCESS").stat().st_mtime_ns
+    assert runner.run(_cfg(corpus, out)) == stats
+    assert (out / "_Q3_SUCCESS").stat().st_mtime_ns == before
+
+
+@pytest.mark.spark
+def test_spark_output_equals_local(spark, corpus, local_run, tmp_path):
+    out, stats = local_run
+    sout = tmp_path / "spark"
+    sstats = runner.run(_cfg(corpus, sout, runner="spark"), spark=spark)
+    for kind in ("kept", "rejected"):
+        assert runner.read_output(sout, kind).equals(runner.read_output(out, kind)), kind
+    assert {k: v for k, v in sstats.items() if k != "fingerprint"} == \
+        {k: v for k, v in stats.items() if k != "fingerprint"}
+
+
+def test_killed_run_resumes_to_the_same_output(corpus, local_run, tmp_path):
+    out, _ = local_run
+    rout = tmp_path / "resumed"
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(_cfg(corpus, rout, keep_parts=True).model_dump_json())
+    code = ("import sys; from dataproc.config import PipelineConfig; from dataproc import runner; "
+            "runner.run(PipelineConfig.model_validate_json(open(sys.argv[1]).read()))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "Q3_RUNNER_DIE_IN_CHUNK": "1", "Q3_PROGRESS": "0"}
+    proc = subprocess.run([sys.executable, "-c", code, str(cfg_file)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 137, proc.stderr          # died hard halfway through chunk 1
+    pdir = next(runner.parts_dir(_cfg(corpus, rout)).iterdir())
+    assert is_committed(pdir / "chunk-00000") and not is_committed(pdir / "chunk-00001")
+    assert list(pdir.glob(".chunk-00001.tmp-*")), "the killed chunk left its temporary"
+    assert not rout.exists()
+    first = (pdir / "chunk-00000" / "_Q3_SUCCESS").stat().st_mtime_ns
+
+    runner.run(_cfg(corpus, rout, keep_parts=True))   # the rerun
+    assert (pdir / "chunk-00000" / "_Q3_SUCCESS").stat().st_mtime_ns == first   # not redone
+    assert not list(pdir.glob(".chunk-*.tmp-*"))
+    for kind in ("kept", "rejected"):
+        assert runner.read_output(rout, kind).equals(runner.read_output(out, kind)), kind
+
+
+def test_changed_config_does_not_reuse_parts(corpus, local_run, tmp_path):
+    out, stats = local_run
+    strict = runner.run(_cfg(corpus, tmp_path / "strict", langid={"keep_languages": ["eng_Latn"]}))
+    assert strict["kept_docs"] < stats["kept_docs"]
+    assert set(strict["kept_by_lang"]) == {"eng_Latn"}
+
+
+def test_read_failures_become_rejected_rows(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "good.jsonl").write_text(json.dumps({"text": TEXTS["eng_Latn"][0]}) + "\n")
+    (inp / "dir.jsonl").mkdir()          # unreadable "file": the reader raises
+    cfg = PipelineConfig.model_validate({"inputs": [{"path": str(inp / "*.jsonl"), "format": "jsonl"}],
+                                         "output": str(tmp_path / "out"), "runner": "local"})
+    items = runner.plan(cfg)
+    batches = [b for i, p in items for b in runner.process_file(cfg, i, p)]
+    t = pa.Table.from_batches(batches)
+    reasons = t.column("reason").to_pylist()
+    assert None in reasons and "read_error" in reasons
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="no `inputs`"):
+        runner.run(PipelineConfig(output=str(tmp_path / "o")))
+    with pytest.raises(ConfigError, match="matches no files"):
+        runner.plan(PipelineConfig.model_validate({"inputs": [{"path": str(tmp_path / "nothing*.jsonl")}]}))
+    with pytest.raises(ConfigError, match="chunk_files"):
+        load_config(PipelineConfig, "pipeline", None, ["chunk_files=0"])
+    with pytest.raises(ConfigError, match="runner"):
+        load_config(PipelineConfig, "pipeline", None, ["runner=dask"])
+    with pytest.raises(ConfigError, match="no cluster config named 'mars'"):
+        runner.spark_conf_for(PipelineConfig.model_validate({"spark": {"cluster": "mars"}}))

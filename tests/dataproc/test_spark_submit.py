@@ -1,0 +1,47 @@
+"""A real spark-submit to a Spark standalone master + worker on 127.0.0.1, project shipped as a zip."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+import yaml
+from lid_corpus import write_corpus
+
+from dataproc import runner
+from dataproc.config import PipelineConfig
+from dataproc.standalone import StandaloneCluster, make_project_zip, submit_command
+from q3.paths import CONF_DIR, ROOT
+
+
+@pytest.mark.slow
+def test_spark_submit_standalone_equals_local(tmp_path):
+    inp = write_corpus(tmp_path / "in", n_files=4)
+    base = {"inputs": [{"path": str(inp / "*.jsonl"), "format": "jsonl", "source": "test"}], "chunk_files": 4}
+    cfg_file = tmp_path / "pipeline.yaml"
+    cfg_file.write_text(yaml.safe_dump(base))
+    local_out = tmp_path / "local"
+    runner.run(PipelineConfig.model_validate({**base, "output": str(local_out), "runner": "local"}))
+
+    zip_path = make_project_zip(tmp_path / "q3_project.zip")
+    sub_out = tmp_path / "submitted"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}   # the code comes from the zip
+    env.update({"Q3_CONF": str(CONF_DIR), "Q3_PROGRESS": "0"})
+    with StandaloneCluster(worker_memory="1g", worker_cores=1) as cluster:
+        cmd = submit_command(cluster.master_url, zip_path, ROOT / "dataproc/jobs/pipeline.py",
+                             ["--config", str(cfg_file), f"output={sub_out}", "runner=spark",
+                              "spark.cluster=standalone"])
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=tmp_path, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=280)
+        finally:
+            if proc.poll() is None:   # the driver and its Python child, only what we started
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
+    assert f"output: {sub_out}" in stdout
+    for kind in ("kept", "rejected"):
+        assert runner.read_output(sub_out, kind).equals(runner.read_output(local_out, kind)), kind
