@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,19 +51,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--coeff", type=float, default=0.1)
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--analyse-only", action="store_true", help="reuse the runs under data/bench_moe_balance")
     args = ap.parse_args()
     from train.devdata import build_dev_data
 
     manifest = build_dev_data(ROOT / "data" / "bench_devdata", max_files=40)["S1"]
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        kinds = ("global_aux_loss", "aux_loss")      # both trainings run side by side (one thread each)
-        procs = {k: train(k, manifest, args.steps, args.coeff, Path(tmp) / k) for k in kinds}
+    runs = ROOT / "data" / "bench_moe_balance"
+    kinds = ("global_aux_loss", "aux_loss")          # both trainings run side by side (one thread each)
+    if not args.analyse_only:
+        shutil.rmtree(runs, ignore_errors=True)
+        procs = {k: train(k, manifest, args.steps, args.coeff, runs / k) for k in kinds}
         for k, p in procs.items():
             if p.wait() != 0:
                 raise SystemExit(f"training with {k} failed")
-        for k in kinds:
-            results[k] = analyse(manifest, Path(tmp) / k)
+    for k in kinds:
+        results[k] = analyse(manifest, runs / k)
     print(json.dumps(results, indent=2))
     if args.record:
         res = ROOT / "bench" / "RESULTS.md"

@@ -138,6 +138,7 @@ class TrainConfig(Q3Config):
     finetune: bool = False               # True: take weights only (new stage), reset optimizer/step
     save_interval: int = 0               # 0: save only at the end
     log_interval: int = 1
+    eval_batches: int = 2                # held-out global batches scored before and after the stage
     tensorboard: bool = True
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)

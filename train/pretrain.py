@@ -180,7 +180,8 @@ def run(cfg: TrainConfig) -> dict:
     # data -------------------------------------------------------------------------
     plan = BatchPlan(cfg.micro_batch_size, cfg.global_batch_size, dp, dp_rank)
     n_micro = plan.num_microbatches
-    dataset = build_train_dataset(manifest, seq, cfg.train_steps * cfg.global_batch_size + cfg.global_batch_size,
+    eval_start = cfg.train_steps * cfg.global_batch_size        # held out: samples training never reaches
+    dataset = build_train_dataset(manifest, seq, eval_start + (cfg.eval_batches + 1) * cfg.global_batch_size,
                                   cfg.seed, mcfg.padded_vocab_size, cfg.data_cache_dir or str(out_dir / "data_cache"))
 
     # resume / start from the previous stage ---------------------------------------------
@@ -238,6 +239,27 @@ def run(cfg: TrainConfig) -> dict:
                 "manifest": str(cfg.manifest), "train": cfg.model_dump(mode="json"), "losses": losses,
                 "guard": guard.state(), "dp_size": dp, "parallel": par.model_dump()}
 
+    def evaluate() -> float:
+        """Token-weighted loss on the held-out global batches (forward only; LBL counters reset)."""
+        from megatron.core.distributed.finalize_model_grads import reset_model_temporary_tensors
+
+        tot = torch.zeros(2)
+        for b in range(cfg.eval_batches):
+            out = fwd_bwd(forward_step_func=forward_step,
+                          data_iterator=step_microbatches(dataset, plan, eval_start + b * cfg.global_batch_size),
+                          model=[ddp], num_microbatches=n_micro, seq_length=seq,
+                          micro_batch_size=cfg.micro_batch_size, forward_only=True)
+            tot += torch.stack([r["lm loss"] for r in out]).sum(0)
+        reset_model_temporary_tensors(tcfg, [ddp])
+        torch.distributed.all_reduce(tot, group=ps.get_data_parallel_group())
+        return float(tot[0] / tot[1].clamp(min=1))
+
+    evals: dict[str, float] = {}
+    if cfg.eval_batches and step == 0:
+        evals["start"] = evaluate()
+        if rank == 0:
+            log.info("%s eval loss before training: %.4f", stage, evals["start"])
+
     history = []
     t_log = time.time()
     stop_at = min(cfg.train_steps, cfg.stop_after or cfg.train_steps)
@@ -293,6 +315,12 @@ def run(cfg: TrainConfig) -> dict:
         if (cfg.save_interval and step % cfg.save_interval == 0) or step == stop_at:
             ckpt.save(ckpt_root, step, ddp, optimizer, meta_dict())
     elapsed = time.time() - t_log
+    if cfg.eval_batches:
+        evals["end"] = evaluate()
+        if rank == 0:
+            log.info("%s eval loss after step %d: %.4f", stage, step, evals["end"])
+            with open(out_dir / "eval.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **evals}) + "\n")
     if writer is not None:
         writer.close()
     last = ckpt.latest_checkpoint(ckpt_root)
@@ -306,7 +334,8 @@ def run(cfg: TrainConfig) -> dict:
                       sum(h["mfu"] for h in history[i:i + k]) / len(history[i:i + k]))
                      for i in range(0, len(history), k)])
         print(f"checkpoint: {last}")
-    return {"losses": losses, "history": history, "checkpoint": str(last), "skipped": guard.skipped}
+    return {"losses": losses, "history": history, "checkpoint": str(last), "skipped": guard.skipped,
+            "eval": evals}
 
 
 def run_stages(manifests: list[str | Path], out_root: str | Path = "runs/demo",

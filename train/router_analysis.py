@@ -39,8 +39,10 @@ def domain_routing(model, windows: dict[str, torch.Tensor], micro: int = 4) -> d
     out: dict[str, np.ndarray] = {}
     for name, toks in windows.items():
         counts = [torch.zeros(r.config.num_moe_experts) for r in routers]
-        hooks = [r.register_forward_hook(lambda m, i, o, k=k, c=counts: c[k].add_(o[1].float().sum(0)))
-                 for k, r in enumerate(routers)]
+        def hook(module, inputs, output, k, c=counts):     # returns None: output unchanged
+            c[k].add_(output[1].float().sum(0))
+
+        hooks = [r.register_forward_hook(lambda m, i, o, k=k: hook(m, i, o, k)) for k, r in enumerate(routers)]
         for s in range(0, len(toks), micro):
             forward_logits(model, toks[s:s + micro])
         for h in hooks:
