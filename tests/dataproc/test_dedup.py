@@ -148,6 +148,7 @@ def test_precision_recall_planted_cjk(cjk_docs):
     assert m["precision"] >= 0.95 and m["recall"] >= 0.90
 
 
+@pytest.mark.slow          # ~25 large/small-star rounds; the default set covers CC via Spark == local
 def test_spark_connected_components_match_union_find(spark, tmp_path):
     rng = random.Random(5)
     edges = []
