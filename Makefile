@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 
-.PHONY: venv demo test test-fast lint sample bench clean
+.PHONY: venv demo test test-fast lint sample clean
 
 venv: $(STAMP)
 
@@ -40,9 +40,6 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-
-bench: $(STAMP)
-	$(BIN)/python -m bench.run_all
 
 clean:
 	rm -rf $(VENV) data runs out .pytest_cache
