@@ -20,7 +20,6 @@ AREAS: dict[str, tuple[str, str]] = {
     "synth": ("synth.cli", "synthetic data: generate, verifiable generators, cold-start builder"),
     "mix": ("dataproc.mix_cli", "tokenise into Megatron datasets, build stage manifests, optimise mixture"),
     "train": ("train.cli", "megatron-core Qwen3 pretraining, export-hf, import-hf, generate"),
-    "post": ("train.post.cli", "post-training: sft, grpo, distill"),
     "serve": ("train.serve", "OpenAI-compatible chat server on a checkpoint"),
     "demo": ("q3.demo", "the whole system end to end on the sample corpus, on CPU"),
 }

@@ -11,7 +11,7 @@ def test_parse_args():
 def test_help_lists_areas(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for area in ("data", "mix", "train", "label", "synth", "post"):
+    for area in ("data", "mix", "train", "label", "synth", "serve", "demo"):
         assert area in out
 
 

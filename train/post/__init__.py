@@ -1,1 +1,0 @@
-"""Post-training: long-CoT SFT, GRPO with verifiers, strong-to-weak distillation."""
