@@ -19,6 +19,8 @@ class OcrConfig(Q3Config):
     refine_model: str | None = None     # None: same model
     max_tokens: int = 4096
     min_page_chars: int = 16            # fewer text-layer chars than this = no text layer
+    timeout_s: float = 120.0
+    cache_dir: str | None = None        # q3/llm.py on-disk cache: a rerun sends nothing again
 
 
 class InputSpec(Q3Config):
@@ -66,6 +68,9 @@ class GopherQualityConfig(Q3Config):
     max_bullet_lines_ratio: float | None = 0.9
     max_ellipsis_lines_ratio: float | None = 0.3
     min_alpha_words_ratio: float | None = 0.8     # words with at least one letter
+    # "whitespace": Gopher paper (whitespace-separated words); "tokens": datatrove (punctuation
+    # tokens count as words without a letter, so symbol-heavy technical text fails more often)
+    alpha_ratio_over: Literal["whitespace", "tokens"] = "whitespace"
     min_stop_words: int | None = 2                # only for languages with a stop-word list
 
 

@@ -223,6 +223,9 @@ def build_sample(cfg: SampleConfig) -> Path:
         _summary(read_marker(out)["counts"], out)
         return out
     roots = fetch_packages(cfg.packages, cache)
+    if cfg.packages and not roots:
+        raise RuntimeError("no manpages package could be downloaded (apt-get download failed for all of "
+                           f"{', '.join(cfg.packages)}); check network access to the Debian mirror")
     docs = collect_manpages(roots, cfg) + collect_python(cfg)
     docs.sort(key=lambda d: (d["lang_hint"], d["url"]))
     counts: dict[str, dict[str, int]] = {}

@@ -12,6 +12,7 @@ DataFrame of paths) read identically. Bad input never raises: it becomes a rejec
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,12 @@ def list_inputs(spec: InputSpec) -> list[str]:
 
 def read_file(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
     fmt = spec.format if spec.format != "auto" else detect_format(path)
+    if fmt != "text" and _is_empty(path):
+        # a zero-byte file of any format is a visible rejected row, not silently nothing
+        from dataproc.readers.common import Rows
+        rows = Rows(spec)
+        rows.reject("empty_file", path, b"", text="", detail=f"0 bytes ({fmt})")
+        return rows.flush()
     if fmt == "jsonl":
         from dataproc.readers.jsonl import read_jsonl
         return read_jsonl(path, spec)
@@ -72,3 +79,10 @@ def read_file(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
         return read_pdf(path, spec)
     from dataproc.readers.text import read_text
     return read_text(path, spec)
+
+
+def _is_empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False

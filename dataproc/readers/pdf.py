@@ -10,8 +10,8 @@ The report's PDF path is "OCR by a vision-language model, then refined by an LLM
    (`build_refine_request`).
 
 Steps 2-3 run only when `spec.ocr.endpoint` is set. The HTTP call itself goes through the
-project's one OpenAI-compatible client (q3/llm.py, DESIGN.md); until that is wired in, it is the
-injection point `set_transport` below, so this module never grows a second client.
+project's one OpenAI-compatible client (q3/llm.py, DESIGN.md) via `llm_transport`; `set_transport`
+swaps it (e.g. for a local model), so this module never grows a second client.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ REFINE_PROMPT = ("The following text was produced by OCR and may contain recogni
 
 # --- injection point: the OpenAI-compatible transport -------------------------------------------
 # A callable (request_json: dict, cfg: OcrConfig) -> response_json: dict that POSTs to
-# f"{cfg.endpoint}/chat/completions". Wire q3/llm.py's client in here (set_transport) once it lands.
+# f"{cfg.endpoint}/chat/completions". Default (None): `llm_transport`, i.e. q3/llm.py's client.
 Transport = Callable[[dict[str, Any], OcrConfig], dict[str, Any]]
 _transport: Transport | None = None
 
@@ -46,11 +46,25 @@ def set_transport(fn: Transport | None) -> None:
     _transport = fn
 
 
+def llm_transport(request: dict[str, Any], cfg: OcrConfig) -> dict[str, Any]:
+    """The default transport: the project's shared client q3/llm.py (retries, cache, limits)."""
+    try:
+        from q3.llm import ChatRequest, EndpointConfig, complete_many
+    except ImportError as e:   # the shared client is not in this checkout
+        raise RuntimeError("OCR endpoint configured but q3/llm.py is missing: install a transport "
+                           "with dataproc.readers.pdf.set_transport") from e
+    endpoint = EndpointConfig(base_url=cfg.endpoint, model=request["model"], cache_dir=cfg.cache_dir,
+                              timeout_s=cfg.timeout_s)
+    params = {k: v for k, v in request.items() if k not in ("model", "messages", "metadata")}
+    res = complete_many(endpoint, [ChatRequest(messages=request["messages"], params=params)])[0]
+    if res.error:
+        return {"error": res.error}
+    return {"choices": [{"message": {"role": "assistant", "content": res.text},
+                         "finish_reason": res.finish_reason}]}
+
+
 def _call(request: dict[str, Any], cfg: OcrConfig) -> dict[str, Any]:
-    if _transport is None:
-        raise RuntimeError("OCR endpoint configured but no transport: wire q3/llm.py in via "
-                           "dataproc.readers.pdf.set_transport")
-    return _transport(request, cfg)
+    return (_transport or llm_transport)(request, cfg)
 # -------------------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,8 @@ silently).
 
 from __future__ import annotations
 
+import unicodedata
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -46,6 +48,18 @@ def _valid_utf8(arr: pa.Array) -> tuple[pa.Array, pa.Array | None]:
     return pa.array(fixed, pa.string()), pa.array(bad, pa.bool_())
 
 
+def _unicode_normalize(text: pa.Array, form: str) -> pa.Array:
+    """NFC/NFKC of the non-ASCII rows only (ASCII is already normal). CPython's unicodedata
+    quick-checks first and is ~10x faster than Arrow's utf8_normalize on text that is already
+    normalised, which is nearly all real text."""
+    non_ascii = pc.invert(pc.fill_null(pc.string_is_ascii(text), True))
+    if not pc.any(non_ascii).as_py():
+        return text
+    idx = pc.indices_nonzero(non_ascii)
+    fixed = [unicodedata.normalize(form, s) for s in text.take(idx).to_pylist()]
+    return pc.replace_with_mask(text, non_ascii, pa.array(fixed, pa.string()))
+
+
 class NormaliseStage:
     name = "normalise"
 
@@ -59,7 +73,7 @@ class NormaliseStage:
         if c.strip_control:
             text = pc.replace_substring_regex(text, _CONTROL, "")
         if c.unicode_form != "none":
-            text = pc.utf8_normalize(text, form=c.unicode_form)
+            text = _unicode_normalize(text, c.unicode_form)
         if c.unify_spaces:
             text = pc.replace_substring_regex(text, _SPACES, " ")
         if c.strip_trailing_spaces:

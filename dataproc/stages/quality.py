@@ -46,7 +46,7 @@ _UNSEG_CHARS = ("\u0e00-\u0e7f\u0e80-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17
 # Tokens: word (letters/digits, with inner ' - ’) or a run of symbols. Unsegmented scripts: one char.
 _TOKENS = re.compile(r"(\w+(?:['’\-]\w+)*)|[^\w\s]+")
 _TOKENS_UNSEG = re.compile(rf"([{_UNSEG_CHARS}]|[^\W{_UNSEG_CHARS}]+(?:['’\-][^\W{_UNSEG_CHARS}]+)*)|[^\w\s]+")
-_HAS_ALPHA = re.compile(r"[^\W\d_]")
+_NUMERIC_TOKEN = re.compile(r"(?<!\S)[\d_]+(?:['’\-][\d_]+)*(?!\S)")
 _ALPHA_WS_WORD = re.compile(r"\S*[^\W\d_]\S*")
 _PARA_SPLIT = re.compile(r"\n{2,}")
 _LINE_SPLIT = re.compile(r"\n+")
@@ -54,10 +54,10 @@ _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 # C4's END_PUNCTUATION, plus the CJK/Arabic/Devanagari full stops so other languages can pass.
 _C4_END = (".", "?", "!", '"', "'", "。", "！", "？", "」", "』", "؟", "।", "۔", "॥")
-# FineWeb's stop chars (datatrove TERMINAL_PUNCTUATION, the common part).
-_FW_END = (".", "!", "?", "。", "！", "？", "؟", "।", "॥", "۔", "…", "‼", "⁇", "⁈", "⁉", "՜", "՞",
-           "։", "።", "፧", "፨", "჻", "᙮", "᠃", "᠉", "꓿", "꘎", "꘏", "꛳", "꛷", "︒", "﹒", "﹖", "﹗", "．", "｡",
-           '"', "'", "”", "’", "»", "」", "』", ")")
+# FineWeb's stop chars: sentence-final marks of many scripts (a subset of datatrove's
+# TERMINAL_PUNCTUATION; like it, no quotes, brackets or ellipsis).
+_FW_END = (".", "!", "?", "。", "！", "？", "؟", "।", "॥", "۔", "‼", "⁇", "⁈", "⁉", "։", "።", "፧", "፨", "᙮", "᠃", "᠉", "꓿", "꘎", "꘏", "꛳", "꛷", "﹒", "﹖", "﹗", "．", "｡",
+           "܀", "܁", "܂", "߹", "᥄", "᥅", "᱾", "᱿")
 _SENT_END = re.compile(r"[.!?。！？؟।]+(?=\s|$)")
 
 _PRIME = np.uint64(1_000_003)
@@ -87,6 +87,7 @@ class QualityStage:
         self.stop = {k: frozenset(w.lower() for w in v) for k, v in stop.items()}
         self.unseg = tuple(self.cfg.unsegmented_scripts)
         self.skip = tuple(self.cfg.skip_prefixes)
+        self.alpha_over_tokens = self.cfg.gopher_quality.alpha_ratio_over == "tokens"
         self.ngram_top = sorted(self.cfg.gopher_repetition.top_ngrams.items())
         self.ngram_dup = sorted(self.cfg.gopher_repetition.dup_ngrams.items())
 
@@ -109,8 +110,12 @@ class QualityStage:
         lines = text.splitlines()
         n_lines = max(len(lines), 1)
         q["n_lines"] = len(lines)
-        if unseg:   # symbols are covered by their own rules; count letters among real tokens
-            q["alpha_word_ratio"] = sum(1 for w in words if _HAS_ALPHA.search(w)) / max(n_words, 1)
+        if unseg or self.alpha_over_tokens:
+            numeric = len(_NUMERIC_TOKEN.findall(" ".join(words)))   # tokens without a letter
+            if unseg:   # symbols are covered by their own rules; count letters among real tokens
+                q["alpha_word_ratio"] = (n_words - numeric) / max(n_words, 1)
+            else:       # datatrove's variant: punctuation tokens count as words without a letter
+                q["alpha_word_ratio"] = (n_words - numeric) / n_tok
         else:   # Gopher's definition: whitespace-separated words holding at least one letter
             q["alpha_word_ratio"] = len(_ALPHA_WS_WORD.findall(text)) / max(len(text.split()), 1)
         q["mean_word_len"] = (sum(map(len, words)) / n_words) if n_words else 0.0
@@ -152,7 +157,8 @@ class QualityStage:
             self._repetition(text, n_text, words, q, failed, self.cfg.unsegmented_ngram_scale if unseg else 1)
         rewritten = self._c4(lines, unseg, q, failed) if "c4" in families else None
         if "fineweb" in families:
-            self._fineweb(text, lines, n_words, q, failed, unseg)
+            # FineWeb (datatrove) divides by all tokens, punctuation included
+            self._fineweb(text, lines, len(toks), q, failed, unseg)
         return q, failed, rewritten
 
     def _repetition(self, text: str, n_text: int, words: list[str], q: dict, failed: list,
@@ -181,9 +187,10 @@ class QualityStage:
             for k, _ in self.ngram_dup:
                 q[f"dup_{k}gram_frac"] = 0.0
             return
-        arr = np.asarray(words)
-        ids = np.unique(arr, return_inverse=True)[1].astype(np.uint64).ravel() + np.uint64(1)
-        wlen = np.char.str_len(arr).astype(np.int64)
+        # word ids = Python's string hash (cached on the str, computed in C); 64-bit, so
+        # collisions are negligible for documents of any realistic size
+        ids = np.fromiter(map(hash, words), np.int64, n).view(np.uint64)
+        wlen = np.fromiter(map(len, words), np.int64, n)
         csum = np.concatenate(([0], np.cumsum(wlen)))
         h = ids.copy()
         # Unsegmented scripts: tokens are characters, so an n-word gram spans ~scale*n tokens.
@@ -201,12 +208,19 @@ class QualityStage:
                 h = h[:-1] * _PRIME + ids[k - 1:]          # hash of the gram starting at each position
                 if k not in top and k not in dup:
                     continue
-                _, first, inverse, counts = np.unique(h, return_index=True, return_inverse=True,
-                                                         return_counts=True)
+                # one stable sort groups equal grams; within a group the first element is the
+                # gram's first occurrence, every other element a repeat
+                order = np.argsort(h, kind="stable")
+                hs = h[order]
+                starts_mask = np.empty(len(h), np.bool_)
+                starts_mask[0] = True
+                np.not_equal(hs[1:], hs[:-1], out=starts_mask[1:])
                 if k in top:
                     name, thr = top[k]
+                    starts = np.flatnonzero(starts_mask)
+                    counts = np.diff(starts, append=len(h))
                     best = int(np.argmax(counts))
-                    pos = int(first[best])
+                    pos = int(order[starts[best]])
                     frac = float((csum[pos + k] - csum[pos]) * counts[best]) / n_text
                     q[f"top_{name}gram_frac"] = frac
                     if frac > thr:
@@ -214,7 +228,7 @@ class QualityStage:
                 if k in dup:
                     name, thr = dup[k]
                     # Gopher: characters inside any repeated occurrence of an n-gram (each once).
-                    repeat = np.nonzero(first[inverse] != np.arange(len(h)))[0]
+                    repeat = order[~starts_mask]
                     if len(repeat):
                         cover = np.zeros(n + 1, np.int32)
                         np.add.at(cover, repeat, 1)
@@ -234,12 +248,13 @@ class QualityStage:
         tok = _TOKENS_UNSEG if unseg else None
         for line in lines:
             line = line.strip()
+            if c.remove_citations and "[" in line:
+                line = _CITATION.sub("", line)
+            # cheapest test first: most dropped lines lack terminal punctuation
+            if not line.endswith(_C4_END) or line.endswith("..."):
+                continue
             words = line.split()
             if len(line) > c.max_word_len and any(len(w) > c.max_word_len for w in words):
-                continue
-            if c.remove_citations:
-                line = _CITATION.sub("", line)
-            if not line.endswith(_C4_END) or line.endswith("..."):
                 continue
             n_words = sum(1 for t in tok.findall(line) if t) if tok is not None else len(words)
             if n_words < c.min_words_per_line:

@@ -149,6 +149,10 @@ def test_fifty_megabyte_document_is_one_row(tmp_path, sample_docs):
     assert t.num_rows == 2 and t.column("n_chars").to_pylist() == [50_000_000, 5]
     t = read_all(tmp_path / "big.txt")
     assert t.num_rows == 1 and t.column("n_chars")[0].as_py() == 50_000_000
+    # downstream, normalise rejects it per config instead of truncating or crashing
+    from dataproc.stages.normalise import NormaliseStage
+    out = NormaliseStage()(t.to_batches()[0]).to_pylist()[0]
+    assert out["reason"] == "too_long" and out["stage"] == "normalise"
 
 
 def test_parquet(tmp_path, some_docs):
@@ -277,8 +281,8 @@ def test_ocr_request_building_and_response_parsing():
             parse_chat_response(bad)
 
 
-def test_ocr_hook_runs_through_the_transport_for_pages_without_text(tmp_path):
-    """A scanned page (image only, no text layer) goes to the transport; its answer becomes the text."""
+def _scanned_pdf(path: Path) -> Path:
+    """A 'scanned' page: one embedded RGB image, no text layer."""
     from pypdf import PdfWriter
     from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject, NumberObject
 
@@ -294,9 +298,14 @@ def test_ocr_hook_runs_through_the_transport_for_pages_without_text(tmp_path):
     cs = DecodedStreamObject()
     cs.set_data(b"q 200 0 0 200 0 0 cm /Im0 Do Q")
     page[NameObject("/Contents")] = w._add_object(cs)
-    path = tmp_path / "scan.pdf"
     with open(path, "wb") as f:
         w.write(f)
+    return path
+
+
+def test_ocr_hook_runs_through_the_transport_for_pages_without_text(tmp_path):
+    """A scanned page (image only, no text layer) goes to the transport; its answer becomes the text."""
+    path = _scanned_pdf(tmp_path / "scan.pdf")
     seen = []
 
     def transport(request, cfg):
@@ -322,3 +331,63 @@ def test_detect_format():
     assert detect_format("x.warc.gz") == "warc"
     assert detect_format("x.PDF") == "pdf"
     assert detect_format("x.md") == "text"
+
+
+def test_ocr_end_to_end_through_q3_llm_against_a_local_server(tmp_path):
+    """The default transport (q3/llm.py) against a real OpenAI-compatible HTTP server on 127.0.0.1."""
+    pytest.importorskip("q3.llm")
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server API
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            got.append((self.path, body))
+            content = body["messages"][0]["content"]
+            answer = "Page text from the VLM" if isinstance(content, list) else "Page text, refined"
+            out = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer},
+                                           "finish_reason": "stop"}],
+                              "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        path = _scanned_pdf(tmp_path / "scan.pdf")
+        ocr = OcrConfig(endpoint=f"http://127.0.0.1:{server.server_address[1]}/v1", model="vlm", refine=True)
+        t = rows(read_all(path, ocr=ocr.model_dump()))
+    finally:
+        server.shutdown()
+        thread.join()
+    assert t[0]["reason"] is None and t[0]["text"] == "Page text, refined"
+    assert [p for p, _ in got] == ["/v1/chat/completions"] * 2
+    assert got[0][1]["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/")
+
+
+@pytest.mark.parametrize("name", ["x.jsonl", "x.jsonl.gz", "x.jsonl.zst", "x.parquet", "x.warc.gz",
+                                  "x.wet", "x.pdf", "x.txt"])
+def test_garbage_in_any_format_becomes_rejected_rows(tmp_path, name):
+    import random
+
+    rnd = random.Random(name)
+    garbage = bytes(rnd.randrange(256) for _ in range(20_000))
+    (tmp_path / name).write_bytes(garbage)
+    t = rows(read_all(tmp_path / name))       # must not raise
+    assert t and all(r["reason"] is not None and r["stage"] == "read" for r in t)
+
+
+@pytest.mark.parametrize("name", ["e.jsonl", "e.jsonl.gz", "e.parquet", "e.warc.gz", "e.pdf", "e.txt"])
+def test_empty_file_in_any_format_is_one_rejected_row(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    t = rows(read_all(tmp_path / name))
+    assert [r["reason"] for r in t] == ["empty_file"]

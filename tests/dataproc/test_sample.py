@@ -67,3 +67,11 @@ def test_second_build_is_a_no_op_and_deterministic(sample_dir, tmp_path):
     assert read_marker(other)["counts"] == marker["counts"]
     keys = [(d["lang_hint"], d["url"]) for d in map(json.loads, (other / "docs.jsonl").open())]
     assert keys == sorted(keys)
+
+
+def test_cli_with_yaml_config_and_overrides(sample_dir, capsys):
+    from dataproc.sample import cli
+
+    assert cli("default", ["per_language=40", "code_files=40", f"output={sample_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "deu_Latn" in out and "TOTAL" in out

@@ -39,6 +39,11 @@ def sample_batch(sample_docs) -> pa.RecordBatch:
                              "lang": [d["lang_hint"] for d in sample_docs]}).combine_chunks().to_batches()[0])
 
 
+@pytest.fixture(scope="module")
+def after_quality(sample_batch) -> pa.RecordBatch:
+    return QualityStage()(NormaliseStage()(sample_batch))
+
+
 # ---- normalise ------------------------------------------------------------------------------------
 def test_normalise_cleans_and_rejects():
     texts = ["  Cafe\u0301\r\nline\x07 two\u00a0x   \n\n\n\nend\ufeff  ", "", None, "\x00\x01 \n\t ",
@@ -73,8 +78,9 @@ def test_normalise_nfc_on_real_text(sample_batch):
 
 
 # ---- quality ----------------------------------------------------------------------------------------
-def test_quality_signals_on_every_row_and_reasons(sample_batch):
-    rows = run(QualityStage(), NormaliseStage()(sample_batch))
+def test_quality_signals_on_every_row_and_reasons(sample_batch, after_quality):
+    rows = after_quality.to_pylist()
+    assert after_quality.num_rows == sample_batch.num_rows
     assert all(r["quality"]["n_words"] is not None and 0.0 <= r["quality"]["score"] <= 1.0 for r in rows)
     kept = [r for r in rows if r["reason"] is None]
     rejected = [r for r in rows if r["reason"] is not None]
@@ -117,6 +123,11 @@ def test_gopher_quality_rules(docs_by_lang):
     assert "gopher_bullet_lines" in [r for r, _ in q.measure(bullets, "eng_Latn")[1]]
     numbers = " ".join(str(i) for i in range(400)) + " " + " ".join(good.split()[:60])
     assert "gopher_alpha_words" in [r for r, _ in q.measure(numbers, "eng_Latn")[1]]
+    # symbol-heavy words: fine by the Gopher paper (whitespace words), not by datatrove's tokens
+    flags = good + "\n" + " ".join(f"--opt{i % 7}=x," for i in range(3 * len(good.split())))
+    assert "gopher_alpha_words" not in [r for r, _ in q.measure(flags, "eng_Latn")[1]]
+    q_tok = QualityStage(QualityConfig(enabled=["gopher_quality"], gopher_quality={"alpha_ratio_over": "tokens"}))
+    assert "gopher_alpha_words" in [r for r, _ in q_tok.measure(flags, "eng_Latn")[1]]
     # German text fails the English stop-word rule but passes with its own list
     de = _prose(docs_by_lang, "deu_Latn")
     assert "gopher_stop_words" in [r for r, _ in q.measure(de, "eng_Latn")[1]]
@@ -195,9 +206,10 @@ def test_pii_placeholders_and_counts(docs_by_lang):
     assert all(r["reason"] is None for r in rows)
 
 
-def test_pii_keeps_quality_signals_and_config_kinds(sample_batch):
-    after_q = QualityStage()(NormaliseStage()(sample_batch))
-    out = PiiStage()(after_q)
+def test_pii_keeps_quality_signals_and_config_kinds(after_quality):
+    after_q = after_quality
+    out = run(PiiStage(), after_q)
+    out = pa.RecordBatch.from_pylist(out, schema=STAGE_OUTPUT_SCHEMA)
     assert out.column("quality").type == QUALITY_TYPE
     assert pc.struct_field(out.column("quality"), "n_words").to_pylist() == \
         pc.struct_field(after_q.column("quality"), "n_words").to_pylist()
