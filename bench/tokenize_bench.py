@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-from dataproc.jobs.tokenize import run_tokenize
+from dataproc.jobs.tokenise import run_tokenize
 from dataproc.mix.config import MixConfig, StageConfig
 from q3.log import print_table
 from q3.tokenizer import load_tokenizer

@@ -3,7 +3,7 @@
 from q3.cli import verb
 
 VERBS = {
-    "tokenize": verb("dataproc.jobs.tokenize:cli", "Tokenise kept documents into Megatron .bin/.idx datasets (Spark)."),
+    "tokenize": verb("dataproc.jobs.tokenise:cli", "Tokenise kept documents into Megatron .bin/.idx datasets (Spark)."),
     "build": verb("dataproc.mix.manifest:cli", "Write the S1/S2/S3 stage-mixing manifests (deterministic YAML)."),
     "optimize": verb("dataproc.mix.optimize:cli", "RegMix-style mixture optimisation with tiny proxy runs."),
     "scaling": verb("dataproc.mix.scaling:cli", "Fit LR/batch-size scaling laws from a sweep of tiny runs."),

@@ -75,6 +75,19 @@ def parse_args(args: list[str]) -> tuple[str | None, list[str], bool]:
     return config, overrides, want_help
 
 
+def script_main(fn: Callable, doc: str | None, argv: list[str] | None = None) -> int:
+    """Run a verb as a script (`spark-submit dataproc/jobs/x.py --config X k=v`), same arguments."""
+    try:
+        config, overrides, want_help = parse_args(list(sys.argv[1:] if argv is None else argv))
+        if want_help:
+            print((doc or "").strip())
+            return 0
+        return int(fn(config, overrides) or 0)
+    except ConfigError as e:
+        print(f"{sys.argv[0]}: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -160,10 +160,6 @@ def cli(config: str | None, overrides: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from q3.cli import parse_args
+    from q3.cli import script_main
 
-    _config, _overrides, _help = parse_args(sys.argv[1:])
-    if _help:
-        print(__doc__)
-        sys.exit(0)
-    sys.exit(cli(_config, _overrides))
+    sys.exit(script_main(cli, __doc__))

@@ -57,18 +57,9 @@ def cli(config: str | None, overrides: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from q3.cli import parse_args
-    from q3.config import ConfigError
+    from q3.cli import script_main
 
-    try:
-        config, overrides, want_help = parse_args(list(sys.argv[1:] if argv is None else argv))
-        if want_help:
-            print(__doc__)
-            return 0
-        return cli(config, overrides)
-    except ConfigError as e:
-        print(f"pipeline: {e}", file=sys.stderr)
-        return 2
+    return script_main(cli, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ def kept_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_mix(kept_corpus, tmp_path_factory):
     """The demo stages tokenised (local runner) and built from the test corpus: (cfg, {ref: path})."""
-    from dataproc.jobs.tokenize import run_tokenize
+    from dataproc.jobs.tokenise import run_tokenize
     from dataproc.mix.config import MixConfig
     from dataproc.mix.manifest import build_manifests
 

@@ -46,7 +46,7 @@ def test_chunks_and_buckets():
 def test_empty_or_null_text_is_never_written(tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from dataproc.jobs.tokenize import _encode_into, _Shard
+    from dataproc.jobs.tokenise import _encode_into, _Shard
     from dataproc.mix.select import TokenDataset
 
     b = pa.RecordBatch.from_pylist([{"id": "x", "text": "hi", "lang": "eng_Latn"},

@@ -12,7 +12,7 @@ import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from tokenizers import Tokenizer
 
-from dataproc.jobs.tokenize import CRASH_ENV, bucket_of, run_tokenize
+from dataproc.jobs.tokenise import CRASH_ENV, bucket_of, run_tokenize
 from dataproc.mix.config import MixConfig, StageConfig
 from q3.atomic import is_committed, read_marker
 from q3.tokenizer import EOD_ID, tokenizer_dir

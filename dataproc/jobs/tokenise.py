@@ -1,7 +1,7 @@
 """`q3 mix tokenize`: kept documents -> Megatron indexed datasets (`.bin`/`.idx`), one per dataset.
 
     q3 mix tokenize --config demo                     # conf/mix/demo.yaml
-    spark-submit dataproc/jobs/tokenize.py --config demo runner=spark
+    spark-submit dataproc/jobs/tokenise.py --config demo runner=spark
 
 How it works (one pass over the corpus, whatever the number of datasets):
 1. Every document gets a hash bucket `int(id[:8], 16) % buckets`. Spark repartitions by bucket and
@@ -331,9 +331,7 @@ def cli(config: str | None, overrides: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":      # spark-submit dataproc/jobs/tokenize.py --config demo [k=v ...]
-    args = sys.argv[1:]
-    ref = None
-    if args[:1] == ["--config"]:
-        ref, args = args[1], args[2:]
-    sys.exit(cli(ref, args))
+if __name__ == "__main__":      # spark-submit dataproc/jobs/tokenise.py --config demo [k=v ...]
+    from q3.cli import script_main
+
+    sys.exit(script_main(cli, __doc__))
