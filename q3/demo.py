@@ -92,6 +92,58 @@ def build_steps(cfg: DemoConfig, data: Path, out: Path) -> list[Step]:
     ]
 
 
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _eval(run: Path) -> str:
+    lines = (run / "eval.jsonl").read_text().splitlines() if (run / "eval.jsonl").exists() else []
+    if not lines:
+        return ""
+    e = json.loads(lines[-1])
+    return f"held-out loss {e['start']:.3f} -> {e['end']:.3f} after {e['step']} steps"
+
+
+def summarise(name: str, data: Path, out: Path) -> str:
+    """One line of figures per step, read from the files the step committed (no area imports)."""
+    if name == "sample":
+        rows = (data_dir() / "sample" / "docs.jsonl")
+        return f"{sum(1 for _ in rows.open()):,} documents" if rows.exists() else ""
+    if name == "pipeline":
+        st = _json(data / "pipeline" / "stats.json")
+        langs = len(st.get("kept_by_lang", {}))
+        return st and f"{st['input_docs']:,} in, {st['kept_docs']:,} kept in {langs} languages, {st['rejected_docs']:,} rejected"
+    if name == "dedup":
+        st = _json(data / "dedup" / "stats.json")
+        return st and (f"{st['docs_in']:,} in, {st['exact_duplicate']:,} exact + {st['near_duplicate']:,} near "
+                       f"duplicates removed ({st['bytes_removed']:,} bytes)")
+    if name == "label":
+        st = _json(data / "labeling" / "labeled" / "distributions.json")
+        doms = {}
+        for v in st.get("per_lang", {}).values():
+            for d, n in v.get("domains", {}).items():
+                doms[d] = doms.get(d, 0) + n
+        top = ", ".join(f"{d} {n}" for d, n in sorted(doms.items(), key=lambda x: -x[1])[:3])
+        return st and f"{st['docs']:,} documents labelled; top domains: {top}"
+    if name == "tokenize":
+        ds = _json(data / "mix" / "tokens" / "_Q3_SUCCESS").get("datasets", {})
+        return ds and f"{len(ds)} datasets, {sum(d['n_tokens'] for d in ds.values()):,} tokens"
+    if name == "manifests":
+        return ", ".join(sorted(p.name for p in (data / "mix" / "manifests").glob("demo_s?.yaml")))
+    if name in ("s1", "s2", "s3"):
+        return _eval(out / name)
+    if name == "export":
+        cfg = _json(out / "hf" / "config.json")
+        return cfg and f"{cfg['architectures'][0]}, rope_theta {cfg.get('rope_theta', '?')}, at {out / 'hf'}"
+    if name == "rl-pairs":
+        f = data / "rl" / "pairs.jsonl"
+        return f.exists() and f"{sum(1 for _ in f.open()):,} query-verifier pairs"
+    if name == "synth":
+        st = _json(data / "synth" / "final" / "_Q3_SUCCESS")
+        return st and f"{st.get('kept', 0)} rows kept, {st.get('requests', 0)} requests to our model"
+    return ""
+
+
 def run_step(step: Step, logs: Path, env: dict[str, str]) -> tuple[float, int]:
     logs.mkdir(parents=True, exist_ok=True)
     log.info("step %-10s %s", step.name, step.what)
@@ -155,10 +207,15 @@ def main(config: str | None, overrides: list[str]) -> int:
     results = []
     for step in build_steps(cfg, data, out):
         if step.name in cfg.skip:
-            results.append((step.name, step.what, "skipped", 0.0))
+            results.append((step.name, step.what, "skipped", 0.0, ""))
             continue
         secs, rc = run_step(step, out / "logs", env)
-        results.append((step.name, step.what, "ok" if rc == 0 else f"FAILED (rc={rc})", secs))
+        status = "ok" if rc == 0 else f"FAILED (rc={rc})"
+        try:
+            figures = summarise(step.name, data, out) if rc == 0 else ""
+        except (OSError, KeyError, ValueError) as e:   # a report line must never fail the demo
+            figures = f"(no summary: {e})"
+        results.append((step.name, step.what, status, secs, figures or ""))
         if rc != 0:
             log.error("step %s failed; its log: %s", step.name, out / "logs" / f"{step.name}.log")
             break
@@ -166,13 +223,13 @@ def main(config: str | None, overrides: list[str]) -> int:
     return 0 if all(r[2] in ("ok", "skipped") for r in results) else 1
 
 
-def _report(results: list[tuple[str, str, str, float]], out: Path, data: Path) -> None:
-    print_table("Q3 demo", ["step", "what", "status", "seconds"],
-                [(n, w, s, round(t, 1)) for n, w, s, t in results])
-    lines = ["# Q3 demo report", "", f"data: `{data}`  ", f"runs: `{out}`", "",
-             "| step | what | status | seconds |", "| --- | --- | --- | --- |"]
-    lines += [f"| {n} | {w} | {s} | {t:.1f} |" for n, w, s, t in results]
+def _report(results: list[tuple[str, str, str, float, str]], out: Path, data: Path) -> None:
+    print_table("Q3 demo", ["step", "status", "seconds", "result"],
+                [(n, s, round(t, 1), f) for n, _, s, t, f in results])
+    lines = ["# Q3 demo report", "", f"data: `{data}`  ", f"runs: `{out}`  ", f"logs: `{out / 'logs'}`", "",
+             "| step | what | status | seconds | result |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {n} | {w} | {s} | {t:.1f} | {f} |" for n, w, s, t, f in results]
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps(
-        [{"step": n, "what": w, "status": s, "seconds": t} for n, w, s, t in results], indent=2))
+        [{"step": n, "what": w, "status": s, "seconds": t, "result": f} for n, w, s, t, f in results], indent=2))
     print(f"\nreport: {out / 'REPORT.md'}\ncorpus and token data: {data}\ncheckpoints and exports: {out}")
