@@ -34,14 +34,13 @@ def init_parallel(tp: int = 1, pp: int = 1, ep: int = 1, seed: int = 1234,
 
     cpu = install_if_needed()
     if not torch.distributed.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
-            import socket
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
+        # Outside torchrun: a 1-rank rendezvous. Remember what we set, so destroy_parallel removes
+        # it again; a child process (torchrun, q3 serve) must not inherit a port already in use.
+        defaults = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _free_port, "RANK": "0", "WORLD_SIZE": "1"}
+        for key, value in defaults.items():
+            if key not in os.environ:
+                os.environ[key] = value() if callable(value) else value
+                _RENDEZVOUS_SET.append(key)
         backend = backend or ("gloo" if cpu else "nccl")
         if not cpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -60,6 +59,19 @@ def destroy_parallel() -> None:
         ps.destroy_model_parallel()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    while _RENDEZVOUS_SET:
+        os.environ.pop(_RENDEZVOUS_SET.pop(), None)
+
+
+_RENDEZVOUS_SET: list[str] = []
+
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, ep: int = 1, dp: int = 1):

@@ -187,9 +187,10 @@ class QualityStage:
             for k, _ in self.ngram_dup:
                 q[f"dup_{k}gram_frac"] = 0.0
             return
-        # word ids = Python's string hash (cached on the str, computed in C); 64-bit, so
-        # collisions are negligible for documents of any realistic size
-        ids = np.fromiter(map(hash, words), np.int64, n).view(np.uint64)
+        # word ids in order of first occurrence: exact and the same in every process (Python's
+        # str hash is salted per process, so Spark workers would disagree on ties and collisions)
+        vocab: dict[str, int] = {}
+        ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), np.int64, n).view(np.uint64) + 1
         wlen = np.fromiter(map(len, words), np.int64, n)
         csum = np.concatenate(([0], np.cumsum(wlen)))
         h = ids.copy()
@@ -219,9 +220,11 @@ class QualityStage:
                     name, thr = top[k]
                     starts = np.flatnonzero(starts_mask)
                     counts = np.diff(starts, append=len(h))
-                    best = int(np.argmax(counts))
-                    pos = int(order[starts[best]])
-                    frac = float((csum[pos + k] - csum[pos]) * counts[best]) / n_text
+                    # the most frequent gram; among equally frequent ones the longest, so the
+                    # value never depends on which tied gram a sort happens to put first
+                    most = int(counts.max())
+                    pos = order[starts[counts == most]]
+                    frac = float((csum[pos + k] - csum[pos]).max() * most) / n_text
                     q[f"top_{name}gram_frac"] = frac
                     if frac > thr:
                         failed.append((f"gopher_top_{name}gram", f"{frac:.3f} > {thr}"))

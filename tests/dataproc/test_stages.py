@@ -232,3 +232,28 @@ def test_registry_order_and_chain(sample_batch):
     assert kept.num_rows + rejected.num_rows == b.num_rows and kept.num_rows > 0
     stages = set(rejected.column("stage").to_pylist())
     assert stages <= {"normalise", "quality"} and "normalise" in stages and "quality" in stages
+
+
+def test_quality_signals_do_not_depend_on_the_process_hash_seed(docs_by_lang):
+    """Spark workers run with different PYTHONHASHSEEDs; the signals must be the same in each."""
+    import json
+    import subprocess
+    import sys
+
+    texts = [d["text"][:3000] for lang in ("deu_Latn", "spa_Latn", "eng_Latn") for d in docs_by_lang[lang][:5]]
+    langs = [lang for lang in ("deu_Latn", "spa_Latn", "eng_Latn") for _ in range(5)]
+    probe = (
+        "import json, sys, pyarrow as pa\n"
+        "from dataproc.config import QualityConfig\n"
+        "from dataproc.stage import conform\n"
+        "from dataproc.stages.quality import QualityStage\n"
+        "texts, langs = json.load(sys.stdin)\n"
+        "out = QualityStage(QualityConfig())(conform(pa.table({'text': texts, 'lang': langs})))\n"
+        "print(json.dumps(out.column('quality').to_pylist()))\n")
+    runs = []
+    for seed in ("1", "2"):
+        p = subprocess.run([sys.executable, "-c", probe], input=json.dumps([texts, langs]), text=True,
+                           capture_output=True, env={**__import__("os").environ, "PYTHONHASHSEED": seed})
+        assert p.returncode == 0, p.stderr[-2000:]
+        runs.append(json.loads(p.stdout))
+    assert runs[0] == runs[1]

@@ -30,10 +30,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process: ours minus any torch.distributed rendezvous this test
+    process may hold (a child inheriting MASTER_PORT fails with EADDRINUSE), plus the repo."""
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARS}
+    return {**env, "PYTHONPATH": str(ROOT), **extra}
+
+
 def run_pretrain(out_dir: Path, overrides: list[str], nproc: int = 1, config: str | None = None,
                  timeout: int = 600) -> list[dict]:
     """Run one stage in a subprocess (torchrun when nproc > 1); returns metrics.jsonl rows."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "Q3_PROGRESS": "0", "OMP_NUM_THREADS": "1" if nproc > 1 else "2"}
+    env = child_env(Q3_PROGRESS="0", OMP_NUM_THREADS="1" if nproc > 1 else "2")
     args = [*([f"--config={config}"] if config else []), f"out_dir={out_dir}", "tensorboard=false", *overrides]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",

@@ -1,13 +1,13 @@
 """HF export/import: logits parity with the megatron forward (dense, MoE, EP=2), round trips."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import child_env
 from tiny_export import tiny_checkpoint_and_export
 
 from train.config import load_model_config
@@ -153,9 +153,7 @@ def test_export_from_expert_parallel_checkpoint(tmp_path):
     """tiny MoE trained-layout with EP=2 (torchrun, 2 ranks, gloo): every expert is exported
     and the HF logits equal the distributed megatron forward's."""
     # this process may itself be a 1-rank torch.distributed job: don't leak its rendezvous env
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = child_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests/train/ep_worker.py"), str(tmp_path)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -179,9 +177,7 @@ def test_export_of_trainer_run_under_ep2(tmp_path, dev_manifests, tiny):
     expert parallelism 2: the export of its run dir matches the trainer's forward."""
     from train.checkpoint import load_model
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", Q3_PROGRESS="0")
+    env = child_env(OMP_NUM_THREADS="1", Q3_PROGRESS="0")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "train.pretrain", f"out_dir={tmp_path / 'run'}", "tensorboard=false", *tiny,
            f"manifest={dev_manifests['S3']}", "train_steps=2", "parallel.expert_model_parallel_size=2"]

@@ -2,10 +2,11 @@
 process because megatron's parallel state and the CPU shims are process-global)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +41,7 @@ if __name__ == "__main__":
 
 
 def test_qwen3_architecture():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     p = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]

@@ -1,7 +1,6 @@
 """`q3 serve`: real HTTP on 127.0.0.1 from a real client (httpx) against a tiny exported Qwen3."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import child_env
 from tiny_export import tiny_checkpoint_and_export
 
 from train.generate import load_lm
@@ -107,7 +107,7 @@ def test_bad_requests_are_400(client):
 def test_q3_serve_in_background(hf_dir, tmp_path):
     """The documented way: start `q3 serve` on a free port in the background, query, SIGTERM."""
     port_file = tmp_path / "port"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     proc = subprocess.Popen([sys.executable, "-m", "q3.cli", "serve", f"load={hf_dir}", "port=0",
                              f"port_file={port_file}", "served_model_name=bg"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
