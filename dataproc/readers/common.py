@@ -76,6 +76,15 @@ class Rows:
             self.chars = 0
 
 
+def read_whole(path: str, rows: Rows) -> bytes | None:
+    """The file's bytes, or None after recording an `unreadable_file` rejected row."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        rows.reject("unreadable_file", path, path.encode(), detail=f"{type(e).__name__}: {e}")
+        return None
+
+
 def decode(raw: bytes) -> tuple[str, bool]:
     """(text, ok): UTF-8 text, or the replacement-decoded text and ok=False."""
     try:

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from dataproc.config import InputSpec, OcrConfig
-from dataproc.readers.common import Rows, hex_prefix
+from dataproc.readers.common import Rows, hex_prefix, read_whole
 
 OCR_PROMPT = ("Transcribe all text on this page exactly as written, in reading order, in its "
               "original language. Output only the text, no commentary; use blank lines between "
@@ -146,10 +146,8 @@ def read_pdf(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
     from pypdf import PdfReader
 
     rows = Rows(spec)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        rows.reject("unreadable_file", path, path.encode(), detail=f"{type(e).__name__}: {e}")
+    raw = read_whole(path, rows)
+    if raw is None:
         yield from rows.flush()
         return
     ocr = spec.ocr

@@ -8,17 +8,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from dataproc.config import InputSpec
-from dataproc.readers.common import Rows, hex_prefix, looks_binary
+from dataproc.readers.common import Rows, hex_prefix, looks_binary, read_whole
 
 
 def read_text(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
     rows = Rows(spec)
     # The sample's layout raw/<lang>/<name>.txt names the language in the parent directory.
     detail = Path(path).parent.name if spec.lang_from_path else None
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        rows.reject("unreadable_file", path, path.encode(), detail=f"{type(e).__name__}: {e}")
+    raw = read_whole(path, rows)
+    if raw is None:
         yield from rows.flush()
         return
     if not raw:
