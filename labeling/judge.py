@@ -12,6 +12,7 @@ Output: <workdir>/judgements/judgements.parquet (committed atomically; reruns hi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -31,15 +32,6 @@ from q3.log import get_logger, print_table
 
 log = get_logger("labeling.judge")
 
-LANG_NAMES = {
-    "eng": "English", "deu": "German", "fra": "French", "spa": "Spanish", "ita": "Italian",
-    "por": "Portuguese", "nld": "Dutch", "pol": "Polish", "ces": "Czech", "dan": "Danish",
-    "fin": "Finnish", "hun": "Hungarian", "ind": "Indonesian", "nob": "Norwegian Bokmål",
-    "ron": "Romanian", "rus": "Russian", "ukr": "Ukrainian", "srp": "Serbian", "mkd": "Macedonian",
-    "swe": "Swedish", "tur": "Turkish", "vie": "Vietnamese", "ell": "Greek", "jpn": "Japanese",
-    "cmn": "Chinese", "kor": "Korean", "arb": "Arabic", "heb": "Hebrew", "bul": "Bulgarian",
-}
-
 JUDGEMENT_SCHEMA = pa.schema([
     ("id", pa.string()), ("lang", pa.string()), ("source", pa.string()), ("n_chars", pa.int64()),
     ("stratum", pa.string()), ("text", pa.string()), ("dimension", pa.string()), ("ok", pa.bool_()),
@@ -48,14 +40,19 @@ JUDGEMENT_SCHEMA = pa.schema([
 ])
 
 
+@functools.cache
+def _registry_names() -> dict[str, str]:
+    """`lang` code -> English name, from the corpus's language registry (conf/languages.yaml)."""
+    from dataproc.languages import load_registry
+
+    return {code: lang.name for code, lang in load_registry().by_code.items()}
+
+
 def language_name(lang: str) -> str:
+    """How the judge prompt names a document's language (any of the registry's 119)."""
     if lang.startswith("code_"):
         return f"the {lang[5:]} programming language (source code)"
-    code, _, script = lang.partition("_")
-    name = LANG_NAMES.get(code, code)
-    if code == "cmn":
-        name += " (traditional characters)" if script == "Hant" else " (simplified characters)"
-    return name
+    return _registry_names().get(lang, lang)
 
 
 def length_bucket(n: int, bounds: list[int]) -> str:
