@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if "\n## Dedup" not in text:
         text += "\n## Dedup\n"
     text += (f"\n### dedup_scale ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n"
-             f"Command: `{cmd}` — Spark local[2], driver memory {args.driver_memory}, 2-core VM, 24 GiB RAM "
-             "(shared with other jobs).\n\n"
+             f"Command: `{cmd}` — Spark local[2], driver memory {args.driver_memory}, 2-core VM, 24 GiB RAM; "
+             f"1-minute load average at the end {os.getloadavg()[0]:.1f}.\n\n"
              f"| docs | parquet in | seconds | docs/s | peak RSS (driver JVM + Python workers) | exact removed | near removed | kept |\n"
              "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
              f"| {args.docs:,} | {size / 2**20:.0f} MiB | {secs:.0f} | {args.docs / secs:.0f} | {mem.peak / 2**30:.2f} GiB | "

@@ -1,6 +1,6 @@
 """Tokens/s per core of `q3 mix tokenize` vs the ceiling: bare `tokenizers` encode_batch.
 
-    python -m bench.tokenize_bench [--per-lang 40] [--repeat 2]
+    python -m bench.tokenize_bench [--per-lang 40] [--repeat 2] [--copies 10]
 
 Same texts for all: the kept-document corpus the tests build from the project's sample (real
 Debian manpages in ~25 languages + Python stdlib sources). Ceiling: Qwen3's tokenizer
@@ -29,16 +29,42 @@ from q3.log import print_table
 from q3.tokenizer import load_tokenizer
 
 
+def replicate(src: Path, out: Path, copies: int) -> Path:
+    """`copies` copies of the corpus under `out`, each document with a distinct id (ids pick the
+    shard bucket, so identical ids would pile every copy into one bucket)."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if (out / "_DONE").exists():
+        return out
+    for f in sorted(src.glob("lang=*/*.parquet")):
+        t = pq.read_table(f)
+        for k in range(copies):
+            ids = [hashlib.sha256(f"{k}:{i}".encode()).hexdigest() for i in t.column("id").to_pylist()]
+            dst = out / f.parent.name / f"part-{k:04d}.parquet"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(t.set_column(t.schema.get_field_index("id"), "id", pa.array(ids)), dst)
+    (out / "_DONE").write_text(str(copies))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-lang", type=int, default=40)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--copies", type=int, default=1,
+                    help="write the corpus this many times (distinct ids) so fixed costs amortise")
     args = ap.parse_args()
     os.environ.setdefault("Q3_PROGRESS", "0")
     from tests.mix.corpus import build_corpus
 
-    root = Path(os.environ.get("Q3_DATA", "data")) / f"bench-tokenize-corpus-v2-{args.per_lang}"
-    corpus = build_corpus(root, per_lang=args.per_lang, max_chars=100_000)
+    data = Path(os.environ.get("Q3_DATA", "data"))
+    corpus = build_corpus(data / f"bench-tokenize-corpus-v2-{args.per_lang}", per_lang=args.per_lang,
+                          max_chars=100_000)
+    if args.copies > 1:
+        corpus = replicate(corpus, data / f"bench-tokenize-corpus-v2-{args.per_lang}-x{args.copies}", args.copies)
     texts = ds.dataset(corpus, format="parquet", partitioning="hive").to_table(columns=["text"]).column("text").to_pylist()
     cores = os.cpu_count() or 1
     n_chars = sum(len(t) for t in texts)

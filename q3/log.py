@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -25,6 +27,15 @@ def get_logger(name: str) -> logging.Logger:
             stream=sys.stderr,
         )
     return logging.getLogger(name)
+
+
+@contextmanager
+def timed(log: logging.Logger, what: str) -> Iterator[None]:
+    """Log the start and the duration of a phase of a long job (progress for multi-step Spark jobs)."""
+    log.info("%s ...", what)
+    t0 = time.time()
+    yield
+    log.info("%s: done in %.1f s", what, time.time() - t0)
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:

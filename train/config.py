@@ -137,6 +137,7 @@ class TrainConfig(Q3Config):
     load: str | None = None              # checkpoint dir to resume or to start the stage from
     finetune: bool = False               # True: take weights only (new stage), reset optimizer/step
     save_interval: int = 0               # 0: save only at the end
+    save: bool = True                    # False: no checkpoints at all (throw-away proxy runs)
     log_interval: int = 1
     eval_batches: int = 2                # held-out global batches scored before and after the stage
     tensorboard: bool = True
@@ -147,7 +148,12 @@ class TrainConfig(Q3Config):
     model_overrides: dict = Field(default_factory=dict)   # e.g. {moe_router_load_balancing_type: aux_loss}
     peak_flops: float = 0.0              # per device FLOP/s for MFU (0: estimate for CPU)
     num_workers: int = 0
+    # megatron's train/valid/test split of each dataset's documents; training reads the train share
     split: str = "100,0,0"
+    # fixed validation set: the valid share of these manifest datasets (needs split like "95,5,0"),
+    # scored after the stage into <out_dir>/result.json as val_loss (what `q3 mix optimize` reads)
+    validation: list[str] = Field(default_factory=list)
+    validation_batches: int = Field(default=2, ge=1)   # global batches per validation dataset
     data_cache_dir: str | None = None
 
 

@@ -46,39 +46,93 @@ class DatasetTokenizer:
         return self._eod
 
 
-def build_train_dataset(manifest: StageManifest, seq_length: int, num_samples: int, seed: int,
-                        vocab_size: int, cache_dir: str | None = None):
-    """The blended training dataset of a stage, with at least `num_samples` samples."""
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+def _dataset_config(prefixes: list[str], weights: list[float] | None, split: str, seq_length: int, seed: int,
+                    tokenizer: DatasetTokenizer, cache_dir: str | None):
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
 
-    prefixes, weights = [], []
-    for d in manifest.datasets:
-        if d.weight <= 0:
-            continue
-        for ext in (".bin", ".idx"):
-            if not os.path.exists(d.path_prefix + ext):
-                raise FileNotFoundError(f"manifest dataset {d.name!r}: missing {d.path_prefix + ext}")
-        prefixes.append(d.path_prefix)
-        weights.append(float(d.weight))
-    if not prefixes:
-        raise ValueError(f"manifest for stage {manifest.stage} has no dataset with weight > 0")
-    config = GPTDatasetConfig(
+    return GPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,
-        blend=(prefixes, weights if len(prefixes) > 1 else None),
-        split="100,0,0",
+        blend=(prefixes, weights if weights is not None and len(prefixes) > 1 else None),
+        split=split,
         path_to_cache=cache_dir,
-        tokenizer=DatasetTokenizer(manifest.tokenizer, vocab_size),
+        tokenizer=tokenizer,
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,
         create_attention_mask=False,      # the trainer supplies one causal mask for local attention
         mid_level_dataset_surplus=0.05,
     )
+
+
+def _check_files(name: str, prefix: str) -> None:
+    for ext in (".bin", ".idx"):
+        if not os.path.exists(prefix + ext):
+            raise FileNotFoundError(f"manifest dataset {name!r}: missing {prefix + ext}")
+
+
+def split_shares(split: str) -> list[float]:
+    """"95,5,0" -> [0.95, 0.05, 0.0] (megatron's train/valid/test document split)."""
+    from megatron.core.datasets.blended_megatron_dataset_config import parse_and_normalize_split
+
+    try:
+        return parse_and_normalize_split(split)
+    except (AssertionError, ZeroDivisionError, ValueError) as e:
+        raise ValueError(f"split={split!r}: expected three non-negative shares like '95,5,0'") from e
+
+
+def build_train_dataset(manifest: StageManifest, seq_length: int, num_samples: int, seed: int,
+                        vocab_size: int, cache_dir: str | None = None, split: str = "100,0,0"):
+    """The blended training dataset of a stage, with at least `num_samples` samples, drawn from
+    the train share of every dataset's documents (`split`, megatron's document split)."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    if split_shares(split)[0] <= 0:
+        raise ValueError(f"split={split!r} leaves no documents for training")
+    prefixes, weights = [], []
+    for d in manifest.datasets:
+        if d.weight <= 0:
+            continue
+        _check_files(d.name, d.path_prefix)
+        prefixes.append(d.path_prefix)
+        weights.append(float(d.weight))
+    if not prefixes:
+        raise ValueError(f"manifest for stage {manifest.stage} has no dataset with weight > 0")
+    config = _dataset_config(prefixes, weights, split, seq_length, seed,
+                             DatasetTokenizer(manifest.tokenizer, vocab_size), cache_dir)
     train_ds, _, _ = BlendedMegatronDatasetBuilder(
         GPTDataset, [num_samples, 0, 0], lambda: True, config).build()
     return train_ds
+
+
+def build_validation_datasets(manifest: StageManifest, names: list[str], seq_length: int, num_samples: int,
+                              seed: int, vocab_size: int, cache_dir: str | None = None,
+                              split: str = "95,5,0") -> dict[str, object]:
+    """A fixed validation set per named dataset: `num_samples` windows from the *valid* share of its
+    documents. It depends only on the dataset, `split` and the seed — not on the mixture weights —
+    so runs with different mixtures (RegMix proxies) are scored on the same tokens, and training
+    (which reads the train share) never sees them."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    if split_shares(split)[1] <= 0:
+        raise ValueError(f"validation needs a valid share in split (got {split!r}); e.g. split=95,5,0")
+    by_name = {d.name: d for d in manifest.datasets}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"validation datasets {unknown} not in the manifest; it has {sorted(by_name)}")
+    out = {}
+    tok = DatasetTokenizer(manifest.tokenizer, vocab_size)
+    for name in names:
+        d = by_name[name]
+        _check_files(name, d.path_prefix)
+        config = _dataset_config([d.path_prefix], None, split, seq_length, seed, tok, cache_dir)
+        _, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, [1, num_samples, 0], lambda: True, config).build()
+        if valid is None or len(valid) == 0:
+            raise ValueError(f"validation dataset {name!r} has no documents in the valid share of split={split!r}")
+        out[name] = valid
+    return out
 
 
 @dataclass

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import torch
 
+from q3.atomic import atomic_write_text
 from q3.config import load_config
 from q3.log import get_logger, print_table
 from q3.manifest import load_manifest
 from q3.paths import runs_dir
 from train import checkpoint as ckpt
 from train.config import ModelConfig, TrainConfig, load_model_config
-from train.data import BatchPlan, build_train_dataset, step_microbatches
+from train.data import BatchPlan, build_train_dataset, build_validation_datasets, step_microbatches
 from train.schedule import make_schedule
 
 log = get_logger("q3.train")
@@ -181,8 +182,12 @@ def run(cfg: TrainConfig) -> dict:
     plan = BatchPlan(cfg.micro_batch_size, cfg.global_batch_size, dp, dp_rank)
     n_micro = plan.num_microbatches
     eval_start = cfg.train_steps * cfg.global_batch_size        # held out: samples training never reaches
+    cache = cfg.data_cache_dir or str(out_dir / "data_cache")
     dataset = build_train_dataset(manifest, seq, eval_start + (cfg.eval_batches + 1) * cfg.global_batch_size,
-                                  cfg.seed, mcfg.padded_vocab_size, cfg.data_cache_dir or str(out_dir / "data_cache"))
+                                  cfg.seed, mcfg.padded_vocab_size, cache, split=cfg.split)
+    val_sets = build_validation_datasets(manifest, cfg.validation, seq, cfg.validation_batches * cfg.global_batch_size,
+                                         cfg.seed, mcfg.padded_vocab_size, cache, split=cfg.split) \
+        if cfg.validation else {}
 
     # resume / start from the previous stage ---------------------------------------------
     step, consumed = 0, 0
@@ -239,19 +244,25 @@ def run(cfg: TrainConfig) -> dict:
                 "manifest": str(cfg.manifest), "train": cfg.model_dump(mode="json"), "losses": losses,
                 "guard": guard.state(), "dp_size": dp, "parallel": par.model_dump()}
 
-    def evaluate() -> float:
-        """Token-weighted loss on the held-out global batches (forward only; LBL counters reset)."""
+    def loss_sums(ds, start: int, batches: int) -> torch.Tensor:
+        """[sum of token losses, tokens] over `batches` global batches of `ds` from sample `start`,
+        summed over DP ranks (forward only; MoE load-balancing counters reset afterwards)."""
         from megatron.core.distributed.finalize_model_grads import reset_model_temporary_tensors
 
         tot = torch.zeros(2)
-        for b in range(cfg.eval_batches):
+        for b in range(batches):
             out = fwd_bwd(forward_step_func=forward_step,
-                          data_iterator=step_microbatches(dataset, plan, eval_start + b * cfg.global_batch_size),
+                          data_iterator=step_microbatches(ds, plan, start + b * cfg.global_batch_size),
                           model=[ddp], num_microbatches=n_micro, seq_length=seq,
                           micro_batch_size=cfg.micro_batch_size, forward_only=True)
             tot += torch.stack([r["lm loss"] for r in out]).sum(0)
         reset_model_temporary_tensors(tcfg, [ddp])
         torch.distributed.all_reduce(tot, group=ps.get_data_parallel_group())
+        return tot
+
+    def evaluate() -> float:
+        """Token-weighted loss on the held-out global batches of the training blend."""
+        tot = loss_sums(dataset, eval_start, cfg.eval_batches)
         return float(tot[0] / tot[1].clamp(min=1))
 
     evals: dict[str, float] = {}
@@ -312,7 +323,7 @@ def run(cfg: TrainConfig) -> dict:
                 for k, v in row.items():
                     if k != "step":
                         writer.add_scalar(k if "/" in k else f"train/{k}", v, step)
-        if (cfg.save_interval and step % cfg.save_interval == 0) or step == stop_at:
+        if cfg.save and ((cfg.save_interval and step % cfg.save_interval == 0) or step == stop_at):
             ckpt.save(ckpt_root, step, ddp, optimizer, meta_dict())
     elapsed = time.time() - t_log
     if cfg.eval_batches:
@@ -321,9 +332,24 @@ def run(cfg: TrainConfig) -> dict:
             log.info("%s eval loss after step %d: %.4f", stage, step, evals["end"])
             with open(out_dir / "eval.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, **evals}) + "\n")
+    val: dict[str, float] = {}
+    if val_sets and step >= cfg.train_steps:
+        sums = {name: loss_sums(ds, 0, cfg.validation_batches) for name, ds in val_sets.items()}
+        tot = torch.stack(list(sums.values())).sum(0)
+        val = {"val_loss": float(tot[0] / tot[1].clamp(min=1)),
+               **{f"val_loss/{n}": float(t[0] / t[1].clamp(min=1)) for n, t in sums.items()}}
+        if rank == 0:
+            log.info("%s validation loss (%s): %.4f", stage, ", ".join(val_sets), val["val_loss"])
     if writer is not None:
         writer.close()
     last = ckpt.latest_checkpoint(ckpt_root)
+    if rank == 0 and step >= cfg.train_steps:
+        result = {"stage": stage, "steps": step, "tokens": step * tokens_per_step,
+                  "final_train_loss": losses[-1] if losses else None, "eval": evals,
+                  "split": cfg.split, "validation": cfg.validation,
+                  "validation_samples_per_dataset": cfg.validation_batches * cfg.global_batch_size if val else 0,
+                  "checkpoint": str(last), **val}
+        atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1, sort_keys=True))
     if rank == 0 and history:
         k = max(1, len(history) // 5)
         print_table(f"{stage}: {mcfg.name}, seq {seq}, RoPE base {rope:g}, dp {dp}, {len(history)} steps in {elapsed:.1f}s",
@@ -335,7 +361,7 @@ def run(cfg: TrainConfig) -> dict:
                      for i in range(0, len(history), k)])
         print(f"checkpoint: {last}")
     return {"losses": losses, "history": history, "checkpoint": str(last), "skipped": guard.skipped,
-            "eval": evals}
+            "eval": evals, **val}
 
 
 def run_stages(manifests: list[str | Path], out_root: str | Path = "runs/demo",

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from q3.log import get_logger
+
+log = get_logger("dedup")
+
 
 def exact_edge_filter(batch, cfg_minhash):
     """Arrow batch (u, v, tu, lu, tv, lv) -> (u, v) of the edges with true Jaccard >= threshold.
@@ -144,6 +148,7 @@ def connected_components(edges, workdir: str, max_rounds: int = 100):
     e = _materialise(edges.select(F.greatest("u", "v").alias("u"), F.least("u", "v").alias("v"))
                           .where(F.col("u") != F.col("v")).distinct(), f"{workdir}/e0")
     fp = _fingerprint(e)
+    log.info("connected components: %d verified edges", fp[0])
     for i in range(1, max_rounds + 1):
         # large-star: each node u links its larger neighbours to min(neighbourhood + u)
         both = e.select("u", "v").union(e.select(F.col("v").alias("u"), F.col("u").alias("v")))
@@ -159,6 +164,7 @@ def connected_components(edges, workdir: str, max_rounds: int = 100):
                 .select("u", F.col("m").alias("v")).distinct())
         e = _materialise(ss, f"{workdir}/ss{i}")
         new_fp = _fingerprint(e)
+        log.info("connected components: round %d, %d edges", i, new_fp[0])
         if new_fp == fp:
             break
         fp = new_fp

@@ -10,6 +10,9 @@ from dataproc.dedup.annotate import META_DDL, annotate_batches
 from dataproc.dedup.components import bucket_edges_spark, connected_components
 from dataproc.dedup.config import DedupConfig
 from dataproc.dedup.lsh import min_matches
+from q3.log import get_logger, timed
+
+log = get_logger("dedup")
 
 
 def with_row_key(docs):
@@ -51,13 +54,15 @@ def dedup_meta(meta, cfg: DedupConfig, workdir: str, texts=None):
         if mh.verify == "exact" and texts is None:
             raise ValueError("minhash.verify=exact needs the documents' texts")
         edges = bucket_edges_spark(m, mh, need, texts if mh.verify == "exact" else None)
-        cc = connected_components(edges, f"{workdir}/cc")
+        with timed(log, "dedup: candidate pairs, verification and connected components"):
+            cc = connected_components(edges, f"{workdir}/cc")
         meta = (meta.drop("sig", "bands")
                     .join(cc.withColumnRenamed("node", "rep"), "rep", "left")
                     .withColumn("comp", F.coalesce("comp", "rep")))
     else:
         meta = meta.withColumn("comp", F.col("rep"))
-    meta.write.mode("overwrite").parquet(f"{workdir}/rows")
+    with timed(log, "dedup: clusters per row"):
+        meta.write.mode("overwrite").parquet(f"{workdir}/rows")
     meta = spark.read.parquet(f"{workdir}/rows")
     surv = meta.groupBy("comp").agg(F.min(_order()).alias("s"), F.count(F.lit(1)).alias("dup_cluster_size"))
     res = (meta.join(surv, "comp")
@@ -66,5 +71,6 @@ def dedup_meta(meta, cfg: DedupConfig, workdir: str, texts=None):
                        F.when(F.col("rk") == F.col("s.rk"), F.lit(None).cast("string"))
                         .when(F.col("rk") != F.col("rep"), F.lit("exact_duplicate"))
                         .otherwise(F.lit("near_duplicate")).alias("reason")))
-    res.write.mode("overwrite").parquet(f"{workdir}/res")
+    with timed(log, "dedup: survivors"):
+        res.write.mode("overwrite").parquet(f"{workdir}/res")
     return spark.read.parquet(f"{workdir}/res")

@@ -27,7 +27,7 @@ from dataproc.dedup.config import DedupConfig
 from dataproc.dedup.stats import compute_stats, compute_stats_spark, print_stats
 from q3.atomic import atomic_dir, is_committed
 from q3.config import config_hash, load_config
-from q3.log import get_logger
+from q3.log import get_logger, timed
 from q3.schemas import DOC_SCHEMA, STAGE_OUTPUT_SCHEMA
 
 log = get_logger("dedup")
@@ -92,10 +92,12 @@ def _run_spark(cfg: DedupConfig, input_dir: str, out: Path, spark=None) -> dict[
         spark.conf.set("spark.sql.shuffle.partitions", str(cfg.partitions))
     work = out / "_work"
     docs = with_row_key(spark.read.parquet(str(input_dir)))
-    annotate(docs, cfg).write.mode("overwrite").parquet(str(work / "meta"))
+    with timed(log, "dedup: hashes, MinHash signatures and band keys"):
+        annotate(docs, cfg).write.mode("overwrite").parquet(str(work / "meta"))
     meta = spark.read.parquet(str(work / "meta"))
     res = dedup_meta(meta, cfg, str(work), texts=docs.select("rk", "text", "lang"))
-    stats = compute_stats_spark(res)
+    with timed(log, "dedup: stats"):
+        stats = compute_stats_spark(res)
     r = res.select("rk", "id", "dup_cluster", "dup_cluster_size", "reason")
     full = docs.drop("dup_cluster", "dup_cluster_size").join(r, ["rk", "id"])
     full = (full.withColumn("stage", F.when(F.col("reason").isNotNull(), F.lit(STAGE)))
@@ -107,12 +109,13 @@ def _run_spark(cfg: DedupConfig, input_dir: str, out: Path, spark=None) -> dict[
         from dataproc.dedup.lines import line_dedup_spark
         full, stats["lines"] = line_dedup_spark(full, cfg.lines, str(work / "lines"))
         stats["docs_kept"] -= stats["lines"]["docs_emptied"]
-    full.write.mode("overwrite").parquet(str(work / "full"))
+    with timed(log, "dedup: joining results to documents"):
+        full.write.mode("overwrite").parquet(str(work / "full"))
     full = spark.read.parquet(str(work / "full"))
     live = F.col("reason").isNull()
-    kept_df = full.where(live).select(*DOC_SCHEMA.names)
-    kept_df.write.partitionBy("lang").parquet(str(out / "kept"))
-    full.where(~live).select(*STAGE_OUTPUT_SCHEMA.names).write.parquet(str(out / "rejected"))
+    with timed(log, "dedup: writing kept/ and rejected/"):
+        full.where(live).select(*DOC_SCHEMA.names).write.partitionBy("lang").parquet(str(out / "kept"))
+        full.where(~live).select(*STAGE_OUTPUT_SCHEMA.names).write.parquet(str(out / "rejected"))
     n_out = spark.read.parquet(str(out / "kept")).count() + spark.read.parquet(str(out / "rejected")).count()
     if n_out != stats["docs_in"]:
         raise RuntimeError(f"dedup lost rows: {stats['docs_in']} in, {n_out} out (row keys unstable?)")

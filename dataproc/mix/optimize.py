@@ -15,10 +15,14 @@
    `provenance.mixture_optimisation`.
 
 Proxies (`proxy=`):
-- `trainer`: the real trainer through its entry point, as a subprocess (dataproc never imports
-  train/): `proxy_command` is formatted with {python} {manifest} {out_dir} {steps} {train_config}
-  and must leave a JSON file `result_file` (formatted the same way) holding `result_key` (the
-  validation loss). The proxy manifest it gets is the base manifest with the sampled weights.
+- `trainer`: the real trainer (`q3 train pretrain`) through its entry point, as a subprocess
+  (dataproc never imports train/): `proxy_command` is formatted with {python} {manifest}
+  {out_dir} {steps} {train_config} {split} {validation} and must leave a JSON file `result_file`
+  (formatted the same way) holding `result_key`. The proxy manifest it gets is the base manifest
+  with the sampled weights. The trainer splits every dataset's documents with `proxy_split`
+  (megatron's train/valid/test split), trains on the train share and scores the valid share of
+  the `validation` datasets — a fixed set, the same tokens for every mixture, never trained on.
+  `proxy_overrides` are extra trainer settings (model size, seq length, batch).
 - `ngram`: an exact Witten-Bell-smoothed bigram LM over Qwen3 token ids, trained on
   `proxy_tokens` tokens drawn from the mixture; a cheap real model for CPU runs and tests.
 """
@@ -62,10 +66,13 @@ class OptimizeConfig(Q3Config):
     proxy: Literal["ngram", "trainer"] = "ngram"
     proxy_tokens: int = Field(default=200_000, ge=1000)    # ngram: training tokens per proxy
     proxy_steps: int = 20                                   # trainer: steps per proxy
+    proxy_split: str = "90,10,0"                            # trainer: train/valid/test document split
+    proxy_overrides: list[str] = Field(default_factory=list)  # trainer: extra key=value settings
     train_config: str = "demo_s1"
     proxy_command: list[str] = Field(default_factory=lambda: [
         "{python}", "-m", "q3.cli", "train", "pretrain", "--config", "{train_config}",
-        "manifest={manifest}", "out_dir={out_dir}", "train_steps={steps}"])
+        "manifest={manifest}", "out_dir={out_dir}", "train_steps={steps}", "split={split}",
+        "validation={validation}", "eval_batches=0", "save=false", "tensorboard=false"])
     result_file: str = "{out_dir}/result.json"
     result_key: str = "val_loss"
 
@@ -192,11 +199,15 @@ def _run_proxy(cfg: OptimizeConfig, base: StageManifest, corpus: Corpus | None, 
         loss = bigram_val_loss(corpus.sample(mix, cfg.proxy_tokens, seed), corpus.val)
     else:
         fmt = {"python": sys.executable, "manifest": str(manifest_path), "out_dir": str(run_dir / "train"),
-               "steps": cfg.proxy_steps, "train_config": cfg.train_config}
-        cmd = [a.format(**fmt) for a in cfg.proxy_command]
+               "steps": cfg.proxy_steps, "train_config": cfg.train_config, "split": cfg.proxy_split,
+               "validation": "[" + ",".join(cfg.validation) + "]"}
+        cmd = [a.format(**fmt) for a in cfg.proxy_command] + list(cfg.proxy_overrides)
+        log.info("proxy %s: %s", run_dir.name, " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"proxy run failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+            (run_dir / "proxy.log").write_text(proc.stdout + proc.stderr)
+            raise RuntimeError(f"proxy run failed (exit {proc.returncode}; full log {run_dir / 'proxy.log'}): "
+                               f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
         out = Path(cfg.result_file.format(**fmt))
         if not out.is_file():
             raise RuntimeError(f"proxy run wrote no {out}; the trainer must write {{{cfg.result_key!r}: loss}}")

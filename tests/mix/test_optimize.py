@@ -36,3 +36,30 @@ def test_ngram_proxies_move_weight_to_validation_language(demo_mix, tmp_path):
     out2, _ = optimize(cfg)
     assert out2.read_bytes() == first
     assert len(list((tmp_path / "runs").glob("run-*/result.json"))) == 12
+
+
+@pytest.mark.slow
+def test_trainer_proxies_score_a_fixed_validation_set(demo_mix, tmp_path):
+    """proxy=trainer: K real megatron-core runs (tiny MoE, a few steps each) on sampled mixtures;
+    each writes result.json with the loss on the valid share of web_multi, then the fit runs."""
+    import json
+
+    _, paths = demo_mix
+    cfg = OptimizeConfig(manifest=str(paths["demo_s1"]), validation=["web_multi"], n_runs=3, proxy="trainer",
+                         proxy_steps=4, proxy_split="90,10,0",
+                         proxy_overrides=["seq_length=64", "micro_batch_size=2", "global_batch_size=4",
+                                          "validation_batches=1"],
+                         work_dir=str(tmp_path / "runs"), output=str(tmp_path / "opt.yaml"))
+    out, report = optimize(cfg)
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("run-*/train/result.json"))]
+    assert len(results) == 3
+    for r in results:
+        assert r["steps"] == 4 and r["split"] == "90,10,0" and r["validation"] == ["web_multi"]
+        assert r["validation_samples_per_dataset"] == 4
+        assert 0 < r["val_loss"] < 13 and r["val_loss/web_multi"] == pytest.approx(r["val_loss"])
+    assert len({round(r["val_loss"], 6) for r in results}) == 3      # different mixtures, different losses
+    assert not list((tmp_path / "runs").glob("run-*/train/checkpoints/*"))   # save=false for proxies
+    m = load_manifest(out)
+    assert abs(sum(d.weight for d in m.datasets) - 1) < 1e-6
+    assert m.provenance["mixture_optimisation"]["proxy"] == "trainer"
+    assert report["best_run_val_loss"] == pytest.approx(min(r["val_loss"] for r in results), abs=1e-6)
