@@ -1,6 +1,6 @@
 """Dedup benchmark: MinHash signatures/s vs datasketch, end-to-end dedup docs/s vs datatrove.
 
-    python -m bench.dedup_bench [--docs N] [--sample PATH/docs.jsonl]
+    python -m bench.dedup_bench [--docs N] [--sample PATH/docs.jsonl] [--no-spark]
 
 1. Signatures: the same documents and shingles through `datasketch.MinHash.update_batch` (its
    default sha1 hash) and through our batch signer (hash=sha1: asserted bit-identical; and our
@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", default=None, help="docs.jsonl (default: build the project sample)")
     ap.add_argument("--sig-docs", type=int, default=1500)
     ap.add_argument("--no-spark", action="store_true")
+    ap.add_argument("--docs", type=int, default=0,
+                    help="end-to-end corpus of this many docs made by bench.dedup_scale (mutations of "
+                         "sample segments); default: the sample + one mutated copy of half of it")
     args = ap.parse_args(argv)
     os.environ.setdefault("Q3_PROGRESS", "0")
     path = args.sample or sample_path()
@@ -153,14 +156,24 @@ def main(argv: list[str] | None = None) -> int:
     sig = bench_signatures(random.Random(0).sample(docs, min(args.sig_docs, len(docs))))
     print(json.dumps(sig, indent=1))
 
-    corpus = plant(docs, random.Random(1), frac=0.5)
     root = Path(tempfile.mkdtemp(prefix="q3-dedup-bench-"))
+    if args.docs:
+        import pyarrow.dataset as ds
+
+        from bench.dedup_scale import make_corpus
+        make_corpus(root / "scale", args.docs)
+        corpus = ds.dataset(str(root / "scale")).to_table(columns=["text", "lang", "url"]).to_pylist()
+        shutil.rmtree(root / "scale")
+    else:
+        corpus = plant(docs, random.Random(1), frac=0.5)
     try:
         jdir, pdir = write_inputs(corpus, root)
         n = len(corpus)
         dt_secs, dt_removed = run_datatrove(jdir, root / "dt")
         fw = {"minhash": {"preset": "fineweb", "verify": "none"}}
-        res = {"docs": n, "datatrove_s": dt_secs, "datatrove_removed": dt_removed}
+        res = {"docs": n, "datatrove_s": dt_secs, "datatrove_removed": dt_removed,
+               "corpus": "bench.dedup_scale mutations of sample segments" if args.docs
+               else "sample + planted mutations"}
         t0 = time.perf_counter()
         st = __import__("dataproc.jobs.dedup", fromlist=["run_dedup"]).run_dedup(
             pdir, root / "ours_local", DedupConfig(runner="local", scope="global", **fw))
@@ -169,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_spark:
             from dataproc.jobs.dedup import run_dedup
             from dataproc.spark import get_spark
-            spark = get_spark("q3-dedup-bench", master="local[2]", conf={"spark.sql.shuffle.partitions": "8"})
+            parts = str(max(8, min(64, n // 20_000)))
+            spark = get_spark("q3-dedup-bench", master="local[2]", conf={"spark.sql.shuffle.partitions": parts})
             spark.range(10).count()                                    # JVM warm-up outside the timing
             t0 = time.perf_counter()
             st = run_dedup(pdir, root / "ours_spark", DedupConfig(runner="spark", scope="global", **fw), spark=spark)
@@ -192,13 +206,14 @@ def main(argv: list[str] | None = None) -> int:
 def _append(sig: dict, e2e: dict, cmd: str) -> None:
     lines = [
         "", f"### dedup_bench ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
-        f"Command: `{cmd}` — machine: 2-core CPU VM, 24 GiB RAM, shared with other jobs (load varies).", "",
+        f"Command: `{cmd}` — machine: 2-core CPU VM, 24 GiB RAM.", "",
         f"MinHash signatures, {sig['docs']} sample docs, {sig['num_perm']} permutations (outputs asserted identical):", "",
         "| implementation | docs/s | speed-up vs datasketch |", "|---|---:|---:|",
         f"| datasketch.MinHash.update_batch (sha1) | {sig['datasketch_docs_s']:.0f} | 1.0x |",
         f"| ours, hash=sha1 (bit-identical to datasketch default) | {sig['ours_sha1_docs_s']:.0f} | {sig['ratio_sha1']:.1f}x |",
         f"| ours, hash=poly64 (default; = datasketch with hashfunc=shingle_hash32) | {sig['ours_poly64_docs_s']:.0f} | {sig['ratio_poly64']:.1f}x |",
-        "", f"End-to-end MinHash dedup, {e2e['docs']} docs (sample + planted mutations), 5-grams, 14x8 bands:", "",
+        "", f"End-to-end MinHash dedup, {e2e['docs']} docs ({e2e['corpus']}), 5-grams, 14x8 bands; "
+        f"1-minute load average at the end {os.getloadavg()[0]:.1f}:", "",
         "| pipeline | seconds | docs/s | removed | speed-up vs datatrove |", "|---|---:|---:|---:|---:|",
         f"| datatrove 0.10.1 (Signature/Buckets/Cluster/Filter, LocalPipelineExecutor, 2 workers) | {e2e['datatrove_s']:.1f} | {e2e['datatrove_docs_s']:.0f} | {e2e['datatrove_removed']} | 1.0x |",
         f"| ours, local runner | {e2e['ours_local_s']:.1f} | {e2e['ours_local_docs_s']:.0f} | {e2e['ours_local_removed']} | {e2e['ratio_local_vs_datatrove']:.1f}x |",

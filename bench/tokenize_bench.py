@@ -8,8 +8,12 @@ Debian manpages in ~25 languages + Python stdlib sources). Ceiling: Qwen3's toke
 local runner and with Spark local[*], one dataset selecting everything, timed on a warm process
 (megatron/Spark start-up reported separately as "cold run"); each run is paired with a ceiling
 measurement taken just before it, since the machine is shared.
-Megatron-LM's tools/preprocess_data.py is not installed (megatron-core ships no tools/), so it is
-not compared.
+With `--megatron-lm DIR` (a Megatron-LM checkout at the tag matching the installed megatron-core,
+e.g. `core_v0.16.1`), the same texts also go through its `tools/preprocess_data.py`
+(HuggingFaceTokenizer on the same Qwen3 tokenizer files, `--workers` = cores, `--append-eod`),
+timed without its import time; its token ids (EOD aside: it appends the tokenizer's eos) are
+checked equal to ours. Its `megatron.training` imports triton: pass a directory holding triton
+with `--extra-pythonpath` (e.g. `pip install --target DIR --no-deps triton`).
 """
 
 from __future__ import annotations
@@ -50,12 +54,53 @@ def replicate(src: Path, out: Path, copies: int) -> Path:
     return out
 
 
+def run_megatron_lm(mlm: Path, texts: list[str], work: Path, workers: int, extra_path: str | None) -> tuple[float, int]:
+    """Megatron-LM's preprocess_data.py on `texts`: (seconds without imports, tokens incl. EOD).
+    Asserts its token ids equal ours document by document (EOD excluded)."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from q3.tokenizer import tokenizer_dir
+
+    work.mkdir(parents=True, exist_ok=True)
+    jsonl = work / "docs.jsonl"
+    with jsonl.open("w", encoding="utf-8") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (extra_path, os.environ.get("PYTHONPATH")) if p)}
+    base = [sys.executable, str(mlm / "tools" / "preprocess_data.py")]
+    t0 = time.perf_counter()
+    subprocess.run([*base, "--help"], env=env, cwd=mlm, check=True, capture_output=True)
+    imports = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run([*base, "--input", str(jsonl), "--output-prefix", str(work / "mlm"), "--json-keys", "text",
+                    "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tokenizer_dir()),
+                    "--append-eod", "--workers", str(workers), "--log-interval", "1000000"],
+                   env=env, cwd=mlm, check=True, capture_output=True)
+    secs = time.perf_counter() - t0 - imports
+    out = IndexedDataset(str(work / "mlm_text_document"))
+    tok = load_tokenizer()
+    ours = tok.encode_batch_fast(texts, add_special_tokens=False)
+    n = 0
+    for i, e in enumerate(ours):
+        theirs = np.asarray(out[i])
+        assert theirs[:-1].tolist() == e.ids, f"Megatron-LM token ids differ from ours in document {i}"
+        n += len(theirs)
+    return secs, n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-lang", type=int, default=40)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--copies", type=int, default=1,
                     help="write the corpus this many times (distinct ids) so fixed costs amortise")
+    ap.add_argument("--megatron-lm", type=Path, default=None, help="Megatron-LM checkout (tools/preprocess_data.py)")
+    ap.add_argument("--extra-pythonpath", default=None, help="prepended to PYTHONPATH for Megatron-LM (triton)")
     args = ap.parse_args()
     os.environ.setdefault("Q3_PROGRESS", "0")
     from tests.mix.corpus import build_corpus
@@ -104,6 +149,12 @@ def main() -> None:
                          1.0, "-"])
             rows.append([f"{runner}: q3 mix tokenize", len(texts), n_tokens, ours[i] / cores, ratios[i],
                          f"{cold:.1f}s"])
+        if args.megatron_lm is not None:
+            c, n_tokens = ceiling()
+            secs, n_mlm = run_megatron_lm(args.megatron_lm, texts, tmp / "mlm", cores, args.extra_pythonpath)
+            rows.append(["megatron-lm: tokenizers encode_batch (ceiling)", len(texts), n_tokens, c / cores, 1.0, "-"])
+            rows.append(["megatron-lm: tools/preprocess_data.py", len(texts), n_mlm, n_mlm / secs / cores,
+                         n_mlm / secs / c, "excl."])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         try:

@@ -26,6 +26,11 @@ def annotate(docs_rk, cfg: DedupConfig):
     cols = [F.col(c) if c in docs_rk.columns else F.lit(None).cast("string").alias(c)
             for c in ("id", "url", "source", "lang", "text")]
     inp = docs_rk.select("rk", *cols, score.alias("score"))
+    # A Parquet row group is never split between tasks, so an input of a few big files (one row
+    # group each) would be hashed by one core; spread it first (row keys are already assigned).
+    par = docs_rk.sparkSession.sparkContext.defaultParallelism
+    if len(docs_rk.inputFiles()) < 2 * par:
+        inp = inp.repartition(2 * par)
     return inp.mapInArrow(annotate_batches(cfg.model_dump_json()), META_DDL)
 
 
