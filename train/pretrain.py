@@ -345,6 +345,9 @@ def run(cfg: TrainConfig) -> dict:
     last = ckpt.latest_checkpoint(ckpt_root)
     if rank == 0 and step >= cfg.train_steps:
         result = {"stage": stage, "steps": step, "tokens": step * tokens_per_step,
+                  "lr": sched.lr, "global_batch_size": cfg.global_batch_size, "seq_length": seq,
+                  "n_params": mcfg.num_params(), "n_params_active": mcfg.num_params(active=True),
+                  "flops_per_token": fpt, "flops": fpt * step * tokens_per_step,
                   "final_train_loss": losses[-1] if losses else None, "eval": evals,
                   "split": cfg.split, "validation": cfg.validation,
                   "validation_samples_per_dataset": cfg.validation_batches * cfg.global_batch_size if val else 0,

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from dataproc.mix.trainer_runs import run_trainer
 from q3.atomic import atomic_write_text
 from q3.config import Q3Config, load_config
 from q3.log import get_logger, print_table, progress
@@ -202,16 +202,8 @@ def _run_proxy(cfg: OptimizeConfig, base: StageManifest, corpus: Corpus | None, 
                "steps": cfg.proxy_steps, "train_config": cfg.train_config, "split": cfg.proxy_split,
                "validation": "[" + ",".join(cfg.validation) + "]"}
         cmd = [a.format(**fmt) for a in cfg.proxy_command] + list(cfg.proxy_overrides)
-        log.info("proxy %s: %s", run_dir.name, " ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            (run_dir / "proxy.log").write_text(proc.stdout + proc.stderr)
-            raise RuntimeError(f"proxy run failed (exit {proc.returncode}; full log {run_dir / 'proxy.log'}): "
-                               f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
-        out = Path(cfg.result_file.format(**fmt))
-        if not out.is_file():
-            raise RuntimeError(f"proxy run wrote no {out}; the trainer must write {{{cfg.result_key!r}: loss}}")
-        loss = float(json.loads(out.read_text())[cfg.result_key])
+        res = run_trainer(cmd, Path(cfg.result_file.format(**fmt)), run_dir / "proxy.log", cfg.result_key)
+        loss = float(res[cfg.result_key])
     atomic_write_text(result, json.dumps({"val_loss": loss, "weights": mix}, sort_keys=True))
     return loss
 

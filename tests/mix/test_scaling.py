@@ -1,6 +1,6 @@
 """`q3 mix scaling`: the fit math recovers known power laws from a sweep, and predictions land in
-the stage manifests. (A sweep of real tiny runs is too slow for the default CPU suite; the fit is
-tested on a sweep generated from a known loss surface.)"""
+the stage manifests. The fit math is checked on a sweep generated from a known loss surface; a
+small sweep of real trainer runs (`q3 mix sweep`, marked slow) checks the tool end to end."""
 
 import json
 
@@ -47,3 +47,28 @@ def test_predictions_written_per_stage(demo_mix, tmp_path):
     m = load_manifest(man)
     assert m.schedule.lr == pytest.approx(s2["lr"]) and m.schedule.global_batch_tokens == s2["global_batch_tokens"]
     assert "scaling_law" in m.provenance
+
+
+@pytest.mark.slow
+def test_sweep_of_real_trainer_runs_feeds_the_fit(demo_mix, tmp_path):
+    """`q3 mix sweep`: 2 budgets x 2 LRs x 2 batch sizes of the real tiny trainer on the demo S1
+    mixture, scored on the fixed validation set; the output is what `q3 mix scaling` fits."""
+    from dataproc.mix.sweep import SweepConfig, run_sweep
+
+    _, paths = demo_mix
+    cfg = SweepConfig(manifest=str(paths["demo_s1"]), validation=["web_multi"], seq_length=32,
+                      budgets=[1024, 4096], lrs=[3e-3, 1e-2], batch_sizes=[2, 4], validation_batches=1,
+                      work_dir=str(tmp_path / "runs"), output=str(tmp_path / "sweep.json"))
+    runs = run_sweep(cfg)
+    assert len(runs) == 8 and json.loads((tmp_path / "sweep.json").read_text()) == runs
+    for r in runs:
+        assert r["steps"] * r["bs"] == r["budget_tokens"] and 0 < r["loss"] < 13
+    by_budget = {b: [r for r in runs if r["budget_tokens"] == b] for b in (1024, 4096)}
+    assert len({r["compute"] for r in by_budget[1024]}) == 1          # one compute per budget
+    assert by_budget[4096][0]["compute"] == pytest.approx(4 * by_budget[1024][0]["compute"])
+    # four times the tokens: the best run of the larger budget reaches a lower validation loss
+    assert min(r["loss"] for r in by_budget[4096]) < min(r["loss"] for r in by_budget[1024]) - 0.05
+    law = fit_scaling(runs, near_optimal=0.0025)
+    assert set(law) == {"lr", "bs", "optima"} and len(law["optima"]) == 2
+    # rerun: every finished run is reused
+    assert run_sweep(cfg) == runs
