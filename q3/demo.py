@@ -98,10 +98,12 @@ def _json(path: Path) -> dict:
 
 def _eval(run: Path) -> str:
     lines = (run / "eval.jsonl").read_text().splitlines() if (run / "eval.jsonl").exists() else []
-    if not lines:
+    rows = [json.loads(x) for x in lines if x.strip()]
+    # a rerun resumes a finished stage and appends only {"step", "end"}: "start" is in the first row
+    start = next((r["start"] for r in rows if "start" in r), None)
+    if not rows or start is None or "end" not in rows[-1]:
         return ""
-    e = json.loads(lines[-1])
-    return f"held-out loss {e['start']:.3f} -> {e['end']:.3f} after {e['step']} steps"
+    return f"held-out loss {start:.3f} -> {rows[-1]['end']:.3f} after {rows[-1]['step']} steps"
 
 
 def summarise(name: str, data: Path, out: Path) -> str:
