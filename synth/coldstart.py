@@ -29,13 +29,11 @@ from typing import Any
 from pydantic import Field
 
 from q3.atomic import atomic_dir
-from q3.config import ConfigError, Q3Config, config_hash, load_config
-from q3.llm import LLMConfigError
+from q3.config import Q3Config, config_hash, load_config
 from q3.log import get_logger, print_table
 from q3.paths import data_dir
 from synth import filters
-from synth.engine import EndpointUnavailable
-from synth.llm_calls import EndpointConfig, ask_sync
+from synth.llm_calls import EndpointConfig, EndpointUnavailable, ask_sync, run_cli_job
 from synth.verifiers import verify
 
 log = get_logger("synth.coldstart")
@@ -226,12 +224,8 @@ def cli(config: str | None, overrides: list[str]) -> int:
     keep_per_query, max_per_domain, filters.*
     """
     cfg = load_config(ColdStartConfig, "synth", config or "coldstart", overrides)
-    try:
-        meta = build(cfg)
-    except (FileNotFoundError, LLMConfigError) as e:   # say what to fix, no traceback
-        raise ConfigError(str(e)) from None
-    except EndpointUnavailable as e:
-        log.error("%s", e)
+    meta = run_cli_job(lambda: build(cfg), log)
+    if meta is None:
         return 1
     print(json.dumps({k: meta[k] for k in ("queries", "sft", "seconds")}))
     return 0

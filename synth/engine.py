@@ -33,12 +33,12 @@ from dataproc.dedup.config import DecontamConfig
 from dataproc.dedup.decontam import Decontaminator
 from dataproc.dedup.exact import exact_normalise
 from q3.atomic import atomic_dir, is_committed, read_marker
-from q3.config import ConfigError, Q3Config, config_hash, load_config
-from q3.llm import LLMConfigError, extract_json
+from q3.config import Q3Config, config_hash, load_config
+from q3.llm import extract_json
 from q3.log import get_logger, print_table, progress
 from q3.paths import data_dir
 from q3.schemas import DOC_SCHEMA, content_id
-from synth.llm_calls import EndpointConfig, ask_sync
+from synth.llm_calls import EndpointConfig, EndpointUnavailable, ask_sync, run_cli_job
 from synth.templates import Template, load_template
 
 log = get_logger("synth.engine")
@@ -170,10 +170,6 @@ def _rows_from_reply(req: dict[str, Any], res: dict[str, Any], chash: str, min_c
 
 def shard_dir(output: Path, shard: int) -> Path:
     return output / "shards" / f"shard-{shard:05d}"
-
-
-class EndpointUnavailable(RuntimeError):
-    """Requests still failing after the client's retries: the run stops without committing the shard."""
 
 
 def shard_done(target: Path, chash: str, seed_ids: list[str]) -> bool:
@@ -381,12 +377,8 @@ def cli(config: str | None, overrides: list[str]) -> int:
     endpoint.{base_url,model,concurrency,timeout_s,max_retries,cache_dir}, dedup, decontam
     """
     cfg = load_config(EngineConfig, "synth", config or "default", overrides)
-    try:
-        meta = run(cfg)
-    except (FileNotFoundError, LLMConfigError) as e:   # say what to fix, no traceback
-        raise ConfigError(str(e)) from None
-    except EndpointUnavailable as e:
-        log.error("%s", e)
+    meta = run_cli_job(lambda: run(cfg), log)
+    if meta is None:
         return 1
     print(json.dumps({k: meta[k] for k in ("kept", "rejected", "requests", "cache_hits", "prompt_tokens",
                                            "completion_tokens", "seconds")}))

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from q3.llm import ChatRequest, EndpointConfig, LLMClient, Result
+from q3.config import ConfigError
+from q3.llm import ChatRequest, EndpointConfig, LLMClient, LLMConfigError, Result
 
-__all__ = ["EndpointConfig", "ask_sync", "to_dict"]
+__all__ = ["EndpointConfig", "EndpointUnavailable", "ask_sync", "run_cli_job", "to_dict"]
+
+
+class EndpointUnavailable(RuntimeError):
+    """Requests still failing after the client's retries: the run stops without committing its work."""
 
 # one line per HTTP request at INFO drowns the progress of long runs; retries and errors still show
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -37,3 +43,16 @@ def ask_sync(ep: EndpointConfig, cache_dir: Path, requests: list[dict[str, Any]]
                         schema_name=r.get("schema_name", "output")) for r in requests]
     client = LLMClient(cfg)
     return [to_dict(r) for r in asyncio.run(client.acomplete_many(reqs))]
+
+
+def run_cli_job(job: Callable[[], dict[str, Any]], log: logging.Logger) -> dict[str, Any] | None:
+    """Run a synth command's job for its CLI: a missing file or bad endpoint setting becomes a
+    ConfigError (the CLI prints what to fix, no traceback); an unreachable endpoint is logged and
+    gives None (the CLI exits 1)."""
+    try:
+        return job()
+    except (FileNotFoundError, LLMConfigError) as e:
+        raise ConfigError(str(e)) from None
+    except EndpointUnavailable as e:
+        log.error("%s", e)
+        return None
