@@ -344,7 +344,7 @@ def read_chat_jsonl(path: str | Path, on_error: Literal["raise", "skip"] = "rais
                     stats: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Rows of a chat JSONL: `{"messages": [...], "tools": [...]?, ...}` (OpenAI format; synth's
     cold-start `sft.jsonl` rows are of this form). Returns `{"messages", "tools", "source"
-    ("file:line"), "meta" (the row's other keys)}`. A bad row raises ChatDataError naming
+    ("file:line"), "meta" (the row's other keys, a `meta` object's keys merged in)}`. A bad row raises ChatDataError naming
     file:line, or with `on_error="skip"` is skipped and counted (stats: rows, skipped, errors)."""
     p = Path(path)
     if not p.is_file():
@@ -366,7 +366,9 @@ def read_chat_jsonl(path: str | Path, on_error: Literal["raise", "skip"] = "rais
                     raise ChatDataError(f"{where}: {e}") from None
                 errors.append(f"{where}: {e}")
                 continue
-            meta = {k: v for k, v in row.items() if k not in ("messages", "tools")}
+            meta = {k: v for k, v in row.items() if k not in ("messages", "tools", "meta")}
+            if isinstance(row.get("meta"), dict):      # fusion rows keep their own meta object
+                meta = {**row["meta"], **meta}
             rows.append({"messages": row["messages"], "tools": row.get("tools"), "source": where, "meta": meta})
     if errors:
         log.warning("%s: skipped %d of %d rows (first: %s)", p, len(errors), n, errors[0])
