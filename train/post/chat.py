@@ -204,7 +204,7 @@ def tokenize_conversation(messages: list[dict[str, Any]], tools: list[dict[str, 
     groups: list[tuple[_Turn, list[_Turn]]] = []
     for t in reversed(turns):                     # longest prefix first; attach turns it contains
         for base, others in groups:
-            if not t.segments[0][1] or not base.text.startswith(t.text) or len(t.segments) > 1:
+            if len(t.segments) > 1 or not base.text.startswith(t.text):    # budget turns stay alone
                 continue
             others.append(t)
             break

@@ -16,7 +16,7 @@ Rows are chat JSONL (`train.post.chat.read_chat_jsonl` reads them back):
     {"messages": [{"role": "system", "content": "You are a helpful assistant. /no_think"},
                   {"role": "user", "content": "2+2?"},
                   {"role": "assistant", "reasoning_content": "", "content": "4"}],
-     "meta": {"kind": "no_think", "flags": ["system:no_think"], "thinking": [false],
+     "meta": {"kind": "no_think", "flags": ["system:no_think", "user:none"], "thinking": [false],
               "sources": ["cold.jsonl:3"]}}
 
 A budget turn is `{"role": "assistant", "budget_forced": true, "reasoning_content": <the text
