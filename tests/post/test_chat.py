@@ -226,3 +226,24 @@ def test_read_chat_jsonl(tmp_path):
     check_turn(s, out[0]["messages"][:1], think_gen("add", "4"))
     with pytest.raises(ChatDataError, match="not found"):
         read_chat_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_tokenize_rows_and_undecodable_lines(tmp_path):
+    from train.post.chat import tokenize_rows
+
+    p = tmp_path / "mixed.jsonl"
+    good = json.dumps({"messages": [u("hi"), a("yo", "r")]}).encode()
+    plain = json.dumps({"messages": [u("hey"), a("ok")]}).encode()
+    p.write_bytes(good + b"\n" + b'{"messages": "\xff"}\n' + plain + b"\n")
+    with pytest.raises(ChatDataError, match=rf"{p}:2: not UTF-8"):
+        read_chat_jsonl(p)
+    rows = read_chat_jsonl(p, on_error="skip")
+    assert len(rows) == 2
+    # hard switch: a row with reasoning cannot be rendered; it is named, or skipped and counted
+    with pytest.raises(ChatDataError, match=rf"{p}:1: message 1"):
+        tokenize_rows(rows, enable_thinking=False)
+    stats = {}
+    [s] = tokenize_rows(rows, enable_thinking=False, on_error="skip", stats=stats)
+    assert stats["skipped"] == 1 and stats["rows"] == 2 and s.source == f"{p}:3"
+    check_turn(s, [u("hey")], "ok<|im_end|>", enable_thinking=False)
+    assert [s.source for s in tokenize_rows(rows)] == [f"{p}:1", f"{p}:3"]

@@ -127,15 +127,24 @@ class _Turn:
         return self.prompt + "".join(s for s, _ in self.segments)
 
 
+def _render(messages: list[dict[str, Any]], **kw: Any) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        return render_chat(messages, **kw)
+    except TemplateError as e:                  # e.g. a tool schema the template cannot serialise
+        raise ChatDataError(f"the chat template failed: {e}") from None
+
+
 def _turn(messages: list[dict[str, Any]], tmpl: list[dict[str, Any]], j: int, tools, enable_thinking: bool) -> _Turn:
-    prompt = render_chat(tmpl[:j], enable_thinking=enable_thinking, add_generation_prompt=True, tools=tools)
+    prompt = _render(tmpl[:j], enable_thinking=enable_thinking, add_generation_prompt=True, tools=tools)
     m = messages[j]
     if m.get("budget_forced"):
         if not prompt.endswith("<|im_start|>assistant\n"):
             raise ChatDataError(f"message {j}: a budget_forced turn needs enable_thinking=True")
         return _Turn(j, prompt, [("<think>\n" + m["reasoning_content"], 1), (THINKING_BUDGET_TEXT, 0),
                                  ((m.get("content") or "") + IM_END, 1)])
-    full = render_chat(tmpl[:j + 1], enable_thinking=enable_thinking, tools=tools)
+    full = _render(tmpl[:j + 1], enable_thinking=enable_thinking, tools=tools)
     if not full.startswith(prompt) or not full.endswith(IM_END + "\n"):
         raise ChatDataError(f"message {j}: the rendered assistant turn does not continue the generation prompt "
                             f"(reasoning with enable_thinking=False?)")
@@ -215,14 +224,22 @@ def tokenize_conversation(messages: list[dict[str, Any]], tools: list[dict[str, 
 
 
 def tokenize_rows(rows: list[dict[str, Any]], train_turns: Literal["all", "last"] = "all",
-                  enable_thinking: bool = True) -> list[ChatSample]:
-    """`tokenize_conversation` over `read_chat_jsonl` rows; an unrenderable row names its source."""
-    out = []
+                  enable_thinking: bool = True, on_error: Literal["raise", "skip"] = "raise",
+                  stats: dict[str, Any] | None = None) -> list[ChatSample]:
+    """`tokenize_conversation` over `read_chat_jsonl` rows; an unrenderable row raises naming its
+    source, or with `on_error="skip"` is skipped and counted (stats: rows, samples, skipped, errors)."""
+    out, errors = [], []
     for r in rows:
         try:
             out += tokenize_conversation(r["messages"], r.get("tools"), train_turns, enable_thinking, r.get("source"))
         except ChatDataError as e:
-            raise ChatDataError(f"{r.get('source', '?')}: {e}") from None
+            if on_error == "raise":
+                raise ChatDataError(f"{r.get('source', '?')}: {e}") from None
+            errors.append(f"{r.get('source', '?')}: {e}")
+    if errors:
+        log.warning("skipped %d of %d conversations (first: %s)", len(errors), len(rows), errors[0])
+    if stats is not None:
+        stats.update(rows=len(rows), samples=len(out), skipped=len(errors), errors=errors[:20])
     return out
 
 
@@ -353,14 +370,14 @@ def read_chat_jsonl(path: str | Path, on_error: Literal["raise", "skip"] = "rais
         raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     rows, errors = [], []
     n = 0
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             n += 1
             where = f"{p}:{lineno}"
             try:
-                row = _parse_row(line)
+                row = _parse_row(raw)
             except ChatDataError as e:
                 if on_error == "raise":
                     raise ChatDataError(f"{where}: {e}") from None
@@ -377,7 +394,11 @@ def read_chat_jsonl(path: str | Path, on_error: Literal["raise", "skip"] = "rais
     return rows
 
 
-def _parse_row(line: str) -> dict[str, Any]:
+def _parse_row(raw: bytes) -> dict[str, Any]:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ChatDataError(f"not UTF-8 (byte {e.start})") from None
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
