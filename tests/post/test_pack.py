@@ -41,6 +41,22 @@ def test_pack_invariants():
     assert stats["fill"] == 0.95
 
 
+def test_pack_is_first_fit():
+    import random
+
+    rng = random.Random(0)
+    samples = [sample(rng.randint(2, 30), 10 * i) for i in range(300)]
+    out = pack(samples, 32)
+    room, where = [], []                                  # brute-force first fit, in input order
+    for s in samples:
+        b = next((k for k, r in enumerate(room) if r >= len(s.ids)), len(room))
+        room += [32] * (b == len(room))
+        room[b] -= len(s.ids)
+        where.append(b)
+    assert [p.sample_index for p in out] == [[i for i, b in enumerate(where) if b == k] for k in range(len(room))]
+    assert all(len(p.tokens) == 32 for p in out)
+
+
 def test_pack_overlong_and_untrained():
     long, empty = sample(12, 100, 11), sample(4, 300, 4)
     stats = {}

@@ -31,13 +31,11 @@ from typing import Any, Literal
 from q3.config import ConfigError
 from q3.log import get_logger
 from q3.tokenizer import EOD_ID, encode, render_chat
+from train.sampling import THINKING_BUDGET_TEXT
 
 log = get_logger("train.post.chat")
 
 IM_END = "<|im_end|>"
-# train.sampling.THINKING_BUDGET_TEXT, repeated so this module does not import torch.
-THINKING_BUDGET_TEXT = ("Considering the limited time by the user, I have to give the solution based on "
-                        "the thinking directly now.\n</think>.\n\n")
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -284,7 +282,7 @@ def pack(samples: list[ChatSample], seq_length: int, overlong: Literal["drop", "
         raise ConfigError(f"seq_length must be >= 2, got {seq_length}")
     c: Counter = Counter()
     bins: list[list[tuple[int, ChatSample]]] = []
-    room: list[int] = []
+    room = _FirstFit(seq_length)
     for idx, s in enumerate(samples):
         c["samples"] += 1
         if len(s.ids) > seq_length:
@@ -296,22 +294,53 @@ def pack(samples: list[ChatSample], seq_length: int, overlong: Literal["drop", "
         if not any(s.loss_mask[1:]):              # the first token is never a label
             c["dropped_no_loss"] += 1
             continue
-        for b, r in enumerate(room):
-            if r >= len(s.ids):
-                bins[b].append((idx, s))
-                room[b] -= len(s.ids)
-                break
-        else:
-            bins.append([(idx, s)])
-            room.append(seq_length - len(s.ids))
+        b = room.place(len(s.ids))
+        if b == len(bins):
+            bins.append([])
+        bins[b].append((idx, s))
     out = [_pack_one(b, seq_length) for b in bins]
-    used = sum(seq_length - r for r in room)
+    used = sum(len(s.ids) for b in bins for _, s in b)
     c.update(sequences=len(out), packed=sum(len(b) for b in bins), tokens=used,
              trained_tokens=sum(sum(p.loss_mask) for p in out))
     if stats is not None:
         stats.update(c)
         stats["fill"] = round(used / (len(out) * seq_length), 4) if out else 0.0
     return out
+
+
+class _FirstFit:
+    """First-fit bin choice in O(log bins): a max segment tree over the bins' free room."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.size, self.n = capacity, 1, 0
+        self.tree = [0, 0]
+
+    def place(self, length: int) -> int:
+        """Index of the first bin with room >= length (a new bin if none), after placing it."""
+        if self.tree[1] < length:                      # no open bin fits: open one
+            if self.n == self.size:                    # full: double the leaves, rebuild
+                leaves = self.tree[self.size:self.size + self.n]
+                self.size *= 2
+                self.tree = [0] * (2 * self.size)
+                self.tree[self.size:self.size + len(leaves)] = leaves
+                for node in range(self.size - 1, 0, -1):
+                    self.tree[node] = max(self.tree[2 * node], self.tree[2 * node + 1])
+            b, self.n = self.n, self.n + 1
+            self._set(b, self.capacity - length)
+            return b
+        node = 1
+        while node < self.size:                        # leftmost leaf with enough room
+            node = 2 * node if self.tree[2 * node] >= length else 2 * node + 1
+        b = node - self.size
+        self._set(b, self.tree[node] - length)
+        return b
+
+    def _set(self, b: int, value: int) -> None:
+        node = b + self.size
+        self.tree[node] = value
+        while node > 1:
+            node //= 2
+            self.tree[node] = max(self.tree[2 * node], self.tree[2 * node + 1])
 
 
 def _pack_one(samples: list[tuple[int, ChatSample]], seq_length: int) -> PackedSequence:
