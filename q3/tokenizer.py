@@ -7,6 +7,9 @@ nothing is downloaded. Ids are exactly Qwen3's: 151,643 byte-level BPE tokens + 
 (ids 151,643..151,668); `<|endoftext|>` = 151,643 is the end-of-document (EOD) token appended after
 every document; `<think>` = 151,667, `</think>` = 151,668. `load_tokenizer` asserts all of this.
 
+`render_chat` is the one renderer of the shipped Qwen3 chat template (jinja2 sandbox, as
+transformers renders it); chat SFT data, generation and serving all go through it.
+
 `MegatronQwen3Tokenizer` is the duck-typed object megatron-core's `GPTDatasetConfig(tokenizer=...)`
 and `BlendedMegatronDatasetBuilder` need (`unique_identifiers`, `eod`, `vocab_size`, `tokenize`,
 `detokenize`); it does not import megatron, so `q3/` stays importable everywhere.
@@ -106,6 +109,41 @@ def encode_batch(texts: Sequence[str], directory: str | None = None) -> list[lis
         [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
 
 
+def encode(text: str, directory: str | None = None) -> list[int]:
+    """Token ids of one text, no special tokens added. Special-token strings in `text` (e.g.
+    `<|im_end|>`) become their single ids; BPE never merges across them."""
+    return load_tokenizer(directory).encode(text, add_special_tokens=False).ids
+
+
+def decode(ids: Sequence[int], directory: str | None = None) -> str:
+    return load_tokenizer(directory).decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+@functools.lru_cache(maxsize=4)
+def _chat_template(directory: str | None = None):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    # transformers' tojson: no ASCII escaping, so tool schemas render as the model saw them
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+    return env.from_string(load_tokenizer_config(directory)["chat_template"])
+
+
+def render_chat(messages: list[dict[str, Any]], enable_thinking: bool = True,
+                add_generation_prompt: bool = False, tools: list[dict[str, Any]] | None = None,
+                directory: str | None = None) -> str:
+    """Render `messages` (OpenAI format: role/content, assistant `reasoning_content` and
+    `tool_calls`, `tool` role) with Qwen3's shipped chat template.
+
+    `enable_thinking=False` is the template's hard switch: the generation prompt then ends with an
+    empty think block. The soft switch (`/think`, `/no_think` in a user or system turn) leaves it
+    True and lets the model write the (empty) think block itself.
+    """
+    return _chat_template(directory).render(messages=messages, tools=tools or None,
+                                            add_generation_prompt=add_generation_prompt,
+                                            enable_thinking=enable_thinking)
+
+
 class MegatronQwen3Tokenizer:
     """What megatron-core's GPT datasets ask of a tokenizer, over Qwen3's real tokenizer.
 
@@ -152,13 +190,9 @@ class MegatronQwen3Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return encode_batch(texts, self._dir)
 
-    def apply_chat_template(self, messages: list[dict[str, str]], **kwargs: Any) -> str:
-        """Render the shipped Qwen3 chat template (needs jinja2, which transformers brings)."""
-        import jinja2
-
-        template = load_tokenizer_config(self._dir)["chat_template"]
-        env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-        return env.from_string(template).render(messages=messages, **kwargs)
+    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+        """Render the shipped Qwen3 chat template (see `render_chat`)."""
+        return render_chat(messages, directory=self._dir, **kwargs)
 
 
 def get_tokenizer(directory: str | None = None) -> MegatronQwen3Tokenizer:
