@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import torch
 from pydantic import Field
 
 from q3.config import Q3Config, load_config
@@ -345,9 +346,7 @@ class ChatService:
 
     def _score(self, prompt: list[int], ids: list[int], k: int) -> tuple[list[float], list | None]:
         """Log-probabilities (T=1) of given tokens, one forward per token (generators that do not
-        record them, e.g. the constrained JSON decoder)."""
-        import torch
-
+        record them, e.g. the constrained JSON decoder). Call under the model lock."""
         lps, tops = [], []
         for j, t in enumerate(ids):
             lp = torch.log_softmax(self.lm.next_logits(prompt + ids[:j])[: self.tok.vocab_size].float(), -1)
@@ -379,7 +378,10 @@ class ChatService:
         req = self.parse(body)
         with self.job(peer_gone) as job:
             outs = [] if job.cancel.is_set() else self.generate(req, job)
-        if job.cancel.is_set() or len(outs) < req.n:
+            done = not job.cancel.is_set() and len(outs) == req.n
+            # under the model lock: scoring may run the model
+            lps = [{"content": self.logprob_entries(req, o)} for o in outs] if done and req.logprobs else None
+        if not done:
             if self.stopping.is_set():
                 raise BadRequest("server is shutting down", 503)
             return None
@@ -389,8 +391,8 @@ class ChatService:
             msg = {"role": "assistant", "content": content}
             if reasoning is not None:
                 msg["reasoning_content"] = reasoning
-            lp = {"content": self.logprob_entries(req, o)} if req.logprobs else None
-            choices.append({"index": i, "message": msg, "finish_reason": o.finish_reason, "logprobs": lp})
+            choices.append({"index": i, "message": msg, "finish_reason": o.finish_reason,
+                            "logprobs": lps[i] if lps else None})
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
                 "created": int(time.time()), "model": self.name, "choices": choices,
                 "usage": self.usage(req, outs)}
@@ -520,8 +522,11 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
         # -------------------------------------------------------------- server-sent events
 
         def _chunk(self, data: bytes) -> None:
-            """One chunk of a chunked body; b"" ends the body."""
+            """One chunk of a chunked body; b"" ends the body. HTTP/1.0: raw bytes, closed at the end."""
             try:
+                if self.request_version != "HTTP/1.1":
+                    self.wfile.write(data)
+                    return
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             except (OSError, ValueError):
                 raise ClientGone from None
@@ -542,7 +547,11 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream; charset=utf-8")
                 self.send_header("Cache-Control", "no-cache")
-                self.send_header("Transfer-Encoding", "chunked")
+                if self.request_version == "HTTP/1.1":
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.close_connection = True
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
                 usage_field = {"usage": None} if req.include_usage else {}
@@ -587,7 +596,7 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
                                      "model": service.name, "choices": [], "usage": service.usage(req, outs)})
                     self._event("[DONE]")
                 # cancelled (client gone, or shutdown): end the body without [DONE] and close
-                self.close_connection = job.cancel.is_set()
+                self.close_connection = self.close_connection or job.cancel.is_set()
                 self._chunk(b"")
 
     return Handler
@@ -602,6 +611,7 @@ def make_server(service: ChatService, host: str = "127.0.0.1", port: int = 0) ->
 def main(config: str | None, overrides: list[str]) -> int:
     """q3 serve load=DIR [port=8000|0] [port_file=FILE] [host=127.0.0.1] [served_model_name=NAME]"""
     cfg = load_config(ServeConfig, "serve", config, overrides)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))     # stopped while loading: nothing to clean up
     lm, tok, name = load_lm(cfg.load, cfg.model)
     service = ChatService(lm, tok, cfg.served_model_name or name, cfg)
     server = make_server(service, cfg.host, cfg.port)
@@ -646,12 +656,14 @@ def background(load: str | Path, *overrides: str, startup_timeout: float = 300) 
         env = {k: v for k, v in os.environ.items()
                if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        err_file = Path(d) / "stderr"
+        with open(err_file, "w") as err:       # a file: a pipe nobody drains could fill and block the server
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         try:
             deadline = time.time() + startup_timeout
             while not port_file.exists():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"q3 serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+                    raise RuntimeError(f"q3 serve exited with {proc.returncode}: {err_file.read_text()[-2000:]}")
                 if time.time() > deadline:
                     raise TimeoutError(f"q3 serve did not start within {startup_timeout}s")
                 time.sleep(0.2)
@@ -664,5 +676,3 @@ def background(load: str | Path, *overrides: str, startup_timeout: float = 300) 
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            if proc.stderr:
-                proc.stderr.close()
