@@ -134,7 +134,8 @@ def test_background_helper_on_megatron_checkpoint(tmp_path):
 
     ckpt = tiny_checkpoint_and_export(tmp_path, "tiny_moe")[2]
     with background(ckpt, "served_model_name=moe") as base:
-        assert httpx.get(f"{base}/models", timeout=30).json()["data"][0]["id"] == "moe"
+        card = httpx.get(f"{base}/models", timeout=30).json()["data"][0]
+        assert card["id"] == "moe" and card["max_model_len"] == 4096      # megatron's max_sequence_length
         r = httpx.post(f"{base}/chat/completions", timeout=120, json={
             "messages": [{"role": "user", "content": "Is this code? print(1)"}], "seed": 0,
             "response_format": {"type": "json_schema", "json_schema": {"schema": SCHEMA}}})
