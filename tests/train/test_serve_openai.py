@@ -3,6 +3,7 @@ real server subprocess on 127.0.0.1 serving a tiny exported Qwen3: streaming, lo
 output, cancellation of abandoned work, request limits, SIGTERM."""
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from conftest import child_env
 from tiny_export import tiny_checkpoint_and_export
 
 from train.generate import load_lm
+from train.sampling import THINKING_BUDGET_TEXT
+from train.serve import ChatService, ServeConfig, make_server
 from train.serve_stream import TokenBytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,3 +211,48 @@ def test_sigterm_during_generation_exits_0(server):
                 break
     assert server.proc.wait(timeout=60) == 0
     assert "data: [DONE]" not in seen and len(seen) < 20_000      # cut short, not run to 4,000 tokens
+
+
+@pytest.fixture(scope="module")
+def thinking_server(hf_dir, tmp_path_factory):
+    """In-process server on a copy of the export whose chat template opens the think block in the
+    prompt (as Qwen3-2507 thinking models do): the reply starts inside <think>."""
+    d = tmp_path_factory.mktemp("thinking_hf")
+    shutil.copytree(hf_dir, d, dirs_exist_ok=True)
+    cfg_file = d / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    no_think = "{{- '<think>\\n\\n</think>\\n\\n' }}\n    {%- endif %}"
+    assert no_think in cfg["chat_template"]
+    cfg["chat_template"] = cfg["chat_template"].replace(no_think, no_think.replace(
+        "{%- endif %}", "{%- else %}{{- '<think>' }}{%- endif %}"))
+    cfg_file.write_text(json.dumps(cfg))
+    lm, tok, _ = load_lm(d)
+    srv = make_server(ChatService(lm, tok, MODEL, ServeConfig(load=str(d))), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield openai.OpenAI(base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", api_key="unused",
+                        max_retries=0, timeout=120)
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_reasoning_streams_as_reasoning_content(thinking_server):
+    """Thinking budget 3: three thought tokens, the forced budget sentence closing </think>, then the
+    answer. Streamed reasoning_content/content deltas add up to the unstreamed message."""
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Why is the sky blue?"}], max_tokens=40,
+              seed=4, logprobs=True, extra_body={"thinking_budget": 3})
+    full = thinking_server.chat.completions.create(**kw).choices[0]
+    reasoning = full.message.model_extra["reasoning_content"]
+    assert reasoning.endswith(THINKING_BUDGET_TEXT.split("\n</think>")[0].strip())
+    assert len(full.logprobs.content) == 40 and full.message.content
+    pieces = {"reasoning_content": "", "content": ""}
+    order = []
+    for chunk in thinking_server.chat.completions.create(**{**kw, "logprobs": False}, stream=True):
+        for ch in chunk.choices:
+            for key in pieces:
+                piece = (ch.delta.model_extra or {}).get(key) if key != "content" else ch.delta.content
+                if piece:
+                    pieces[key] += piece
+                    order.append(key)
+    assert pieces == {"reasoning_content": reasoning, "content": full.message.content}
+    assert order[0] == "reasoning_content" and order.count("reasoning_content") >= 4   # token by token
+    assert "<think>" not in reasoning + full.message.content and "</think>" not in reasoning
