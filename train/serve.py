@@ -358,14 +358,14 @@ class ChatService:
 
     def split(self, req: Request, o: Completion) -> tuple[str | None, str]:
         """(reasoning, content) exactly as the stream delivers them."""
-        text, sp = TokenText(self.token_bytes), ReasoningSplit(self._in_think(req))
+        text, sp = TokenText(self.token_bytes), ReasoningSplit(self.in_think(req))
         for t in o.token_ids:
             sp.feed(text.push(t))
         sp.feed(text.finish())
         sp.finish()
         return sp.reasoning, sp.content
 
-    def _in_think(self, req: Request) -> bool:
+    def in_think(self, req: Request) -> bool:
         return bool(req.prompt_ids) and req.prompt_ids[-1] == THINK_ID and req.schema is None
 
     def usage(self, req: Request, outs: list[Completion]) -> dict:
@@ -402,9 +402,9 @@ class ChoiceStream:
     """Chunks of one streamed choice: text deltas (reasoning/content), logprob entries."""
 
     def __init__(self, service: ChatService, req: Request, index: int):
-        self.s, self.req, self.index = service, req, index
+        self.index = index
         self.text = TokenText(service.token_bytes)
-        self.split = ReasoningSplit(service._in_think(req))
+        self.split = ReasoningSplit(service.in_think(req))
         self.pending: list[dict] = []            # logprob entries of tokens whose text is held back
 
     def push(self, token_id: int, entry: dict | None = None) -> list[dict]:

@@ -140,3 +140,38 @@ def test_background_helper_on_megatron_checkpoint(tmp_path):
             "messages": [{"role": "user", "content": "Is this code? print(1)"}], "seed": 0,
             "response_format": {"type": "json_schema", "json_schema": {"schema": SCHEMA}}})
         assert set(json.loads(r.json()["choices"][0]["message"]["content"])) == set(SCHEMA["properties"])
+
+
+def test_model_lock_serves_waiters_in_arrival_order():
+    from train.serve import BadRequest, FifoLock
+
+    lock, order, gone = FifoLock(max_waiting=5), [], threading.Event()
+    assert lock.acquire(lambda: False)                    # the running request
+
+    def wait(k: int) -> None:
+        if lock.acquire(lambda: k == 2 and gone.is_set()):  # waiter 2's client leaves while queued
+            order.append(k)
+            lock.release()
+        else:
+            order.append(-k)
+
+    threads = []
+    for k in range(5):
+        threads.append(threading.Thread(target=wait, args=(k,)))
+        threads[-1].start()
+        for _ in range(2000):                             # until it is queued (bounded)
+            if len(lock.queue) == k + 1:
+                break
+            time.sleep(0.005)
+    assert len(lock.queue) == 5
+    with pytest.raises(BadRequest, match="busy"):          # a sixth waiter is refused (503)
+        lock.acquire(lambda: False)
+    gone.set()
+    for _ in range(2000):
+        if order == [-2]:
+            break
+        time.sleep(0.005)
+    lock.release()
+    for t in threads:
+        t.join(timeout=60)
+    assert order == [-2, 0, 1, 3, 4]
