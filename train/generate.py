@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -163,6 +165,9 @@ class Completion:
     prompt_tokens: int
     budget_forced: bool = False
     extra: dict = field(default_factory=dict)
+    logprobs: list[float] | None = None       # per token_ids entry: log p at T=1 over the full vocab
+    top_logprobs: list[list[tuple[int, float]]] | None = None   # the k most likely (id, log p) per entry
+    sampled: list[bool] | None = None         # False for forced tokens (thinking-budget sentence)
 
 
 def split_thinking(text: str) -> tuple[str | None, str]:
@@ -179,28 +184,50 @@ def split_thinking(text: str) -> tuple[str | None, str]:
 
 
 def generate(lm: LM, tok: Tokenizer, prompt_ids: list[int], params: SamplingParams,
-             generator: torch.Generator | None = None, in_think: bool = False) -> Completion:
-    """Sample until a stop token or max_tokens, enforcing the thinking budget."""
+             generator: torch.Generator | None = None, in_think: bool = False, top_logprobs: int = 0,
+             on_token: Callable[[int], None] | None = None,
+             cancel: threading.Event | None = None) -> Completion:
+    """Sample until a stop token or max_tokens, enforcing the thinking budget. Records each token's
+    log-probability at T=1 (and the `top_logprobs` most likely); on_token(id) per produced token;
+    cancel.set() stops early (finish_reason "cancelled")."""
     out: list[int] = []
+    lps: list[float] = []
+    tops: list[list[tuple[int, float]]] = []
+    sampled: list[bool] = []
     budget = ThinkingBudget(params.thinking_budget, in_think)
     forced, finish = False, "length"
+
+    def emit(t: int, logits: torch.Tensor, was_sampled: bool) -> None:
+        lp = torch.log_softmax(logits.float(), -1)
+        out.append(t)
+        lps.append(float(lp[t]))
+        if top_logprobs:
+            v, i = lp.topk(top_logprobs)
+            tops.append(list(zip(i.tolist(), v.tolist(), strict=True)))
+        sampled.append(was_sampled)
+        budget.observe(t)
+        if on_token is not None:
+            on_token(t)
+
     while len(out) < params.max_tokens:
+        if cancel is not None and cancel.is_set():
+            finish = "cancelled"
+            break
         if budget.exhausted():
-            for t in tok.encode(THINKING_BUDGET_TEXT):
-                out.append(t)
-                budget.observe(t)
+            for t in tok.encode(THINKING_BUDGET_TEXT)[: params.max_tokens - len(out)]:
+                emit(t, lm.next_logits(prompt_ids + out)[: tok.vocab_size], False)
             forced = True
             continue
-        t = sample(lm.next_logits(prompt_ids + out)[: tok.vocab_size], out, params, generator)
+        logits = lm.next_logits(prompt_ids + out)[: tok.vocab_size]
+        t = sample(logits, out, params, generator)
         if t in STOP_IDS:
             finish = "stop"
             break
-        out.append(t)
-        budget.observe(t)
-    out = out[: params.max_tokens]
+        emit(t, logits, True)
     text = tok.decode(out)
     reasoning, content = split_thinking(text)
-    return Completion(out, text, reasoning, content, finish, len(prompt_ids), forced)
+    return Completion(out, text, reasoning, content, finish, len(prompt_ids), forced,
+                      logprobs=lps, top_logprobs=tops if top_logprobs else None, sampled=sampled)
 
 
 # ---------------------------------------------------------------- constrained JSON (json_schema)
@@ -348,9 +375,11 @@ def generate_json(lm: LM, tok: Tokenizer, prompt_ids: list[int], schema: dict, p
 
 def chat(lm: LM, tok: Tokenizer, messages: list[dict], params: SamplingParams | None = None, n: int = 1,
          seed: int | None = None, thinking: bool | None = None, json_schema: dict | None = None,
-         **overrides) -> list[Completion]:
+         top_logprobs: int = 0, on_token: Callable[[int, int], None] | None = None,
+         cancel: threading.Event | None = None, **overrides) -> list[Completion]:
     """n completions of a chat. Sampling defaults to the preset of the dialogue's mode; keyword
-    overrides (temperature, top_p, top_k, presence_penalty, max_tokens, thinking_budget) win."""
+    overrides (temperature, top_p, top_k, presence_penalty, max_tokens, thinking_budget) win.
+    on_token(choice_index, token_id) per produced token; cancel.set() stops early."""
     if thinking is None:
         thinking = thinking_mode(messages)
     if json_schema is not None:
@@ -359,11 +388,18 @@ def chat(lm: LM, tok: Tokenizer, messages: list[dict], params: SamplingParams | 
     prompt = tok.encode(tok.render(messages, thinking))
     g = torch.Generator().manual_seed(seed if seed is not None else int(time.time_ns() % 2**31))
     outs = []
-    for _ in range(n):
+    for i in range(n):
+        if cancel is not None and cancel.is_set():
+            break
         if json_schema is not None:
             outs.append(generate_json(lm, tok, prompt, json_schema, params, g))
+            if on_token is not None:             # constrained output is announced once complete
+                for t in outs[-1].token_ids:
+                    on_token(i, t)
         else:
-            outs.append(generate(lm, tok, prompt, params, g, in_think=prompt[-1] == THINK_ID))
+            cb = None if on_token is None else (lambda t, i=i: on_token(i, t))
+            outs.append(generate(lm, tok, prompt, params, g, in_think=prompt[-1] == THINK_ID,
+                                 top_logprobs=top_logprobs, on_token=cb, cancel=cancel))
     return outs
 
 

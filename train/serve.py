@@ -1,11 +1,17 @@
 """`q3 serve`: an OpenAI-compatible chat-completions server on our own checkpoint or HF export.
 
 Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health. Standard library HTTP
-(ThreadingHTTPServer); one model, requests served one at a time under a lock (CPU, tiny models).
-Honours temperature, top_p, top_k, presence_penalty, max_tokens (or max_completion_tokens), seed,
-n, `response_format: {"type": "json_schema", ...}` (constrained decoding: the output always parses
-and follows simple schemas), `chat_template_kwargs: {"enable_thinking": false}` (vLLM style) and
-the /think, /no_think flags; an extension field `thinking_budget` caps thinking tokens.
+(ThreadingHTTPServer); one model: generations run one at a time, waiting requests are served in
+arrival order. Honours temperature, top_p, top_k, presence_penalty, max_tokens (or
+max_completion_tokens), seed, n, stream (server-sent events, `stream_options.include_usage`),
+logprobs/top_logprobs, `response_format: {"type": "json_schema", ...}` (constrained decoding: the
+output always parses and follows simple schemas), `chat_template_kwargs: {"enable_thinking": false}`
+(vLLM style) and the /think, /no_think flags; an extension field `thinking_budget` caps thinking.
+Thinking text is returned as `reasoning_content` (vLLM's reasoning-parser shape), streamed too.
+
+Abandoned work is cancelled: a client that disconnects (while queued, generating or streaming)
+stops its generation; SIGTERM cancels running generations and exits 0. Sockets have a read
+timeout; malformed or out-of-range requests get 400 with a one-line reason, never a 500.
 
     q3 serve load=runs/export port=0 port_file=/tmp/q3.port &     # port=0: a free port
     curl -s localhost:$(cat /tmp/q3.port)/v1/chat/completions -d '{"messages":[...]}'
@@ -14,24 +20,36 @@ the /think, /no_think flags; an extension field `thinking_budget` caps thinking 
 from __future__ import annotations
 
 import json
+import math
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import torch
+from pydantic import Field
+
 from q3.config import Q3Config, load_config
 from q3.log import get_logger
-from train.generate import LM, SchemaError, Tokenizer, chat, load_lm
+from train.generate import LM, Completion, SchemaError, Tokenizer, chat, load_lm, thinking_mode
+from train.sampling import THINK_ID
+from train.serve_stream import ReasoningSplit, TokenBytes, TokenText, logprob_entry
 
 log = get_logger("train.serve")
+MAX_JSON_DEPTH = 64                  # request bodies nested deeper are refused (400)
+MAX_TOP_LOGPROBS = 20                # OpenAI's limit
 
 
 class ServeConfig(Q3Config):
@@ -41,26 +59,47 @@ class ServeConfig(Q3Config):
     port: int = 8000                   # 0: pick a free port (written to port_file and stdout)
     port_file: str | None = None
     served_model_name: str | None = None
-    default_max_tokens: int = 256      # when a request gives none (the presets' 32,768 is for big models)
+    default_max_tokens: int = 256      # when a request gives none (capped by the context left)
     max_tokens_limit: int = 4096
     max_n: int = 16
     thinking_budget: int | None = None  # default budget of thinking tokens (None: unlimited)
+    max_model_len: int | None = Field(None, ge=2)   # context limit (None: the model's max positions)
+    read_timeout_s: float = Field(30.0, gt=0)       # a client silent this long mid-request is dropped
+    max_body_bytes: int = Field(8 << 20, ge=1024)
+    max_waiting: int = Field(64, ge=1)              # queued requests beyond this get 503
 
 
 class BadRequest(ValueError):
-    pass
+    def __init__(self, message: str, code: int = 400):
+        super().__init__(message)
+        self.code = code
 
 
 def _num(body: dict, key: str, typ, lo=None, hi=None):
     v = body.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and int(v) != v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+            (typ is int and int(v) != v):
         raise BadRequest(f"{key} must be a {typ.__name__}, got {v!r}")
     v = typ(v)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise BadRequest(f"{key} must be in [{lo}, {hi}], got {v}")
     return v
+
+
+def _flag(body: dict, key: str) -> bool:
+    v = body.get(key)
+    if v is not None and not isinstance(v, bool):
+        raise BadRequest(f"{key} must be true or false, got {v!r}")
+    return bool(v)
+
+
+def _obj(body: dict, key: str) -> dict:
+    v = body.get(key)
+    if v is not None and not isinstance(v, dict):
+        raise BadRequest(f"{key} must be an object, got {type(v).__name__}")
+    return v or {}
 
 
 def _text(content) -> str:
@@ -72,70 +111,332 @@ def _text(content) -> str:
     raise BadRequest("message content must be a string or a list of text parts")
 
 
+def _depth_ok(obj, limit: int = MAX_JSON_DEPTH) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > limit:
+            return False
+        if isinstance(o, dict):
+            stack += [(v, d + 1) for v in o.values()]
+        elif isinstance(o, list):
+            stack += [(v, d + 1) for v in o]
+    return True
+
+
+def parse_body(raw: bytes) -> dict:
+    """The request JSON object; 400 for bad JSON, NaN/Infinity, nesting deeper than MAX_JSON_DEPTH."""
+    def no_constant(name):
+        raise BadRequest(f"invalid number {name} in request body")
+    try:
+        body = json.loads(raw or b"{}", parse_constant=no_constant)
+    except RecursionError:
+        raise BadRequest(f"request body nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    if not _depth_ok(body):
+        raise BadRequest(f"request body nested deeper than {MAX_JSON_DEPTH} levels")
+    return body
+
+
+def model_max_len(lm: LM) -> int | None:
+    """The context the model was built for: HF config max_position_embeddings, megatron's
+    max_sequence_length."""
+    m = getattr(lm, "model", None)
+    v = getattr(getattr(m, "config", None), "max_position_embeddings", None) or \
+        getattr(m, "max_sequence_length", None)
+    return int(v) if isinstance(v, int) and v > 0 else None
+
+
+@dataclass
+class Request:
+    """A validated chat-completions request."""
+    messages: list[dict]
+    prompt_ids: list[int]
+    n: int
+    seed: int | None
+    thinking: bool
+    schema: dict | None
+    sampling: dict                    # overrides of the preset (None = preset value)
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+class FifoLock:
+    """The model lock, granted in arrival order; a waiter may give up (client gone, shutdown)."""
+
+    def __init__(self, max_waiting: int):
+        self.cv = threading.Condition()
+        self.queue: deque[object] = deque()
+        self.busy = False
+        self.max_waiting = max_waiting
+
+    def acquire(self, give_up: Callable[[], bool]) -> bool:
+        me = object()
+        with self.cv:
+            if len(self.queue) >= self.max_waiting:
+                raise BadRequest(f"server busy: {len(self.queue)} requests waiting; retry later", 503)
+            self.queue.append(me)
+            try:
+                while self.busy or self.queue[0] is not me:
+                    self.cv.wait(0.25)
+                    if give_up():
+                        return False
+                self.busy = True
+                return True
+            finally:
+                self.queue.remove(me)
+                self.cv.notify_all()
+
+    def release(self) -> None:
+        with self.cv:
+            self.busy = False
+            self.cv.notify_all()
+
+
+@dataclass(eq=False)                  # hashed by identity (a set of jobs in flight)
+class Job:
+    """One request in flight: its cancel event and how to tell that its client went away."""
+    peer_gone: Callable[[], bool]
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def abandoned(self) -> bool:
+        if not self.cancel.is_set() and self.peer_gone():
+            self.cancel.set()
+        return self.cancel.is_set()
+
+
 class ChatService:
     """Turns OpenAI chat-completion requests into `train.generate.chat` calls."""
 
     def __init__(self, lm: LM, tok: Tokenizer, name: str, cfg: ServeConfig):
         self.lm, self.tok, self.name, self.cfg = lm, tok, name, cfg
-        self.lock = threading.Lock()
+        self.lock = FifoLock(cfg.max_waiting)
+        self.token_bytes = TokenBytes(tok)
+        self.max_len = cfg.max_model_len or model_max_len(lm)
+        self.stopping = threading.Event()
+        self.jobs: set[Job] = set()
+        self.jobs_lock = threading.Lock()
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "q3"}]}
+        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "q3",
+                                            "max_model_len": self.max_len}]}
 
-    def complete(self, body: dict) -> dict:
+    # ------------------------------------------------------------------ request validation
+
+    def parse(self, body: dict) -> Request:
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(
                 isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "tool") for m in msgs):
             raise BadRequest("messages must be a non-empty list of {role, content}")
-        msgs = [{**m, "content": _text(m.get("content"))} for m in msgs]
-        if body.get("stream"):
-            raise BadRequest("stream=true is not supported by q3 serve")
-        max_tokens = _num(body, "max_completion_tokens", int, 1, self.cfg.max_tokens_limit) or \
-            _num(body, "max_tokens", int, 1, self.cfg.max_tokens_limit) or self.cfg.default_max_tokens
+        messages = [{"role": m["role"], "content": _text(m.get("content"))} for m in msgs]
+        limit = self.cfg.max_tokens_limit
+        max_tokens = _num(body, "max_completion_tokens", int, 1, limit) or _num(body, "max_tokens", int, 1, limit)
         n = _num(body, "n", int, 1, self.cfg.max_n) or 1
         schema = None
         rf = body.get("response_format")
         if rf is not None:
             kind = rf.get("type") if isinstance(rf, dict) else None
             if kind == "json_schema":
-                schema = (rf.get("json_schema") or {}).get("schema")
+                js = rf.get("json_schema")
+                schema = js.get("schema") if isinstance(js, dict) else None
                 if not isinstance(schema, dict):
                     raise BadRequest("response_format.json_schema.schema must be an object")
             elif kind == "json_object":
                 schema = {"type": "object", "properties": {}}
             elif kind != "text":
                 raise BadRequest(f"unsupported response_format type {kind!r}")
-        thinking = (body.get("chat_template_kwargs") or {}).get("enable_thinking")
-        kw = dict(temperature=_num(body, "temperature", float, 0, 2), top_p=_num(body, "top_p", float, 0, 1),
-                  top_k=_num(body, "top_k", int, -1), presence_penalty=_num(body, "presence_penalty", float, -2, 2),
-                  thinking_budget=_num(body, "thinking_budget", int, 0) or self.cfg.thinking_budget)
-        if kw["top_k"] == -1:
-            kw["top_k"] = 0                      # vLLM convention: -1 disables top-k
-        seed = _num(body, "seed", int)
-        messages = [{"role": m["role"], "content": m.get("content") or ""} for m in msgs]
+        thinking = _obj(body, "chat_template_kwargs").get("enable_thinking")
+        if thinking is not None and not isinstance(thinking, bool):
+            raise BadRequest("chat_template_kwargs.enable_thinking must be true or false")
+        if thinking is None:
+            thinking = thinking_mode(messages)
+        if schema is not None:
+            thinking = False                     # as train.generate.chat: structured answers skip thinking
+        sampling = dict(temperature=_num(body, "temperature", float, 0, 2), top_p=_num(body, "top_p", float, 0, 1),
+                        top_k=_num(body, "top_k", int, -1, self.tok.vocab_size),
+                        presence_penalty=_num(body, "presence_penalty", float, -2, 2),
+                        thinking_budget=_num(body, "thinking_budget", int, 0, 2**31) or self.cfg.thinking_budget)
+        if sampling["top_k"] == -1:
+            sampling["top_k"] = 0                # vLLM convention: -1 disables top-k
+        seed = _num(body, "seed", int, -2**63, 2**64 - 1)
+        logprobs = _flag(body, "logprobs")
+        top = _num(body, "top_logprobs", int, 0, MAX_TOP_LOGPROBS) or 0
+        if top and not logprobs:
+            raise BadRequest("top_logprobs requires logprobs=true")
+        stream = _flag(body, "stream")
+        include_usage = bool(_obj(body, "stream_options").get("include_usage"))
+        prompt_ids = self.tok.encode(self.tok.render(messages, thinking))
+        sampling["max_tokens"] = self._check_length(len(prompt_ids), max_tokens)
+        return Request(messages, prompt_ids, n, seed, thinking, schema, sampling, stream, include_usage,
+                       logprobs, top)
+
+    def _check_length(self, prompt: int, max_tokens: int | None) -> int:
+        """max_tokens to use; 400 (before any work) when the prompt or the request exceeds the context."""
+        ctx = self.max_len
+        if ctx is None:
+            return max_tokens or self.cfg.default_max_tokens
+        if prompt >= ctx:
+            raise BadRequest(f"this model's maximum context length is {ctx} tokens; the messages have "
+                             f"{prompt} tokens (no room to generate)")
+        if max_tokens is not None and prompt + max_tokens > ctx:
+            raise BadRequest(f"this model's maximum context length is {ctx} tokens; the request asks for "
+                             f"{prompt + max_tokens} ({prompt} in the messages, {max_tokens} to generate)")
+        return max_tokens or min(self.cfg.default_max_tokens, ctx - prompt)
+
+    # ------------------------------------------------------------------ generation
+
+    @contextmanager
+    def job(self, peer_gone: Callable[[], bool] = lambda: False) -> Iterator[Job]:
+        """A request's life: registered (SIGTERM cancels it), holding the model lock in arrival order.
+        Raises BadRequest(503) when shutting down or too many wait; yields a cancelled job if its
+        client left while queued."""
+        if self.stopping.is_set():
+            raise BadRequest("server is shutting down", 503)
+        j = Job(peer_gone)
+        with self.jobs_lock:
+            self.jobs.add(j)
         try:
-            with self.lock:
-                outs = chat(self.lm, self.tok, messages, n=n, seed=seed, thinking=thinking,
-                            json_schema=schema, max_tokens=max_tokens, **kw)
+            if not self.lock.acquire(lambda: self.stopping.is_set() or j.abandoned()):
+                j.cancel.set()
+                yield j
+                return
+            try:
+                yield j
+            finally:
+                self.lock.release()
+        finally:
+            with self.jobs_lock:
+                self.jobs.discard(j)
+
+    def stop(self) -> None:
+        """Shutting down: refuse new requests, cancel every running or queued one."""
+        self.stopping.set()
+        with self.jobs_lock:
+            for j in self.jobs:
+                j.cancel.set()
+
+    def idle(self) -> bool:
+        with self.jobs_lock:
+            return not self.jobs
+
+    def generate(self, req: Request, job: Job, on_token: Callable[[int, int], None] | None = None,
+                 ) -> list[Completion]:
+        def tick(i: int, t: int) -> None:
+            job.abandoned()                      # a vanished client sets job.cancel: chat stops
+            if on_token is not None and not job.cancel.is_set():
+                on_token(i, t)
+        try:
+            return chat(self.lm, self.tok, req.messages, n=req.n, seed=req.seed, thinking=req.thinking,
+                        json_schema=req.schema, top_logprobs=req.top_logprobs, on_token=tick,
+                        cancel=job.cancel, **req.sampling)
         except SchemaError as e:
             raise BadRequest(str(e)) from None
+
+    def logprob_entries(self, req: Request, o: Completion) -> list[dict]:
+        lps, tops = o.logprobs, o.top_logprobs
+        if lps is None or (req.top_logprobs and tops is None):
+            lps, tops = self._score(req.prompt_ids, o.token_ids, req.top_logprobs)   # e.g. constrained output
+        return [logprob_entry(self.token_bytes, t, lp, tops[j][:req.top_logprobs] if tops else None)
+                for j, (t, lp) in enumerate(zip(o.token_ids, lps, strict=True))]
+
+    def _score(self, prompt: list[int], ids: list[int], k: int) -> tuple[list[float], list | None]:
+        """Log-probabilities (T=1) of given tokens, one forward per token (generators that do not
+        record them, e.g. the constrained JSON decoder). Call under the model lock."""
+        lps, tops = [], []
+        for j, t in enumerate(ids):
+            lp = torch.log_softmax(self.lm.next_logits(prompt + ids[:j])[: self.tok.vocab_size].float(), -1)
+            lps.append(float(lp[t]))
+            if k:
+                v, i = lp.topk(k)
+                tops.append(list(zip(i.tolist(), v.tolist(), strict=True)))
+        return lps, tops if k else None
+
+    def split(self, req: Request, o: Completion) -> tuple[str | None, str]:
+        """(reasoning, content) exactly as the stream delivers them."""
+        text, sp = TokenText(self.token_bytes), ReasoningSplit(self.in_think(req))
+        for t in o.token_ids:
+            sp.feed(text.push(t))
+        sp.feed(text.finish())
+        sp.finish()
+        return sp.reasoning, sp.content
+
+    def in_think(self, req: Request) -> bool:
+        return bool(req.prompt_ids) and req.prompt_ids[-1] == THINK_ID and req.schema is None
+
+    def usage(self, req: Request, outs: list[Completion]) -> dict:
+        completion = sum(len(o.token_ids) for o in outs)
+        prompt = outs[0].prompt_tokens if outs else len(req.prompt_ids)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def complete(self, body: dict, peer_gone: Callable[[], bool] = lambda: False) -> dict | None:
+        """The non-streamed reply; None when the client left (nobody to answer)."""
+        req = self.parse(body)
+        with self.job(peer_gone) as job:
+            outs = [] if job.cancel.is_set() else self.generate(req, job)
+            done = not job.cancel.is_set() and len(outs) == req.n
+            # under the model lock: scoring may run the model
+            lps = [{"content": self.logprob_entries(req, o)} for o in outs] if done and req.logprobs else None
+        if not done:
+            if self.stopping.is_set():
+                raise BadRequest("server is shutting down", 503)
+            return None
         choices = []
         for i, o in enumerate(outs):
-            msg = {"role": "assistant", "content": o.content}
-            if o.reasoning is not None:
-                msg["reasoning_content"] = o.reasoning
-            choices.append({"index": i, "message": msg, "finish_reason": o.finish_reason, "logprobs": None})
-        completion = sum(len(o.token_ids) for o in outs)
-        prompt = outs[0].prompt_tokens
+            reasoning, content = self.split(req, o)
+            msg = {"role": "assistant", "content": content}
+            if reasoning is not None:
+                msg["reasoning_content"] = reasoning
+            choices.append({"index": i, "message": msg, "finish_reason": o.finish_reason,
+                            "logprobs": lps[i] if lps else None})
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
                 "created": int(time.time()), "model": self.name, "choices": choices,
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                          "total_tokens": prompt + completion}}
+                "usage": self.usage(req, outs)}
+
+
+class ChoiceStream:
+    """Chunks of one streamed choice: text deltas (reasoning/content), logprob entries."""
+
+    def __init__(self, service: ChatService, req: Request, index: int):
+        self.index = index
+        self.text = TokenText(service.token_bytes)
+        self.split = ReasoningSplit(service.in_think(req))
+        self.pending: list[dict] = []            # logprob entries of tokens whose text is held back
+
+    def push(self, token_id: int, entry: dict | None = None) -> list[dict]:
+        if entry is not None:
+            self.pending.append(entry)
+        return self._deltas(self.split.feed(self.text.push(token_id)))
+
+    def finish(self, finish_reason: str) -> list[dict]:
+        deltas = self._deltas(self.split.feed(self.text.finish()) + self.split.finish())
+        last = {"index": self.index, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
+        if self.pending:
+            last["logprobs"] = {"content": self.pending}
+        return deltas + [last]
+
+    def _deltas(self, parts: list[tuple[str, str]]) -> list[dict]:
+        out = []
+        for field_name, text in parts:
+            ch = {"index": self.index, "delta": {field_name: text}, "logprobs": None, "finish_reason": None}
+            if self.pending:
+                ch["logprobs"], self.pending = {"content": self.pending}, []
+            out.append(ch)
+        return out
+
+
+class ClientGone(Exception):
+    pass
 
 
 def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = service.cfg.read_timeout_s        # socket timeout: a silent client cannot pin a thread
 
         def log_message(self, fmt, *args):          # route access logs through our logger
             log.debug("%s " + fmt, self.address_string(), *args)
@@ -145,11 +446,21 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
         def _error(self, code: int, message: str, typ: str = "invalid_request_error") -> None:
             self._send(code, {"error": {"message": message, "type": typ, "code": code}})
+
+        def _peer_gone(self) -> bool:
+            """True once the client closed its end (readable with nothing to read)."""
+            try:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            except (OSError, ValueError):
+                return True
 
         def do_GET(self):
             path = self.path.split("?")[0].rstrip("/")
@@ -160,23 +471,133 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
             else:
                 self._error(404, f"no route {self.path}", "not_found")
 
+        def _read_body(self) -> bytes:
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                self.close_connection = True
+                raise BadRequest("chunked request bodies are not supported; send Content-Length", 411)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.close_connection = True
+                raise BadRequest(f"invalid Content-Length {self.headers.get('Content-Length')!r}")
+            if length > service.cfg.max_body_bytes:
+                self.close_connection = True
+                raise BadRequest(f"request body of {length} bytes exceeds {service.cfg.max_body_bytes}", 413)
+            try:
+                raw = self.rfile.read(length) if length else b""
+            except (TimeoutError, OSError):
+                raw = b""
+            if len(raw) < length:
+                self.close_connection = True
+                raise BadRequest(f"request body shorter than Content-Length {length} "
+                                 f"(got {len(raw)} bytes within {service.cfg.read_timeout_s:g}s)", 408)
+            return raw
+
         def do_POST(self):
             path = self.path.split("?")[0].rstrip("/")
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            if path != "/v1/chat/completions":
-                self._error(404, f"no route {self.path}", "not_found")
-                return
             try:
-                body = json.loads(raw or b"{}")
-                if not isinstance(body, dict):
-                    raise BadRequest("request body must be a JSON object")
-                self._send(200, service.complete(body))
-            except (json.JSONDecodeError, BadRequest) as e:
-                self._error(400, str(e))
+                raw = self._read_body()
+                if path != "/v1/chat/completions":
+                    self._error(404, f"no route {self.path}", "not_found")
+                    return
+                body = parse_body(raw)
+                if body.get("stream") is True:
+                    self._stream(service.parse(body))
+                    return
+                reply = service.complete(body, self._peer_gone)
+                if reply is None:                   # the client left: nobody to answer
+                    self.close_connection = True
+                    return
+                self._send(200, reply)
+            except BadRequest as e:
+                self._error(e.code, str(e), "invalid_request_error" if e.code < 500 else "server_error")
+            except (ClientGone, BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
             except Exception as e:                  # keep serving; report the failure to the client
                 log.exception("request failed")
                 self._error(500, f"{type(e).__name__}: {e}", "server_error")
+
+        # -------------------------------------------------------------- server-sent events
+
+        def _chunk(self, data: bytes) -> None:
+            """One chunk of a chunked body; b"" ends the body. HTTP/1.0: raw bytes, closed at the end."""
+            try:
+                if self.request_version != "HTTP/1.1":
+                    self.wfile.write(data)
+                    return
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            except (OSError, ValueError):
+                raise ClientGone from None
+
+        def _event(self, obj) -> None:
+            data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+            self._chunk(f"data: {data}\n\n".encode())
+
+        def _stream(self, req: Request) -> None:
+            """OpenAI chat.completion.chunk events. Text goes out token by token; with logprobs the
+            chunks follow the generation (the generator reports log-probabilities at its end) and a
+            comment line per token keeps the connection checked. A failed write cancels the work."""
+            with service.job(self._peer_gone) as job:
+                if job.cancel.is_set():
+                    if service.stopping.is_set():
+                        raise BadRequest("server is shutting down", 503)
+                    raise ClientGone
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+                self.send_header("Cache-Control", "no-cache")
+                if self.request_version == "HTTP/1.1":
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.close_connection = True
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+                usage_field = {"usage": None} if req.include_usage else {}
+
+                def send(choices: list[dict], **extra) -> None:
+                    self._event({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                 "model": service.name, "choices": choices, **usage_field, **extra})
+
+                streams = [ChoiceStream(service, req, i) for i in range(req.n)]
+                for i in range(req.n):
+                    send([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                           "finish_reason": None}])
+
+                def on_token(i: int, t: int) -> None:
+                    try:
+                        if req.logprobs:
+                            self._chunk(b": \n\n")  # SSE comment: clients ignore it, a dead socket fails
+                        else:
+                            for ch in streams[i].push(t):
+                                send([ch])
+                    except ClientGone:
+                        job.cancel.set()
+
+                try:
+                    outs = service.generate(req, job, on_token)
+                except Exception as e:              # headers are out: report in the stream, as OpenAI does
+                    if not isinstance(e, BadRequest):
+                        log.exception("streamed request failed")
+                    self._event({"error": {"message": str(e), "type": "invalid_request_error"
+                                           if isinstance(e, BadRequest) else "server_error"}})
+                    outs = None
+                if outs is not None and not job.cancel.is_set() and len(outs) == req.n:
+                    for i, o in enumerate(outs):
+                        if req.logprobs:
+                            for t, entry in zip(o.token_ids, service.logprob_entries(req, o), strict=True):
+                                for ch in streams[i].push(t, entry):
+                                    send([ch])
+                        for ch in streams[i].finish(o.finish_reason):
+                            send([ch])
+                    if req.include_usage:
+                        self._event({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                     "model": service.name, "choices": [], "usage": service.usage(req, outs)})
+                    self._event("[DONE]")
+                # cancelled (client gone, or shutdown): end the body without [DONE] and close
+                self.close_connection = self.close_connection or job.cancel.is_set()
+                self._chunk(b"")
 
     return Handler
 
@@ -190,25 +611,30 @@ def make_server(service: ChatService, host: str = "127.0.0.1", port: int = 0) ->
 def main(config: str | None, overrides: list[str]) -> int:
     """q3 serve load=DIR [port=8000|0] [port_file=FILE] [host=127.0.0.1] [served_model_name=NAME]"""
     cfg = load_config(ServeConfig, "serve", config, overrides)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))     # stopped while loading: nothing to clean up
     lm, tok, name = load_lm(cfg.load, cfg.model)
     service = ChatService(lm, tok, cfg.served_model_name or name, cfg)
     server = make_server(service, cfg.host, cfg.port)
     host, port = server.server_address[:2]
+
+    def _stop(*_):                              # SIGTERM: cancel running work, stop accepting, exit 0
+        service.stop()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
     if cfg.port_file:
         tmp = Path(cfg.port_file).with_suffix(".tmp")
         tmp.write_text(str(port))
         tmp.replace(cfg.port_file)              # atomic: readers never see a partial file
     print(f"q3 serve: model {service.name} at http://{host}:{port}/v1 (stop with SIGTERM or Ctrl-C)", flush=True)
-
-    def _stop(*_):
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        pass
+        service.stop()
     finally:
+        deadline = time.time() + 30             # cancelled generations end within a token
+        while not service.idle() and time.time() < deadline:
+            time.sleep(0.05)
         server.server_close()
     return 0
 
@@ -230,12 +656,14 @@ def background(load: str | Path, *overrides: str, startup_timeout: float = 300) 
         env = {k: v for k, v in os.environ.items()
                if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        err_file = Path(d) / "stderr"
+        with open(err_file, "w") as err:       # a file: a pipe nobody drains could fill and block the server
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         try:
             deadline = time.time() + startup_timeout
             while not port_file.exists():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"q3 serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+                    raise RuntimeError(f"q3 serve exited with {proc.returncode}: {err_file.read_text()[-2000:]}")
                 if time.time() > deadline:
                     raise TimeoutError(f"q3 serve did not start within {startup_timeout}s")
                 time.sleep(0.2)
@@ -248,5 +676,3 @@ def background(load: str | Path, *overrides: str, startup_timeout: float = 300) 
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            if proc.stderr:
-                proc.stderr.close()

@@ -93,7 +93,7 @@ def test_bad_requests_are_400(client):
     post = lambda body: client.post("/v1/chat/completions", json=body)   # noqa: E731
     assert post({"messages": []}).status_code == 400
     assert post({"messages": [{"role": "user", "content": "x"}], "n": 0}).status_code == 400
-    assert post({"messages": [{"role": "user", "content": "x"}], "stream": True}).status_code == 400
+    assert post({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}).status_code == 400
     r = post({"messages": [{"role": "user", "content": "x"}],
               "response_format": {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/x"}}}})
     assert r.status_code == 400 and "unsupported" in r.json()["error"]["message"]
@@ -134,8 +134,44 @@ def test_background_helper_on_megatron_checkpoint(tmp_path):
 
     ckpt = tiny_checkpoint_and_export(tmp_path, "tiny_moe")[2]
     with background(ckpt, "served_model_name=moe") as base:
-        assert httpx.get(f"{base}/models", timeout=30).json()["data"][0]["id"] == "moe"
+        card = httpx.get(f"{base}/models", timeout=30).json()["data"][0]
+        assert card["id"] == "moe" and card["max_model_len"] == 4096      # megatron's max_sequence_length
         r = httpx.post(f"{base}/chat/completions", timeout=120, json={
             "messages": [{"role": "user", "content": "Is this code? print(1)"}], "seed": 0,
             "response_format": {"type": "json_schema", "json_schema": {"schema": SCHEMA}}})
         assert set(json.loads(r.json()["choices"][0]["message"]["content"])) == set(SCHEMA["properties"])
+
+
+def test_model_lock_serves_waiters_in_arrival_order():
+    from train.serve import BadRequest, FifoLock
+
+    lock, order, gone = FifoLock(max_waiting=5), [], threading.Event()
+    assert lock.acquire(lambda: False)                    # the running request
+
+    def wait(k: int) -> None:
+        if lock.acquire(lambda: k == 2 and gone.is_set()):  # waiter 2's client leaves while queued
+            order.append(k)
+            lock.release()
+        else:
+            order.append(-k)
+
+    threads = []
+    for k in range(5):
+        threads.append(threading.Thread(target=wait, args=(k,)))
+        threads[-1].start()
+        for _ in range(2000):                             # until it is queued (bounded)
+            if len(lock.queue) == k + 1:
+                break
+            time.sleep(0.005)
+    assert len(lock.queue) == 5
+    with pytest.raises(BadRequest, match="busy"):          # a sixth waiter is refused (503)
+        lock.acquire(lambda: False)
+    gone.set()
+    for _ in range(2000):
+        if order == [-2]:
+            break
+        time.sleep(0.005)
+    lock.release()
+    for t in threads:
+        t.join(timeout=60)
+    assert order == [-2, 0, 1, 3, 4]
