@@ -339,7 +339,8 @@ class Trainer:
 
     def _on_device(self, mb: Batch) -> Batch:
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in mb.items()}
-        batch["loss_mask"] = batch["loss_mask"].float()
+        if "loss_mask" in batch:
+            batch["loss_mask"] = batch["loss_mask"].float()
         s = batch["tokens"].shape[1]
         if batch.get("position_ids") is None:
             batch["position_ids"] = torch.arange(s, device=self.device).unsqueeze(0).expand_as(batch["tokens"])
@@ -412,11 +413,12 @@ class Trainer:
 
         it = iter(microbatches)
         tot, metrics = torch.zeros(2), {}
-        while chunk := list(itertools.islice(it, num_microbatches)):
-            t, m = self._run_schedule(chunk, len(chunk), True, loss_fn, forward_fn)
-            tot += t
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0) + v
+        with torch.no_grad():                                   # megatron's schedule would keep the graph
+            while chunk := list(itertools.islice(it, num_microbatches)):
+                t, m = self._run_schedule(chunk, len(chunk), True, loss_fn, forward_fn)
+                tot += t
+                for k, v in m.items():
+                    metrics[k] = metrics.get(k, 0) + v
         reset_model_temporary_tensors(self.tcfg, [self.ddp])    # MoE load-balancing counters
         torch.distributed.all_reduce(tot, group=self.dp_group)
         return {"loss": float(tot[0] / tot[1].clamp(min=1)), "loss_sum": float(tot[0]), "n_tokens": float(tot[1]),
