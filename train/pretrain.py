@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from q3.atomic import atomic_write_text
-from q3.config import load_config
+from q3.config import ConfigError, load_config
 from q3.log import get_logger, print_table
 from q3.manifest import load_manifest
 from q3.paths import runs_dir
@@ -44,7 +44,7 @@ log = get_logger("q3.train")
 def run(cfg: TrainConfig) -> dict:
     """Train one stage; returns {'losses': [...], 'checkpoint': path, ...} (on every rank)."""
     if cfg.manifest is None:
-        raise ValueError("train pretrain needs manifest=<stage manifest yaml>")
+        raise ConfigError("train pretrain needs manifest=<stage manifest yaml>")
     manifest = load_manifest(cfg.manifest)
     stage = cfg.stage or manifest.stage
     seq = cfg.seq_length or manifest.seq_length
@@ -85,8 +85,8 @@ def run(cfg: TrainConfig) -> dict:
     # loop ------------------------------------------------------------------------------
     t_start = time.time()
     while not trainer.done:
-        result = trainer.train_step(step_microbatches(dataset, plan, trainer.consumed), plan.num_microbatches)
-        trainer.log_step(result)
+        step_result = trainer.train_step(step_microbatches(dataset, plan, trainer.consumed), plan.num_microbatches)
+        trainer.log_step(step_result)
         trainer.maybe_save()
     elapsed = time.time() - t_start
     trainer.close()
@@ -110,7 +110,7 @@ def run(cfg: TrainConfig) -> dict:
     tokens_per_step = trainer.tokens_per_step
     fpt = trainer.flops_per_token
     if rank == 0 and step >= cfg.train_steps:
-        result = {"stage": stage, "steps": step, "tokens": step * tokens_per_step,
+        report = {"stage": stage, "steps": step, "tokens": step * tokens_per_step,
                   "lr": sched.lr, "global_batch_size": cfg.global_batch_size, "seq_length": seq,
                   "n_params": mcfg.num_params(), "n_params_active": mcfg.num_params(active=True),
                   "flops_per_token": fpt, "flops": fpt * step * tokens_per_step,
@@ -118,7 +118,7 @@ def run(cfg: TrainConfig) -> dict:
                   "split": cfg.split, "validation": cfg.validation,
                   "validation_samples_per_dataset": cfg.validation_batches * cfg.global_batch_size if val else 0,
                   "checkpoint": str(last), **val}
-        atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1, sort_keys=True))
+        atomic_write_text(out_dir / "result.json", json.dumps(report, indent=1, sort_keys=True))
 
     # summary table: the steps of this invocation in (up to) five groups ------------------------
     history = trainer.history
