@@ -1,9 +1,12 @@
-"""Typed configs of the trainer: the model shape (`ModelConfig`) and the run (`TrainConfig`).
+"""Typed configs of the trainer: the model shape (`ModelConfig`) and the run (`CoreConfig`,
+`TrainConfig`).
 
 `conf/model/<name>.yaml` holds a `ModelConfig`; `conf/train/<name>.yaml` holds a `TrainConfig`
 whose `model` field names a model config (or inlines one). Everything the report fixes about a
-Qwen3 shape lives in `ModelConfig`; everything about one stage's run lives in `TrainConfig` and
-the stage manifest (seq length, RoPE base, datasets, schedule).
+Qwen3 shape lives in `ModelConfig`; the run fields every algorithm shares (batch, steps,
+optimizer, checkpoints, guard, parallelism) live in `CoreConfig` (read by `train.core.Trainer`);
+`TrainConfig(CoreConfig)` adds one pretraining stage's fields, and the stage manifest gives seq
+length, RoPE base, datasets and schedule.
 """
 
 from __future__ import annotations
@@ -122,31 +125,45 @@ class GuardConfig(Q3Config):
     ema: float = 0.9
 
 
-class TrainConfig(Q3Config):
+class CoreConfig(Q3Config):
+    """The run fields every training algorithm shares (pretraining, SFT, RL, distillation):
+    what `train.core.Trainer` reads. Algorithms subclass it with their own data/eval fields."""
+
     model: str | ModelConfig = "tiny_moe"
-    manifest: str | None = None          # stage manifest YAML (datasets, seq, RoPE base, schedule)
-    stage: str | None = None             # defaults to the manifest's stage name
-    seq_length: int | None = None        # defaults to the manifest's
-    rope_base: float | None = None       # defaults to the manifest's
+    model_overrides: dict = Field(default_factory=dict)   # e.g. {moe_router_load_balancing_type: aux_loss}
     micro_batch_size: int = 2
     global_batch_size: int = 8           # sequences per optimizer step over all DP ranks
-    train_steps: int = 100               # the stage's length (schedule horizon)
+    train_steps: int = 100               # the run's length (schedule horizon)
     stop_after: int | None = None        # stop (and checkpoint) at this step; rerun to resume
     seed: int = 1234
-    out_dir: str | None = None           # run directory (default runs/<stage>)
-    load: str | None = None              # checkpoint dir to resume or to start the stage from
+    out_dir: str | None = None           # run directory
+    load: str | None = None              # checkpoint dir to resume or to start the run from
     finetune: bool = False               # True: take weights only (new stage), reset optimizer/step
-    save_interval: int = 0               # 0: save only at the end
     save: bool = True                    # False: no checkpoints at all (throw-away proxy runs)
+    save_interval: int = 0               # 0: save only at the end
     log_interval: int = 1
-    eval_batches: int = 2                # held-out global batches scored before and after the stage
     tensorboard: bool = True
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
-    model_overrides: dict = Field(default_factory=dict)   # e.g. {moe_router_load_balancing_type: aux_loss}
     peak_flops: float = 0.0              # per device FLOP/s for MFU (0: estimate for CPU)
+    # gradient normalisation: True = sum of token losses / tokens of the whole global batch (all
+    # microbatches and DP ranks; megatron's calculate_per_token_loss) -- right when microbatches
+    # hold different numbers of loss tokens (SFT, RL). False = mean over microbatches of each
+    # microbatch's token mean (megatron's default); the same when every microbatch has the same
+    # token count, as pretraining's packed windows do.
+    per_token_loss: bool = True
+
+
+class TrainConfig(CoreConfig):
+    """One pretraining stage: the shared run fields plus the manifest, eval and validation."""
+
+    manifest: str | None = None          # stage manifest YAML (datasets, seq, RoPE base, schedule)
+    stage: str | None = None             # defaults to the manifest's stage name
+    seq_length: int | None = None        # defaults to the manifest's
+    rope_base: float | None = None       # defaults to the manifest's
+    eval_batches: int = 2                # held-out global batches scored before and after the stage
     num_workers: int = 0
     # megatron's train/valid/test split of each dataset's documents; training reads the train share
     split: str = "100,0,0"
@@ -155,6 +172,9 @@ class TrainConfig(Q3Config):
     validation: list[str] = Field(default_factory=list)
     validation_batches: int = Field(default=2, ge=1)   # global batches per validation dataset
     data_cache_dir: str | None = None
+    # pretraining keeps megatron's per-microbatch normalisation (bit-compatible with earlier runs;
+    # its microbatches all hold seq_length loss tokens, so the objective is the same)
+    per_token_loss: bool = False
 
 
 def load_model_config(ref: str | ModelConfig, overrides: dict | None = None) -> ModelConfig:

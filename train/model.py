@@ -74,13 +74,17 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, ep: int = 1, dp: int = 1):
+def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, ep: int = 1, dp: int = 1,
+                       per_token_loss: bool = False):
     """The megatron `TransformerConfig` that encodes a Qwen3 shape.
 
     `dp`: data-parallel size. megatron normalises each rank's global-batch LBL term by the
     *global* token count and DDP then averages gradients over DP ranks, so the effective
     coefficient would be coeff/dp; we scale it by dp so the objective is the same for any DP
     layout of the same global batch (tested: DP=2 losses == one process).
+
+    `per_token_loss`: megatron's `calculate_per_token_loss` (gradients normalised by the token
+    count of the whole global batch; see `CoreConfig.per_token_loss`).
     """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -116,6 +120,7 @@ def transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, ep: int = 1, 
         gradient_accumulation_fusion=cfg.fusions,
         persist_layer_norm=cfg.fusions,
         transformer_impl=cfg.transformer_impl,
+        calculate_per_token_loss=per_token_loss,
     )
     if cfg.fp8_format is not None:
         kw.update(fp8=cfg.fp8_format, fp8_recipe=cfg.fp8_recipe,
@@ -157,14 +162,14 @@ def layer_spec(cfg: ModelConfig):
 
 
 def build_model(cfg: ModelConfig, seq_length: int = 4096, rope_base: float | None = None,
-                tp: int = 1, pp: int = 1, ep: int = 1, dp: int = 1):
+                tp: int = 1, pp: int = 1, ep: int = 1, dp: int = 1, per_token_loss: bool = False):
     """A megatron-core GPTModel for `cfg` (call `init_parallel` first). Not wrapped in DDP."""
     from megatron.core.models.gpt import GPTModel
 
     from train.shims import patch_megatron_without_te
 
     patch_megatron_without_te()
-    tcfg = transformer_config(cfg, tp=tp, pp=pp, ep=ep, dp=dp)
+    tcfg = transformer_config(cfg, tp=tp, pp=pp, ep=ep, dp=dp, per_token_loss=per_token_loss)
     model = GPTModel(
         config=tcfg,
         transformer_layer_spec=layer_spec(cfg),
