@@ -1,0 +1,9 @@
+"""`q3 post <verb>`: post-training on the shared trainer core and rollout engine."""
+
+from q3.cli import verb
+
+VERBS = {
+    "prepare": verb("train.post.prepare:cli", "Cold-start, fusion and held-out eval files from RL query-verifier pairs."),
+    "sft": verb("train.post.sft:cli", "Chat SFT (long-CoT cold start, thinking-mode fusion) from a checkpoint."),
+    "eval": verb("train.post.evals:cli", "pass@k on held-out verifiable sets, ThinkFollow, thinking-budget compliance."),
+}
