@@ -122,12 +122,12 @@ class HFKV:
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        self.past = out.past_key_values
+        self.past = out.cache
         return out.logits[:, -1].float()
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=ids.view(-1, 1), past_key_values=self.past, use_cache=True)
-        self.past = out.past_key_values
+        out = self.model(input_ids=ids.view(-1, 1), cache=self.past, use_cache=True, logits_to_keep=1)
+        self.past = out.cache
         return out.logits[:, -1].float()
 
     def select(self, rows: torch.Tensor) -> None:
