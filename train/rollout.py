@@ -65,8 +65,12 @@ class MegatronKV:
 
     Rows can be dropped or repeated (`select`) by indexing the cache buffers, which megatron
     keeps as [max_seq, batch, heads, dim] per layer in `key_value_memory_dict`; the buffers grow
-    by doubling, so `max_len` need not be known up front. RoPE follows the cache offset, so all
-    rows of one cache share a prompt length.
+    by doubling, so `max_len` need not be known up front.
+
+    Prompts of different lengths share a batch by left padding (`pad`: pad tokens per row),
+    masked out as keys in every step. megatron applies RoPE by cache index, so a padded row's
+    positions are shifted by its pad; attention scores depend only on relative positions, so the
+    logits are those of the unpadded prompt up to float rounding (~1e-6, tested).
     """
 
     def __init__(self, model, batch: int, max_len: int):
@@ -74,6 +78,7 @@ class MegatronKV:
 
         self.model = model
         self.ctx = StaticInferenceContext(batch, max(int(max_len), 1))
+        self.pad_keys: torch.Tensor | None = None   # bool [b, prompt_len], True = pad
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, s = ids.shape
@@ -84,22 +89,35 @@ class MegatronKV:
         self.ctx.increment_sequence_len_offset(s)
         return out[:, -1].float()                 # [b, vocab]: only the last position is computed
 
-    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, pad: list[int] | None = None) -> torch.Tensor:
+        """Logits [b, vocab] after `ids` [b, s]; row i starts with `pad[i]` pad tokens."""
         from train.shims import causal_attention_mask
 
         assert self.ctx.sequence_len_offset == 0, "prefill once per cache"
-        out = self._forward(ids, causal_attention_mask(ids.shape[1]).to(ids.device))
+        b, s = ids.shape
+        mask = causal_attention_mask(s).to(ids.device)
+        if pad is not None and any(pad):
+            self.pad_keys = torch.arange(s, device=ids.device).unsqueeze(0) < torch.tensor(pad, device=ids.device)[:, None]
+            mask = mask | self.pad_keys[:, None, None, :]
+        out = self._forward(ids, mask)
         self.ctx.enable_decode_mode()
         return out
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._forward(ids.view(-1, 1), None)   # one query attends to the whole cache
+        mask = None                                  # one query attends to the whole cache...
+        if self.pad_keys is not None:                # ...but the pad keys
+            b, s = self.pad_keys.shape
+            tail = self.pad_keys.new_zeros(b, self.ctx.sequence_len_offset + 1 - s)
+            mask = torch.cat([self.pad_keys, tail], dim=1)[:, None, None, :]
+        return self._forward(ids.view(-1, 1), mask)
 
     def select(self, rows: torch.Tensor) -> None:
         kv = self.ctx.key_value_memory_dict
         for layer, (k, v) in kv.items():
             kv[layer] = (k[:, rows], v[:, rows])
         self.ctx.max_batch_size = int(rows.numel())
+        if self.pad_keys is not None:
+            self.pad_keys = self.pad_keys[rows]
 
     def _reserve(self, length: int) -> None:
         cap = self.ctx.max_sequence_length
@@ -120,7 +138,8 @@ class HFKV:
     def __init__(self, model, batch: int, max_len: int):
         self.model, self.past = model, None
 
-    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, pad: list[int] | None = None) -> torch.Tensor:
+        assert not pad or not any(pad), "HF rows of one batch share a prompt length"
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         self.past = out.cache
         return out.logits[:, -1].float()
@@ -187,16 +206,24 @@ class _Row:
 class RolloutEngine:
     """Batched KV-cache sampling from a megatron GPTModel (or an HF causal LM).
 
-    `max_batch`: most rows (prompts x n samples) decoded together; prompts of equal length share
-    a batch, others run in turn. `vocab_size`: real token ids, the only ones sampled.
+    `max_batch`: most rows (prompts x n samples) decoded together. `pad_multiple`: a megatron
+    prompt is left-padded to the next multiple of it, and prompts of one padded length share a
+    batch; the pad depends only on the prompt's own length, so results do not depend on which
+    prompts were batched together (1 = no padding: equal lengths only; HF models never pad).
+    `vocab_size`: real token ids, the only ones sampled.
     """
 
-    def __init__(self, model, max_batch: int = 64, vocab_size: int = VOCAB_SIZE, budget_ids: list[int] | None = None):
+    def __init__(self, model, max_batch: int = 64, pad_multiple: int = 32, vocab_size: int = VOCAB_SIZE,
+                 budget_ids: list[int] | None = None):
         self.model = model
         self.max_batch = max(1, int(max_batch))
-        self.vocab_size = vocab_size
         self.hf = is_hf_model(model)
+        self.pad_multiple = 1 if self.hf else max(1, int(pad_multiple))
+        self.vocab_size = vocab_size
         self._budget_ids = budget_ids
+
+    def padded_len(self, n: int) -> int:
+        return -(-n // self.pad_multiple) * self.pad_multiple
 
     @property
     def budget_ids(self) -> list[int]:
@@ -215,11 +242,11 @@ class RolloutEngine:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
         results: list[list[Rollout | None]] = [[None] * n for _ in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        order = sorted(range(len(prompts)), key=lambda i: self.padded_len(len(prompts[i])))
         per_batch = max(1, self.max_batch // max(n, 1))
         budget_ids = self.budget_ids if params.thinking_budget is not None else []
         with eval_mode(self.model):
-            for _, same_len in groupby(order, key=lambda i: len(prompts[i])):
+            for _, same_len in groupby(order, key=lambda i: self.padded_len(len(prompts[i]))):
                 group = list(same_len)
                 for k in range(0, len(group), per_batch):
                     pis = group[k:k + per_batch]
@@ -232,10 +259,13 @@ class RolloutEngine:
 
     def _run(self, pis: list[int], rows: list[_Row], params: SamplingParams, n: int, top_k: int,
              on_token: OnToken | None, cancel: threading.Event | None) -> None:
-        plen = len(rows[0].prompt)
+        plen = self.padded_len(len(rows[0].prompt))
         kv = (HFKV if self.hf else MegatronKV)(self.model, len(pis), plen + min(params.max_tokens, 256) + 1)
         dev = next(self.model.parameters()).device
-        logits = kv.prefill(torch.tensor([rows[i * n].prompt for i in range(len(pis))], device=dev))
+        firsts = [rows[i * n].prompt for i in range(len(pis))]
+        pad = [plen - len(p) for p in firsts]
+        ids = torch.tensor([[EOD_ID] * d + p for d, p in zip(pad, firsts, strict=True)], device=dev)
+        logits = kv.prefill(ids, pad)
         rep = torch.arange(len(pis), device=dev).repeat_interleave(n)
         if n > 1:                                  # prompt encoded once, its cache copied n times
             kv.select(rep)
@@ -249,20 +279,24 @@ class RolloutEngine:
                 for r in active:
                     r.out.finish_reason = "cancelled"
                 return
-            logprobs = torch.log_softmax(logits, dim=-1)          # T=1, full vocab: the trainer's view
+            lse = torch.logsumexp(logits, dim=-1)                # T=1, full vocab: the trainer's view
             real = logits[:, : self.vocab_size]
             free = [i for i, r in enumerate(active) if not r.forced]
             free_set = set(free)
             chosen = torch.empty(len(active), dtype=torch.long, device=dev)
             if free:
                 u = torch.stack([torch.rand((), generator=active[i].gen) for i in free]).to(dev)
-                chosen[free] = sample_batch(real[free], seen[free], params, u)
+                if len(free) == len(active):
+                    chosen = sample_batch(real, seen, params, u)
+                else:
+                    chosen[free] = sample_batch(real[free], seen[free], params, u)
             for i, r in enumerate(active):
                 if r.forced:
                     chosen[i] = r.forced.pop(0)
-            chosen_lp = logprobs.gather(1, chosen.view(-1, 1)).squeeze(1).tolist()
+            chosen_lp = (logits.gather(1, chosen.view(-1, 1)).squeeze(1) - lse).tolist()
             if top_k:
-                top_v, top_i = logprobs[:, : self.vocab_size].topk(top_k, dim=-1)
+                top_v, top_i = real.topk(top_k, dim=-1)
+                top_v = top_v - lse.unsqueeze(1)
             seen[torch.arange(len(active), device=dev), chosen.clamp(max=self.vocab_size - 1)] = True
             toks = chosen.tolist()
             keep = []

@@ -76,6 +76,22 @@ def test_kv_cache_logits_equal_full_recompute(model):
         assert (g - full[:, 4 + k]).abs().max() < 1e-5
 
 
+def test_left_padded_rows_equal_unpadded_recompute(model):
+    """Prompts of different lengths share a batch by left padding: same logits as alone."""
+    torch.manual_seed(1)
+    short, long = torch.randint(0, 151_000, (1, 9)), torch.randint(0, 151_000, (1, 14))
+    with torch.no_grad():
+        full_s, full_l = forward_logits(model.eval(), short)[0], forward_logits(model, long)[0]
+        kv = MegatronKV(model, 2, 16)
+        ids = torch.cat([torch.cat([torch.zeros(1, 5, dtype=torch.long), short[:, :4]], 1), long[:, :9]])
+        got = [kv.prefill(ids, pad=[5, 0])]
+        for t in range(5):
+            got.append(kv.step(torch.tensor([short[0, 4 + t], long[0, 9 + t]])))
+    for k, g in enumerate(got):
+        assert (g[0] - full_s[3 + k]).abs().max() < 1e-5
+        assert (g[1] - full_l[8 + k]).abs().max() < 1e-5
+
+
 def test_rollout_logprobs_match_trainer_and_stale_weights_alarm(model):
     prompts = [[1, 2, 3, 4, 5], [7, 8, 9], [11, 12, 13, 14, 15]]
     rollouts = [r for rs in RolloutEngine(model).generate(prompts, FREE, n=3, seed=3) for r in rs]
@@ -122,6 +138,8 @@ def test_seeds_independent_of_batching(model):
     a = ids(RolloutEngine(model).generate(prompts, p, n=3, seed=7))
     assert ids(RolloutEngine(model, max_batch=1).generate(prompts, p, n=3, seed=7)) == a
     assert ids(RolloutEngine(model, max_batch=4).generate(prompts, p, n=3, seed=7)) == a
+    assert ids(RolloutEngine(model, pad_multiple=1).generate(prompts, p, n=3, seed=7)) == a   # no padding
+    assert ids(RolloutEngine(model).generate(prompts[1:2], p, n=3, seed=7)) != a[1:2]    # the prompt index counts
     assert [rs[:2] for rs in ids(RolloutEngine(model).generate(prompts, p, n=2, seed=7))] == [rs[:2] for rs in a]
     assert ids(RolloutEngine(model).generate(prompts, p, n=3, seed=8)) != a
     assert a[0][0] != a[0][1] and a[0][0] != a[1][0]
