@@ -258,3 +258,26 @@ def test_remote_engine_over_http(moe):
         assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-6
         assert [t for t, _ in a.top_logprobs[0]] == [t for t, _ in b.top_logprobs[0]]
+
+
+def test_chat_contract_on_token_logprobs_cancel(moe):
+    from train.generate import MegatronLM, Tokenizer, chat
+
+    lm, tok = MegatronLM(moe), Tokenizer()
+    msgs = [{"role": "user", "content": "Hi /no_think"}]
+    got: dict[int, list[int]] = {0: [], 1: []}
+    outs = chat(lm, tok, msgs, n=2, seed=3, max_tokens=5, top_logprobs=2,
+                on_token=lambda c, t: got[c].append(t))
+    for i, o in enumerate(outs):
+        assert got[i] == o.token_ids and len(o.token_ids) == 5 and o.finish_reason == "length"
+        assert len(o.logprobs) == len(o.sampled) == len(o.top_logprobs) == 5 and all(o.sampled)
+        assert all(lp < 0 for lp in o.logprobs)
+    assert [o.token_ids for o in chat(lm, tok, msgs, n=2, seed=3, max_tokens=5)] == [o.token_ids for o in outs]
+    cancel = threading.Event()
+    cancel.set()
+    outs = chat(lm, tok, msgs, n=2, seed=3, max_tokens=5, cancel=cancel)
+    assert [(o.finish_reason, o.token_ids) for o in outs] == [("cancelled", [])] * 2
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
+    seen: list[int] = []
+    js = chat(lm, tok, msgs, seed=1, json_schema=schema, on_token=lambda c, t: seen.append(t))[0]
+    assert json.loads(js.content) in ({"ok": True}, {"ok": False}) and seen == js.token_ids
