@@ -212,7 +212,8 @@ class _Row:
 class RolloutEngine:
     """Batched KV-cache sampling from a megatron GPTModel (or an HF causal LM).
 
-    `max_batch`: most rows (prompts x n samples) decoded together. `pad_multiple`: a megatron
+    `max_batch`: most rows (prompts x n samples) decoded together (the n samples of a prompt
+    always share a batch). `pad_multiple`: a megatron
     prompt is left-padded to the next multiple of it, and prompts of one padded length share a
     batch; the pad depends only on the prompt's own length, so results do not depend on which
     prompts were batched together (1 = no padding: equal lengths only; HF models never pad).
@@ -258,7 +259,11 @@ class RolloutEngine:
                     pis = group[k:k + per_batch]
                     rows = [_Row(pi, si, prompts[pi], params, seed, budget_ids, top_logprobs > 0)
                             for pi in pis for si in range(n)]
-                    self._run(pis, rows, params, n, top_logprobs, on_token, cancel)
+                    if cancel is not None and cancel.is_set():
+                        for r in rows:
+                            r.out.finish_reason = "cancelled"
+                    elif params.max_tokens > 0:
+                        self._run(pis, rows, params, n, top_logprobs, on_token, cancel)
                     for r in rows:
                         results[r.pi][r.si] = r.out
         return results  # type: ignore[return-value]
@@ -278,8 +283,6 @@ class RolloutEngine:
         logits = logits[rep]
         active = list(rows)
         seen = torch.zeros(len(active), self.vocab_size, dtype=torch.bool, device=dev)
-        if params.max_tokens <= 0:
-            return
         while active:
             if cancel is not None and cancel.is_set():
                 for r in active:
