@@ -101,6 +101,7 @@ class ChatRequest:
     schema: dict[str, Any] | None = None
     schema_name: str = "output"
     meta: dict[str, Any] = field(default_factory=dict)
+    prompt: list[int] | str | None = None   # set: a raw /completions request (messages unused)
 
     @classmethod
     def user(cls, prompt: str, system: str | None = None, **kw: Any) -> ChatRequest:
@@ -121,6 +122,7 @@ class Result:
     cached: bool = False
     attempts: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    choice: dict[str, Any] = field(default_factory=dict)   # the raw first choice (logprobs, ...)
 
     @property
     def ok(self) -> bool:
@@ -159,7 +161,11 @@ class LLMClient:
 
     # -- request building
     def body(self, req: ChatRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.cfg.resolved_model(), "messages": req.messages}
+        body: dict[str, Any] = {"model": self.cfg.resolved_model()}
+        if req.prompt is not None:
+            body["prompt"] = req.prompt
+        else:
+            body["messages"] = req.messages
         body.update(self.cfg.default_params)
         body.update(req.params)
         if req.schema is not None:
@@ -231,7 +237,7 @@ class LLMClient:
                 self.stats.cache_hits += 1
                 res = self._result(key, raw, req, attempts=0, cached=True)
                 return res
-        url = self._require_endpoint() + "/chat/completions"
+        url = self._require_endpoint() + ("/completions" if req.prompt is not None else "/chat/completions")
         last = "no attempt"
         for attempt in range(self.cfg.max_retries + 1):
             retry_after: float | None = None
@@ -305,10 +311,10 @@ class LLMClient:
     def _result(self, key: str, raw: dict[str, Any], req: ChatRequest, attempts: int, cached: bool) -> Result:
         choice = raw["choices"][0] if raw.get("choices") else {}
         msg = choice.get("message") or {}
-        text = msg.get("content")
+        text = msg.get("content") if req.prompt is None else choice.get("text")
         usage = {k: int(v) for k, v in (raw.get("usage") or {}).items() if isinstance(v, int | float)}
         res = Result(key=key, text=text, finish_reason=choice.get("finish_reason"), usage=usage,
-                     cached=cached, attempts=attempts, meta=req.meta)
+                     cached=cached, attempts=attempts, meta=req.meta, choice=choice)
         if not cached:
             res.cost = (usage.get("prompt_tokens", 0) * self.cfg.price_prompt_per_1k
                         + usage.get("completion_tokens", 0) * self.cfg.price_completion_per_1k) / 1000

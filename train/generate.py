@@ -2,9 +2,10 @@
 
 Thinking-mode fusion (Qwen3 report): a user or system turn may carry `/think` or `/no_think`;
 the last flag in the dialogue wins and thinking is the default. No-think renders the prompt with
-an empty think block (`<think>\\n\\n</think>\\n\\n`) so the model answers directly. The model
-forward is recomputed over the whole sequence per token (no KV cache): simple and exact, fine
-for the tiny models this runs on CPU.
+an empty think block (`<think>\\n\\n</think>\\n\\n`) so the model answers directly. Sampling runs
+on `train.rollout.RolloutEngine` (KV cache, n samples batched, per-token logprobs): megatron
+checkpoints through megatron-core's inference context, HF exports through their own cache.
+The JSON-schema decoder picks token by token from next-token logits (last position only).
 
     q3 train generate load=runs/s3/ckpt prompt="Why is the sky blue? /no_think" max_tokens=32
 """
@@ -24,12 +25,12 @@ import torch
 
 from q3.config import ConfigError, Q3Config, load_config
 from q3.log import get_logger
+from train.rollout import Rollout, RolloutEngine, eval_mode, row_seed
 from train.sampling import (
     END_THINK_ID,
     THINK_ID,
     THINKING_BUDGET_TEXT,
     SamplingParams,
-    ThinkingBudget,
     preset_for,
     sample,
 )
@@ -103,9 +104,14 @@ def thinking_mode(messages: list[dict], default: bool = True) -> bool:
 # ---------------------------------------------------------------- model backends
 
 class LM:
-    """A causal LM that returns next-token logits for a token sequence."""
+    """A causal LM: a `RolloutEngine` for sampling, and next-token logits for constrained decoding."""
 
     vocab_size: int
+    model: torch.nn.Module
+
+    @cached_property
+    def engine(self) -> RolloutEngine:
+        return RolloutEngine(self.model)
 
     def next_logits(self, ids: list[int]) -> torch.Tensor:
         raise NotImplementedError
@@ -116,11 +122,11 @@ class MegatronLM(LM):
         self.model = model
         self.vocab_size = model.vocab_size
 
-    @torch.no_grad()
     def next_logits(self, ids: list[int]) -> torch.Tensor:
-        from train.model import forward_logits
+        from train.rollout import MegatronKV
 
-        return forward_logits(self.model, torch.tensor([ids], dtype=torch.long))[0, -1].float()
+        with eval_mode(self.model):               # logits of the last position only
+            return MegatronKV(self.model, 1, len(ids)).prefill(torch.tensor([ids], dtype=torch.long))[0]
 
 
 class HFLM(LM):
@@ -161,13 +167,13 @@ class Completion:
     text: str                 # everything generated (think block included)
     reasoning: str | None     # the text inside <think>...</think>, if any
     content: str              # the answer after the think block
-    finish_reason: str        # "stop" | "length"
+    finish_reason: str        # "stop" | "length" | "cancelled"
     prompt_tokens: int
     budget_forced: bool = False
     extra: dict = field(default_factory=dict)
-    logprobs: list[float] | None = None       # per token_ids entry: log p at T=1 over the full vocab
-    top_logprobs: list[list[tuple[int, float]]] | None = None   # the k most likely (id, log p) per entry
-    sampled: list[bool] | None = None         # False for forced tokens (thinking-budget sentence)
+    logprobs: list[float] | None = None                       # per token_ids entry (T=1, full vocab)
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per token: the k likeliest (id, logprob)
+    sampled: list[bool] | None = None                          # False for forced (budget) tokens
 
 
 def split_thinking(text: str) -> tuple[str | None, str]:
@@ -183,51 +189,23 @@ def split_thinking(text: str) -> tuple[str | None, str]:
     return reasoning, tail.strip()
 
 
-def generate(lm: LM, tok: Tokenizer, prompt_ids: list[int], params: SamplingParams,
-             generator: torch.Generator | None = None, in_think: bool = False, top_logprobs: int = 0,
-             on_token: Callable[[int], None] | None = None,
-             cancel: threading.Event | None = None) -> Completion:
-    """Sample until a stop token or max_tokens, enforcing the thinking budget. Records each token's
-    log-probability at T=1 (and the `top_logprobs` most likely); on_token(id) per produced token;
-    cancel.set() stops early (finish_reason "cancelled")."""
-    out: list[int] = []
-    lps: list[float] = []
-    tops: list[list[tuple[int, float]]] = []
-    sampled: list[bool] = []
-    budget = ThinkingBudget(params.thinking_budget, in_think)
-    forced, finish = False, "length"
-
-    def emit(t: int, logits: torch.Tensor, was_sampled: bool) -> None:
-        lp = torch.log_softmax(logits.float(), -1)
-        out.append(t)
-        lps.append(float(lp[t]))
-        if top_logprobs:
-            v, i = lp.topk(top_logprobs)
-            tops.append(list(zip(i.tolist(), v.tolist(), strict=True)))
-        sampled.append(was_sampled)
-        budget.observe(t)
-        if on_token is not None:
-            on_token(t)
-
-    while len(out) < params.max_tokens:
-        if cancel is not None and cancel.is_set():
-            finish = "cancelled"
-            break
-        if budget.exhausted():
-            for t in tok.encode(THINKING_BUDGET_TEXT)[: params.max_tokens - len(out)]:
-                emit(t, lm.next_logits(prompt_ids + out)[: tok.vocab_size], False)
-            forced = True
-            continue
-        logits = lm.next_logits(prompt_ids + out)[: tok.vocab_size]
-        t = sample(logits, out, params, generator)
-        if t in STOP_IDS:
-            finish = "stop"
-            break
-        emit(t, logits, True)
-    text = tok.decode(out)
+def completion(tok: Tokenizer, r: Rollout) -> Completion:
+    """A Completion from a Rollout: the stop token is dropped (it is not part of the answer)."""
+    k = len(r.token_ids) - (r.finish_reason == "stop")
+    ids = r.token_ids[:k]
+    text = tok.decode(ids)
     reasoning, content = split_thinking(text)
-    return Completion(out, text, reasoning, content, finish, len(prompt_ids), forced,
-                      logprobs=lps, top_logprobs=tops if top_logprobs else None, sampled=sampled)
+    return Completion(ids, text, reasoning, content, r.finish_reason, len(r.prompt_ids), r.budget_forced,
+                      logprobs=r.logprobs[:k], sampled=r.sampled[:k],
+                      top_logprobs=r.top_logprobs[:k] if r.top_logprobs is not None else None)
+
+
+def generate(lm: LM, tok: Tokenizer, prompt_ids: list[int], params: SamplingParams,
+             generator: torch.Generator | None = None, in_think: bool = False) -> Completion:
+    """One completion: sample until a stop token or max_tokens, enforcing the thinking budget.
+    (`in_think` is kept for callers; the engine reads it from the prompt's open <think>.)"""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else 0
+    return completion(tok, lm.engine.generate([list(prompt_ids)], params, n=1, seed=seed)[0][0])
 
 
 # ---------------------------------------------------------------- constrained JSON (json_schema)
@@ -379,27 +357,37 @@ def chat(lm: LM, tok: Tokenizer, messages: list[dict], params: SamplingParams | 
          cancel: threading.Event | None = None, **overrides) -> list[Completion]:
     """n completions of a chat. Sampling defaults to the preset of the dialogue's mode; keyword
     overrides (temperature, top_p, top_k, presence_penalty, max_tokens, thinking_budget) win.
-    on_token(choice_index, token_id) per produced token; cancel.set() stops early."""
+
+    `on_token(choice_index, token_id)` is called for every token of the completions (sampled or
+    forced), in order; `cancel.set()` stops early (finish_reason "cancelled"); `top_logprobs` = k
+    records the k likeliest tokens per position (free generation only)."""
     if thinking is None:
         thinking = thinking_mode(messages)
     if json_schema is not None:
         thinking = False                         # structured answers skip the think block
     params = (params or preset_for(thinking)).with_(**overrides)
     prompt = tok.encode(tok.render(messages, thinking))
-    g = torch.Generator().manual_seed(seed if seed is not None else int(time.time_ns() % 2**31))
+    seed = seed if seed is not None else int(time.time_ns() % 2**31)
+    if json_schema is None:
+        emit = None
+        if on_token is not None:
+            from train.rollout import STOP_IDS
+
+            def emit(choice: int, token: int) -> None:   # the stop token is not part of a Completion
+                if token not in STOP_IDS:
+                    on_token(choice, token)
+        rollouts = lm.engine.generate([prompt], params, n=n, seed=seed, top_logprobs=top_logprobs,
+                                      on_token=emit, cancel=cancel)[0]
+        return [completion(tok, r) for r in rollouts]
     outs = []
     for i in range(n):
         if cancel is not None and cancel.is_set():
-            break
-        if json_schema is not None:
-            outs.append(generate_json(lm, tok, prompt, json_schema, params, g))
-            if on_token is not None:             # constrained output is announced once complete
-                for t in outs[-1].token_ids:
-                    on_token(i, t)
-        else:
-            cb = None if on_token is None else (lambda t, i=i: on_token(i, t))
-            outs.append(generate(lm, tok, prompt, params, g, in_think=prompt[-1] == THINK_ID,
-                                 top_logprobs=top_logprobs, on_token=cb, cancel=cancel))
+            outs.append(Completion([], "", None, "", "cancelled", len(prompt)))
+            continue
+        out = generate_json(lm, tok, prompt, json_schema, params, torch.Generator().manual_seed(row_seed(seed, 0, i)))
+        for t in out.token_ids if on_token is not None else ():
+            on_token(i, t)
+        outs.append(out)
     return outs
 
 
@@ -441,5 +429,5 @@ def cli(config: str | None, overrides: list[str]) -> int:
     return 0
 
 
-__all__ = ["END_THINK_ID", "THINK_ID", "Completion", "Tokenizer", "chat", "generate", "generate_json",
-           "load_lm", "thinking_mode"]
+__all__ = ["END_THINK_ID", "THINK_ID", "THINKING_BUDGET_TEXT", "Completion", "Tokenizer", "chat", "completion",
+           "generate", "generate_json", "load_lm", "thinking_mode"]

@@ -71,20 +71,49 @@ def process_logits(logits: torch.Tensor, generated: list[int], p: SamplingParams
     return torch.full((logits.numel(),), float("-inf")).scatter(0, idx, lp)
 
 
+def sample_batch(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingParams,
+                 uniform: torch.Tensor) -> torch.Tensor:
+    """Token ids [b] for logits [b, vocab], the same filters as `candidates` row by row.
+
+    `seen` (bool [b, vocab]) marks tokens already generated (presence penalty). One uniform draw
+    per row picks among the top-k/top-p candidates by inverse CDF (cumsum + searchsorted), so the
+    cost is O(k) after the top-k, not a multinomial over the vocabulary.
+    """
+    x = logits.detach().float()
+    if p.presence_penalty and seen is not None:
+        x = x - p.presence_penalty * seen.to(x.dtype)
+    if p.temperature <= 0:                       # greedy
+        return x.argmax(dim=-1)
+    k = p.top_k if 0 < p.top_k < x.shape[-1] else x.shape[-1]
+    vals, idx = torch.topk(x, k, dim=-1)         # sorted, descending
+    probs = torch.softmax(vals / p.temperature, dim=-1)
+    if 0 < p.top_p < 1:
+        probs = probs * (probs.cumsum(-1) - probs < p.top_p)
+    cdf = probs.cumsum(-1)
+    target = (uniform.to(cdf.dtype).view(-1) * cdf[:, -1]).unsqueeze(-1)
+    j = torch.searchsorted(cdf, target).clamp(max=k - 1)
+    return idx.gather(-1, j).squeeze(-1)
+
+
 def sample(logits: torch.Tensor, generated: list[int], p: SamplingParams,
            generator: torch.Generator | None = None, allowed: torch.Tensor | None = None) -> int:
     """One token id. `allowed` (index tensor) restricts the choice (constrained decoding); the
     restriction is applied before top-k/top-p so that they rank allowed tokens only."""
+    x = logits.detach().float()
     if allowed is not None:
-        masked = torch.full((logits.numel(),), float("-inf"))
-        masked[allowed] = logits.detach().float()[allowed]
-        logits = masked
-    idx, lp = candidates(logits, generated, p)
-    finite = torch.isfinite(lp)
-    if not finite.any():
+        masked = torch.full((x.numel(),), float("-inf"))
+        masked[allowed] = x[allowed]
+        x = masked
+    if not torch.isfinite(x).any():
         return int(logits.argmax())
-    idx, lp = idx[finite], lp[finite]
-    return int(idx[torch.multinomial(lp.exp(), 1, generator=generator)])
+    seen = None
+    if p.presence_penalty and generated:
+        seen = torch.zeros(x.numel(), dtype=torch.bool)
+        ids = torch.tensor(sorted(set(generated)), dtype=torch.long)
+        seen[ids[ids < x.numel()]] = True
+        seen = seen.unsqueeze(0)
+    u = torch.rand(1, generator=generator)
+    return int(sample_batch(x.unsqueeze(0), seen, p, u)[0])
 
 
 class ThinkingBudget:
