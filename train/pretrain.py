@@ -162,14 +162,9 @@ def run_stages(manifests: list[str | Path], out_root: str | Path = "runs/demo",
 
 def cli(config: str | None, overrides: list[str]) -> int:
     """Pretrain a stage from its manifest (runs under torchrun too)."""
-    from train.model import destroy_parallel
+    from train.core import run_verb
 
-    cfg = load_config(TrainConfig, "train", config, overrides)
-    try:
-        run(cfg)
-    finally:
-        destroy_parallel()
-    return 0
+    return run_verb(run, TrainConfig, "train", config, overrides)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from q3.atomic import atomic_write_text
 from q3.config import ConfigError, Q3Config, load_config
 from q3.log import get_logger, print_table
 from q3.tokenizer import END_THINK_ID, THINK_ID
+from train.sampling import THINKING_BUDGET_TEXT
 
 log = get_logger("q3.post.eval")
 EMPTY_THINK = "<think>\n\n</think>"
@@ -103,7 +104,7 @@ class Evaluator:
         self.engine, self.tok, self.cfg = engine, tokenizer, cfg
 
     def replies(self, dialogues: list[list[dict]], thinking: list[bool], n: int, seed: int,
-                thinking_budget: int | None = None) -> list[list[Reply]]:
+                thinking_budget: int | None = None, max_tokens: int | None = None) -> list[list[Reply]]:
         """n replies per dialogue, sampled with the report's preset of the dialogue's mode; the
         prompts of one mode go to the engine as one batched call."""
         from q3.tokenizer import render_chat
@@ -115,7 +116,7 @@ class Evaluator:
             idx = [i for i, t in enumerate(thinking) if t == mode]
             if not idx:
                 continue
-            params = preset_for(mode).with_(max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature,
+            params = preset_for(mode).with_(max_tokens=max_tokens or self.cfg.max_tokens, temperature=self.cfg.temperature,
                                             thinking_budget=thinking_budget)
             prompts = [self.tok.encode(render_chat(dialogues[i], add_generation_prompt=True)) for i in idx]
             groups = self.engine.generate(prompts, params, n=n, seed=seed + (0 if mode else 1))
@@ -181,21 +182,28 @@ def thinkfollow_dialogues(items: list[dict], turns: int, seed: int) -> tuple[lis
 def eval_thinkfollow(ev: Evaluator, items: list[dict]) -> dict:
     dialogues, expected = thinkfollow_dialogues(items, ev.cfg.thinkfollow_turns, ev.cfg.seed)
     groups = ev.replies(dialogues, [e == "think" for e in expected], 1, ev.cfg.seed + 7919)
-    ok = {"think": [], "no_think": []}
-    for e, group in zip(expected, groups, strict=True):
+    ok: dict[str, list[bool]] = {"think": [], "no_think": []}
+    misses = []
+    for e, msgs, group in zip(expected, dialogues, groups, strict=True):
         text = group[0].text
-        ok[e].append(opens_with_empty_think(text) if e == "no_think" else opens_with_thinking(text))
+        good = opens_with_empty_think(text) if e == "no_think" else opens_with_thinking(text)
+        ok[e].append(good)
+        if not good and len(misses) < 5:
+            misses.append({"expected": e, "turns": sum(m["role"] == "user" for m in msgs),
+                           "last_user": msgs[-1]["content"][-60:], "reply": text[:120]})
     rate = {m: (sum(v) / len(v) if v else None) for m, v in ok.items()}
     n = sum(len(v) for v in ok.values())
     return {"dialogues": n, "accuracy": sum(sum(v) for v in ok.values()) / max(n, 1),
             "think_ok": rate["think"], "no_think_ok": rate["no_think"],
-            "think_n": len(ok["think"]), "no_think_n": len(ok["no_think"])}
+            "think_n": len(ok["think"]), "no_think_n": len(ok["no_think"]), "misses": misses}
 
 
 def eval_budget(ev: Evaluator, items: list[dict]) -> dict:
     b = ev.cfg.budget
     dialogues = [[{"role": "user", "content": it["query"] + " /think"}] for it in items]
-    groups = ev.replies(dialogues, [True] * len(items), 1, ev.cfg.seed + 104729, thinking_budget=b)
+    # room for k thinking tokens, the forced sentence and max_tokens of answer
+    room = b + len(ev.tok.encode(THINKING_BUDGET_TEXT)) + ev.cfg.max_tokens
+    groups = ev.replies(dialogues, [True] * len(items), 1, ev.cfg.seed + 104729, thinking_budget=b, max_tokens=room)
     replies = [g[0] for g in groups]
     within = [r.thinking_tokens <= b for r in replies]
     forced = [r for r in replies if r.budget_forced]
@@ -243,7 +251,7 @@ def run(cfg: EvalConfig) -> dict:
         for k, v in result[e].items():
             if isinstance(v, dict):
                 rows += [(e, f"{k} {kk}", vv) for kk, vv in v.items()]
-            else:
+            elif not isinstance(v, list):              # lists are examples: in eval.json only
                 rows.append((e, k, v))
     print_table(f"post eval: {name} on {len(items)} held-out items", ["eval", "metric", "value"], rows)
     print(f"eval: {out / 'eval.json'}")

@@ -34,8 +34,9 @@ class PrepareConfig(Q3Config):
     held_out: float = Field(default=0.2, ge=0.0, lt=1.0)   # share of pairs kept for eval / RL
     domains: list[str] = Field(default_factory=lambda: ["math", "logic"])   # with worked references
     # FusionConfig overrides (train.post.fusion); the references' reasoning is short, so are the budgets
-    fusion: dict = Field(default_factory=lambda: {"budget": 0.15, "budget_tokens": [4, 8]})
-    fusion_copies: int = Field(default=2, ge=1)  # fusion passes over the cold-start rows (seed, seed+1, ...)
+    # multi-turn dialogues are where mode following is hard (a flag carried over from an earlier turn)
+    fusion: dict = Field(default_factory=lambda: {"budget": 0.15, "budget_tokens": [4, 8], "multi_turn": 0.4})
+    fusion_copies: int = Field(default=3, ge=1)  # fusion passes over the cold-start rows (seed, seed+1, ...)
 
 
 def held_out(query: str, share: float) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import Field
 
 from q3.atomic import atomic_write_text
-from q3.config import ConfigError, load_config
+from q3.config import ConfigError
 from q3.log import get_logger, print_table
 from q3.paths import runs_dir
 from train.config import CoreConfig, ModelConfig, OptimConfig, ScheduleConfig, load_model_config
@@ -227,14 +227,9 @@ def _f(v: float | None) -> str:
 
 def cli(config: str | None, overrides: list[str]) -> int:
     """Chat SFT (cold start / fusion) from a checkpoint: q3 post sft --config fusion load=CKPT data=[x.jsonl]"""
-    from train.model import destroy_parallel
+    from train.core import run_verb
 
-    cfg = load_config(SFTConfig, "post", config, overrides)
-    try:
-        run(cfg)
-    finally:
-        destroy_parallel()
-    return 0
+    return run_verb(run, SFTConfig, "post", config, overrides)
 
 
 if __name__ == "__main__":
