@@ -280,7 +280,7 @@ def pack(samples: list[ChatSample], seq_length: int, overlong: Literal["drop", "
         raise ConfigError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
     if seq_length < 2:
         raise ConfigError(f"seq_length must be >= 2, got {seq_length}")
-    c: Counter = Counter()
+    c: Counter = Counter(samples=0, dropped_overlong=0, truncated=0, dropped_no_loss=0)   # all keys, even at 0
     bins: list[list[tuple[int, ChatSample]]] = []
     room = _FirstFit(seq_length)
     for idx, s in enumerate(samples):
