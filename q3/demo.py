@@ -89,9 +89,9 @@ def build_steps(cfg: DemoConfig, data: Path, out: Path) -> list[Step]:
              q3("post", "prepare", f"pairs={data / 'rl' / 'pairs.jsonl'}", f"out={data / 'post'}")),
         Step("cold-start", "long-CoT cold-start SFT from S3 (packed, assistant-only loss)",
              q3("post", "sft", "--config", "coldstart", f"load={out / 's3'}",
-                f"data=[{data / 'post' / 'coldstart.jsonl'}]", f"out_dir={out / 'coldstart'}")),
+                f"data=[{data / 'post' / 'coldstart.jsonl'}]", f"out_dir={out / 'cold-start'}")),
         Step("fusion", "thinking-mode fusion SFT (/think, /no_think, budget samples) + HF export",
-             q3("post", "sft", "--config", "fusion", f"load={out / 'coldstart'}",
+             q3("post", "sft", "--config", "fusion", f"load={out / 'cold-start'}",
                 f"data=[{data / 'post' / 'fusion.jsonl'}]", f"out_dir={out / 'fusion'}",
                 f"export_hf={out / 'hf-post'}")),
         Step("post-eval", "held-out pass@k (synth's verifiers), ThinkFollow, thinking-budget compliance",
@@ -248,12 +248,48 @@ def main(config: str | None, overrides: list[str]) -> int:
     return 0 if all(r[2] in ("ok", "skipped") for r in results) else 1
 
 
+def plot_training_curves(out: Path, stages: tuple[str, ...] = ("s1", "s2", "s3", "cold-start", "fusion")) -> Path | None:
+    """One PNG with the training loss of every stage that logged metrics (pretraining, then
+    post-training), for the report. None when there is nothing to plot or no matplotlib."""
+    curves = {}
+    for name in stages:
+        f = out / name / "metrics.jsonl"
+        if f.exists():
+            rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+            curves[name] = ([r["step"] for r in rows], [r["loss"] for r in rows])
+    if not curves:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3), squeeze=False)
+    for ax, (name, (x, y)) in zip(axes[0], curves.items(), strict=True):
+        ax.plot(x, y)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("train loss")
+    fig.suptitle("training loss per stage (pretraining: all tokens; post-training: assistant tokens)")
+    fig.tight_layout()
+    png = out / "training_curves.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
 def _report(results: list[tuple[str, str, str, float, str]], out: Path, data: Path) -> None:
     print_table("Q3 demo", ["step", "status", "seconds", "result"],
                 [(n, s, round(t, 1), f) for n, _, s, t, f in results])
     lines = ["# Q3 demo report", "", f"data: `{data}`  ", f"runs: `{out}`  ", f"logs: `{out / 'logs'}`", "",
              "| step | what | status | seconds | result |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {n} | {w} | {s} | {t:.1f} | {f} |" for n, w, s, t, f in results]
+    png = plot_training_curves(out)
+    if png is not None:
+        lines += ["", f"![training loss per stage]({png.name})", "",
+                  f"TensorBoard: `tensorboard --logdir {out}` (each stage writes `<stage>/tensorboard`)."]
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps(
         [{"step": n, "what": w, "status": s, "seconds": t, "result": f} for n, w, s, t, f in results], indent=2))

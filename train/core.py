@@ -457,12 +457,16 @@ class Trainer:
 def run_verb(run: Callable, cfg_type: type, kind: str, config: str | None, overrides: list[str]) -> int:
     """A training verb: load its typed config (`conf/<kind>/`), run it, and always tear megatron's
     parallel state down (a process may run several stages, e.g. `q3 demo`, the tests)."""
+    import sys
+
     from q3.config import load_config
-    from train.model import destroy_parallel
 
     cfg = load_config(cfg_type, kind, config, overrides)
     try:
         run(cfg)
     finally:
-        destroy_parallel()
+        if "megatron.core.parallel_state" in sys.modules:    # a config error never imports megatron
+            from train.model import destroy_parallel
+
+            destroy_parallel()
     return 0

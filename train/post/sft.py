@@ -137,11 +137,14 @@ def start_point(cfg: SFTConfig) -> tuple[ModelConfig, int, float]:
 
 def run(cfg: SFTConfig) -> dict:
     """Train; returns {'losses', 'history', 'eval', 'checkpoint', ...} (on every rank)."""
+    if not cfg.data:
+        raise ConfigError("post sft needs data=[chat.jsonl, ...] (OpenAI `messages` rows)")
+    for p in [*cfg.data, *cfg.valid_data]:          # before importing megatron (seconds)
+        if not Path(p).is_file():
+            raise ConfigError(f"data file not found: {p}")
     from train.core import Trainer, schedule_from_config
     from train.data import BatchPlan
 
-    if not cfg.data:
-        raise ConfigError("post sft needs data=[chat.jsonl, ...] (OpenAI `messages` rows)")
     for key, allowed in (("train_turns", ("all", "last")), ("overlong", ("drop", "truncate")),
                          ("on_error", ("raise", "skip"))):
         if getattr(cfg, key) not in allowed:
