@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
-from q3.config import Q3Config, load_yaml, validate
+from q3.config import ConfigError, Q3Config, load_yaml, validate
 
 
 class ManifestDataset(Q3Config):
@@ -53,6 +53,8 @@ class StageManifest(Q3Config):
 
 
 def load_manifest(path: str | Path) -> StageManifest:
+    if not Path(path).is_file():
+        raise ConfigError(f"manifest not found: {path} (`q3 mix build` writes stage manifests)")
     return validate(StageManifest, load_yaml(path), str(path))
 
 
