@@ -189,6 +189,7 @@ class _Row:
         self.budget_ids = budget_ids
         self.forced: list[int] = []
         self.out = Rollout(prompt, [], [], [], "length", top_logprobs=[] if want_top else None)
+        self.max_tokens = params.max_tokens
         self._maybe_force()
 
     def _maybe_force(self) -> None:
@@ -245,7 +246,7 @@ class RolloutEngine:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1, seed: int = 0,
                  top_logprobs: int = 0, on_token: OnToken | None = None, cancel: Cancel | None = None,
-                 seeds: list[int] | None = None,
+                 seeds: list[int] | None = None, max_tokens: list[int] | None = None,
                  on_progress: Callable[[int, Rollout], None] | None = None) -> list[list[Rollout]]:
         """n rollouts per prompt: result[prompt index][sample index]. `on_token(choice, token)` is
         called for every token produced, choice = prompt index * n + sample index; then
@@ -256,11 +257,14 @@ class RolloutEngine:
         prompt index, polled every step: a prompt whose function turns True has its rows dropped
         from the batch (finish_reason "cancelled") while the others go on unchanged.
         `seeds`: one seed per prompt instead of `seed`: prompt i samples as it would alone in
-        `generate([prompts[i]], seed=seeds[i])` (independent requests sharing a batch)."""
+        `generate([prompts[i]], seed=seeds[i])` (independent requests sharing a batch);
+        `max_tokens`: one limit per prompt instead of `params.max_tokens`."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
-        if seeds is not None and len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        for name, v in (("seeds", seeds), ("max_tokens", max_tokens)):
+            if v is not None and len(v) != len(prompts):
+                raise ValueError(f"{len(v)} {name} for {len(prompts)} prompts")
+        limit = [params.max_tokens] * len(prompts) if max_tokens is None else list(max_tokens)
         gone = _cancel_fn(cancel)
         results: list[list[Rollout | None]] = [[None] * n for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: self.padded_len(len(prompts[i])))
@@ -276,11 +280,12 @@ class RolloutEngine:
                             for pi in pis for si in range(n)]
                     dead = {pi for pi in pis if gone is not None and gone(pi)}
                     for r in rows:
+                        r.max_tokens = limit[r.pi]
                         if r.pi in dead:
                             r.out.finish_reason = "cancelled"
-                    live = [pi for pi in pis if pi not in dead]
-                    if live and params.max_tokens > 0:
-                        self._run(live, [r for r in rows if r.pi not in dead], params, n, top_logprobs,
+                    live = [pi for pi in pis if pi not in dead and limit[pi] > 0]
+                    if live:
+                        self._run(live, [r for r in rows if r.pi in live], params, n, top_logprobs,
                                   on_token, gone, on_progress)
                     for r in rows:
                         results[r.pi][r.si] = r.out
@@ -291,7 +296,7 @@ class RolloutEngine:
              on_progress: Callable[[int, Rollout], None] | None) -> None:
         self.decode_batches += 1
         plen = self.padded_len(len(rows[0].prompt))
-        kv = (HFKV if self.hf else MegatronKV)(self.model, len(pis), plen + min(params.max_tokens, 256) + 1)
+        kv = (HFKV if self.hf else MegatronKV)(self.model, len(pis), plen + min(max(r.max_tokens for r in rows), 256) + 1)
         dev = next(self.model.parameters()).device
         firsts = [rows[i * n].prompt for i in range(len(pis))]
         pad = [plen - len(p) for p in firsts]
@@ -340,7 +345,7 @@ class RolloutEngine:
             for i, r in enumerate(active):
                 if top_k:
                     r.out.top_logprobs.append(list(zip(top_i[i].tolist(), top_v[i].tolist(), strict=True)))
-                done = r.push(toks[i], chosen_lp[i], i in free_set, params.max_tokens)
+                done = r.push(toks[i], chosen_lp[i], i in free_set, r.max_tokens)
                 if on_token is not None:
                     on_token(r.pi * n + r.si, toks[i])
                 if on_progress is not None:

@@ -156,6 +156,8 @@ def test_per_prompt_seeds_sample_as_alone(model):
     alone = [ids(RolloutEngine(model).generate([q], p, n=2, seed=s))[0] for q, s in zip(prompts, seeds, strict=True)]
     assert batched == alone
     assert ids(RolloutEngine(model).generate(prompts, p, n=2, seed=11)) != batched    # default: unchanged rule
+    short = ids(RolloutEngine(model).generate(prompts, p.with_(max_tokens=9), n=2, seeds=seeds, max_tokens=[5, 2, 0]))
+    assert short == [batched[0], [t[:2] for t in batched[1]], [[], []]]              # per-prompt limits
 
 
 def test_per_prompt_cancel_drops_only_that_prompt(model):
