@@ -193,12 +193,14 @@ class ChatService:
         self.token_bytes = TokenBytes(tok)
         self.max_len = cfg.max_model_len or model_max_len(lm)
         self.stopping = threading.Event()
+        self.generated_tokens = 0            # by the engine, over all requests (scheduler thread)
         self.jobs: set[Job] = set()
         self.jobs_lock = threading.Lock()
 
     def health(self) -> dict:
         return {"status": "ok", "model": self.name, **self.scheduler.stats(),
-                "decode_batches": getattr(self.lm.engine, "decode_batches", None)}
+                "decode_batches": getattr(self.lm.engine, "decode_batches", None),
+                "generated_tokens": self.generated_tokens}
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "q3",
@@ -331,6 +333,7 @@ class ChatService:
         reqs = [w.payload[0] for w in works]
 
         def on_progress(choice: int, r: Rollout) -> None:
+            self.generated_tokens += 1
             if r.finish_reason != "stop":            # the stop token is not part of a Completion
                 works[choice // n].token(choice % n, r.token_ids[-1], r.logprobs[-1],
                                          r.top_logprobs[-1] if r.top_logprobs is not None else None)
