@@ -71,10 +71,11 @@ def one_round(url: str, questions: list[str], tokens: int, seed0: int) -> tuple[
     return dt, ntok, [r["choices"][0]["message"]["content"] for r in replies]
 
 
-def serve_and_measure(load: Path, batch: int, questions: list[str], tokens: int, rounds: int) -> dict:
+def serve_and_measure(load: Path, batch: int, questions: list[str], tokens: int, rounds: int,
+                      extra: list[str]) -> dict:
     from train.serve import background
 
-    with background(load, f"max_batch_requests={batch}") as url:
+    with background(load, f"max_batch_requests={batch}", *extra) as url:
         one_round(url, questions[:1], 2, 0)                      # warm-up
         runs = [one_round(url, questions, tokens, 1000 * k) for k in range(rounds)]
         health = httpx.get(url.removesuffix("/v1") + "/health", timeout=30).json()
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--hf", action="store_true", help="serve the HF export instead of the megatron checkpoint")
+    ap.add_argument("--window", type=float, default=None, help="batch_window_s of the batched server")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT / "tests" / "train"))
     from tiny_export import tiny_checkpoint_and_export
@@ -99,11 +101,13 @@ def main() -> None:
         _, _, ckpt, hf, _ = tiny_checkpoint_and_export(Path(d), a.model)
         load = hf if a.hf else ckpt
         questions = prompts(a.clients, a.hf)
-        rows = [serve_and_measure(load, b, questions, a.tokens, a.rounds) for b in (a.clients, 1)]
+        extra = [] if a.window is None else [f"batch_window_s={a.window}"]
+        rows = [serve_and_measure(load, b, questions, a.tokens, a.rounds, extra) for b in (a.clients, 1)]
     same = rows[0]["answers"] == rows[1]["answers"]
     print(f"\n{platform.machine()} {os.cpu_count()} cores, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; "
           f"{a.model} {'HF export' if a.hf else 'megatron checkpoint'}, {a.clients} concurrent clients x "
-          f"{a.tokens} tokens x {a.rounds} rounds; answers identical batched vs not: {same}\n")
+          f"{a.tokens} tokens x {a.rounds} rounds, batch_window_s={a.window if a.window is not None else 'default'}; "
+          f"answers identical batched vs not: {same}\n")
     print("| max_batch_requests | engine batches | largest | tokens | s | tokens/s | per round |")
     print("|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:

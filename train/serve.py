@@ -71,6 +71,7 @@ class ServeConfig(Q3Config):
     max_body_bytes: int = Field(8 << 20, ge=1024)
     max_waiting: int = Field(64, ge=1)              # queued requests beyond this get 503
     max_batch_requests: int = Field(8, ge=1)        # requests decoded together in one engine batch
+    batch_window_s: float = Field(0.01, ge=0)       # an idle scheduler waits this long for more requests
 
 
 class BadRequest(ValueError):
@@ -189,7 +190,8 @@ class ChatService:
     def __init__(self, lm: LM, tok: Tokenizer, name: str, cfg: ServeConfig):
         self.lm, self.tok, self.name, self.cfg = lm, tok, name, cfg
         self.scheduler = Scheduler(self._run_batch, cfg.max_batch_requests, cfg.max_waiting,
-                                   cancelled_result=lambda w: [])
+                                   cancelled_result=lambda w: [],
+                                   window_s=cfg.batch_window_s if cfg.max_batch_requests > 1 else 0.0)
         self.token_bytes = TokenBytes(tok)
         self.max_len = cfg.max_model_len or model_max_len(lm)
         self.stopping = threading.Event()

@@ -6,13 +6,15 @@ other queued work with the same batching key (sampling settings that can share o
 up to `max_batch` of them, in arrival order, and hands them to `run(batch)` at once; works with key
 None (e.g. constrained JSON decoding) run alone. Work queued behind a running batch waits for it:
 batches are static (a running batch takes no newcomers). A work withdrawn while still queued
-(client gone, shutdown) never runs.
+(client gone, shutdown) never runs. An idle scheduler that gets a request waits up to `window_s`
+for more to arrive (clients "at the same moment" reach the queue a few milliseconds apart).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -59,8 +61,9 @@ class Scheduler:
     `largest` batch."""
 
     def __init__(self, run: Callable[[list[Work]], None], max_batch: int = 8, max_waiting: int = 64,
-                 cancelled_result: Callable[[Work], Any] = lambda w: None):
+                 cancelled_result: Callable[[Work], Any] = lambda w: None, window_s: float = 0.0):
         self.run = run
+        self.window_s = window_s
         self.max_batch = max(1, int(max_batch))
         self.max_waiting = max_waiting
         self.cancelled_result = cancelled_result
@@ -98,6 +101,10 @@ class Scheduler:
         with self.cv:
             while not self.queue:
                 self.cv.wait()
+            if self.window_s > 0 and self.queue[0].key is not None:
+                deadline = time.monotonic() + self.window_s
+                while len(self.queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    self.cv.wait(left)
             head = self.queue.popleft()
             batch = [head]
             if head.key is not None:
