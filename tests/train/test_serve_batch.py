@@ -198,3 +198,31 @@ def test_different_settings_are_not_mixed(served, words):
     assert got == alone
     after = wait_for(c, lambda h: h["running"] == 0)
     assert after["batches"] - before["batches"] == 3      # one batch each
+
+
+def test_shutdown_cancels_a_running_batch(served, words):
+    """Last in this module (it stops the service): `stop()` (what SIGTERM calls) ends every stream
+    of a running batch without [DONE], frees the scheduler and refuses new requests (503)."""
+    service, c = served
+    lines: dict[int, list[str]] = {}
+
+    def streamer(k: int) -> None:
+        body = {"messages": messages(words[k]), "seed": k, "max_tokens": 4000, "stream": True, **COMMON}
+        with httpx.Client(timeout=120) as h, \
+                h.stream("POST", str(c.base_url) + "/v1/chat/completions", json=body) as r:
+            lines[k] = list(r.iter_lines())
+
+    threads = [threading.Thread(target=streamer, args=(k,)) for k in range(2)]
+    with scheduler_held(c):
+        for t in threads:
+            t.start()
+        assert wait_for(c, lambda h: h["queued"] == 2)["queued"] == 2
+    before = wait_for(c, lambda h: h["running"] == 2)
+    assert before["running"] == 2
+    service.stop()
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(lines) == [0, 1] and all("data: [DONE]" not in v for v in lines.values())
+    after = wait_for(c, lambda h: h["running"] == 0)
+    assert after["running"] == 0 and after["generated_tokens"] - before["generated_tokens"] < 4000
+    assert c.post("/v1/chat/completions", json={"messages": messages("x"), "max_tokens": 1}).status_code == 503
