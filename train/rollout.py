@@ -31,6 +31,7 @@ from train.sampling import SamplingParams, ThinkingBudget, sample_batch
 
 STOP_IDS = frozenset({EOD_ID, IM_END_ID})
 OnToken = Callable[[int, int], None]
+Cancel = threading.Event | Callable[[int], bool]     # all prompts, or per prompt index
 
 
 @dataclass
@@ -181,13 +182,14 @@ class _Row:
     """One sample being generated."""
 
     def __init__(self, pi: int, si: int, prompt: list[int], params: SamplingParams, seed: int,
-                 budget_ids: list[int], want_top: bool):
-        self.pi, self.si, self.prompt = pi, si, prompt
-        self.gen = torch.Generator().manual_seed(row_seed(seed, pi, si))
+                 seed_index: int | None, budget_ids: list[int], want_top: bool):
+        self.pi, self.si, self.prompt = pi, si, prompt    # seed_index: the prompt index in row_seed
+        self.gen = torch.Generator().manual_seed(row_seed(seed, pi if seed_index is None else seed_index, si))
         self.budget = ThinkingBudget(params.thinking_budget, starts_in_think(prompt))
         self.budget_ids = budget_ids
         self.forced: list[int] = []
         self.out = Rollout(prompt, [], [], [], "length", top_logprobs=[] if want_top else None)
+        self.max_tokens = params.max_tokens
         self._maybe_force()
 
     def _maybe_force(self) -> None:
@@ -224,6 +226,7 @@ class RolloutEngine:
                  budget_ids: list[int] | None = None):
         self.model = model
         self.max_batch = max(1, int(max_batch))
+        self.decode_batches = 0            # KV-cached batches run so far (a metric for servers)
         self.hf = is_hf_model(model)
         self.pad_multiple = 1 if self.hf else max(1, int(pad_multiple))
         self.vocab_size = vocab_size
@@ -242,12 +245,27 @@ class RolloutEngine:
         return self._budget_ids
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1, seed: int = 0,
-                 top_logprobs: int = 0, on_token: OnToken | None = None,
-                 cancel: threading.Event | None = None) -> list[list[Rollout]]:
+                 top_logprobs: int = 0, on_token: OnToken | None = None, cancel: Cancel | None = None,
+                 seeds: list[int] | None = None, max_tokens: list[int] | None = None,
+                 on_progress: Callable[[int, Rollout], None] | None = None) -> list[list[Rollout]]:
         """n rollouts per prompt: result[prompt index][sample index]. `on_token(choice, token)` is
-        called for every token produced, choice = prompt index * n + sample index."""
+        called for every token produced, choice = prompt index * n + sample index; then
+        `on_progress(choice, rollout)` with the rollout so far (its last entries are that token's
+        logprob, top_logprobs, finish_reason).
+
+        `cancel`: an Event (set: every unfinished rollout ends "cancelled") or a function of the
+        prompt index, polled every step: a prompt whose function turns True has its rows dropped
+        from the batch (finish_reason "cancelled") while the others go on unchanged.
+        `seeds`: one seed per prompt instead of `seed`: prompt i samples as it would alone in
+        `generate([prompts[i]], seed=seeds[i])` (independent requests sharing a batch);
+        `max_tokens`: one limit per prompt instead of `params.max_tokens`."""
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt")
+        for name, v in (("seeds", seeds), ("max_tokens", max_tokens)):
+            if v is not None and len(v) != len(prompts):
+                raise ValueError(f"{len(v)} {name} for {len(prompts)} prompts")
+        limit = [params.max_tokens] * len(prompts) if max_tokens is None else list(max_tokens)
+        gone = _cancel_fn(cancel)
         results: list[list[Rollout | None]] = [[None] * n for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: self.padded_len(len(prompts[i])))
         per_batch = max(1, self.max_batch // max(n, 1))
@@ -257,21 +275,28 @@ class RolloutEngine:
                 group = list(same_len)
                 for k in range(0, len(group), per_batch):
                     pis = group[k:k + per_batch]
-                    rows = [_Row(pi, si, prompts[pi], params, seed, budget_ids, top_logprobs > 0)
+                    rows = [_Row(pi, si, prompts[pi], params, seed if seeds is None else seeds[pi],
+                                 None if seeds is None else 0, budget_ids, top_logprobs > 0)
                             for pi in pis for si in range(n)]
-                    if cancel is not None and cancel.is_set():
-                        for r in rows:
+                    dead = {pi for pi in pis if gone is not None and gone(pi)}
+                    for r in rows:
+                        r.max_tokens = limit[r.pi]
+                        if r.pi in dead:
                             r.out.finish_reason = "cancelled"
-                    elif params.max_tokens > 0:
-                        self._run(pis, rows, params, n, top_logprobs, on_token, cancel)
+                    live = [pi for pi in pis if pi not in dead and limit[pi] > 0]
+                    if live:
+                        self._run(live, [r for r in rows if r.pi in live], params, n, top_logprobs,
+                                  on_token, gone, on_progress)
                     for r in rows:
                         results[r.pi][r.si] = r.out
         return results  # type: ignore[return-value]
 
     def _run(self, pis: list[int], rows: list[_Row], params: SamplingParams, n: int, top_k: int,
-             on_token: OnToken | None, cancel: threading.Event | None) -> None:
+             on_token: OnToken | None, gone: Callable[[int], bool] | None,
+             on_progress: Callable[[int, Rollout], None] | None) -> None:
+        self.decode_batches += 1
         plen = self.padded_len(len(rows[0].prompt))
-        kv = (HFKV if self.hf else MegatronKV)(self.model, len(pis), plen + min(params.max_tokens, 256) + 1)
+        kv = (HFKV if self.hf else MegatronKV)(self.model, len(pis), plen + min(max(r.max_tokens for r in rows), 256) + 1)
         dev = next(self.model.parameters()).device
         firsts = [rows[i * n].prompt for i in range(len(pis))]
         pad = [plen - len(p) for p in firsts]
@@ -284,10 +309,18 @@ class RolloutEngine:
         active = list(rows)
         seen = torch.zeros(len(active), self.vocab_size, dtype=torch.bool, device=dev)
         while active:
-            if cancel is not None and cancel.is_set():
-                for r in active:
-                    r.out.finish_reason = "cancelled"
-                return
+            if gone is not None:
+                dead = {pi for pi in {r.pi for r in active} if gone(pi)}
+                if dead:                             # drop the rows of cancelled prompts
+                    keep = [i for i, r in enumerate(active) if r.pi not in dead]
+                    for r in active:
+                        if r.pi in dead:
+                            r.out.finish_reason = "cancelled"
+                    if not keep:
+                        return
+                    idx = torch.tensor(keep, device=dev)
+                    kv.select(idx)
+                    seen, logits, active = seen[idx], logits[idx], [active[i] for i in keep]
             lse = _logsumexp(logits)                             # T=1, full vocab: the trainer's view
             real = logits[:, : self.vocab_size]
             free = [i for i, r in enumerate(active) if not r.forced]
@@ -312,9 +345,11 @@ class RolloutEngine:
             for i, r in enumerate(active):
                 if top_k:
                     r.out.top_logprobs.append(list(zip(top_i[i].tolist(), top_v[i].tolist(), strict=True)))
-                done = r.push(toks[i], chosen_lp[i], i in free_set, params.max_tokens)
+                done = r.push(toks[i], chosen_lp[i], i in free_set, r.max_tokens)
                 if on_token is not None:
                     on_token(r.pi * n + r.si, toks[i])
+                if on_progress is not None:
+                    on_progress(r.pi * n + r.si, r.out)
                 if not done:
                     keep.append(i)
             if not keep:
@@ -324,6 +359,12 @@ class RolloutEngine:
                 kv.select(idx)
                 seen, active, chosen = seen[idx], [active[i] for i in keep], chosen[idx]
             logits = kv.step(chosen)
+
+
+def _cancel_fn(cancel: Cancel | None) -> Callable[[int], bool] | None:
+    if cancel is None or callable(cancel) and not isinstance(cancel, threading.Event):
+        return cancel
+    return lambda _pi: cancel.is_set()
 
 
 # ------------------------------------------------------------------------------- remote engine
@@ -344,18 +385,22 @@ class RemoteEngine:
         self.client = LLMClient(endpoint)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1, seed: int = 0,
-                 top_logprobs: int = 0, on_token: OnToken | None = None,
-                 cancel: threading.Event | None = None) -> list[list[Rollout]]:
+                 top_logprobs: int = 0, on_token: OnToken | None = None, cancel: Cancel | None = None,
+                 seeds: list[int] | None = None,
+                 on_progress: Callable[[int, Rollout], None] | None = None) -> list[list[Rollout]]:
         from q3.llm import ChatRequest
 
         body = {"temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
                 "presence_penalty": params.presence_penalty, "max_tokens": params.max_tokens,
                 "logprobs": max(1, top_logprobs), "return_tokens_as_token_ids": True,
                 "skip_special_tokens": False}
-        reqs = [ChatRequest(messages=[], prompt=list(p), params={**body, "seed": row_seed(seed, pi, si)},
+        rs = [row_seed(seed, pi, si) if seeds is None else row_seed(seeds[pi], 0, si)
+              for pi in range(len(prompts)) for si in range(n)]
+        reqs = [ChatRequest(messages=[], prompt=list(p), params={**body, "seed": rs[pi * n + si]},
                             meta={"pi": pi, "si": si})
                 for pi, p in enumerate(prompts) for si in range(n)]
-        if cancel is not None and cancel.is_set():
+        gone = _cancel_fn(cancel)
+        if gone is not None and all(gone(pi) for pi in range(len(prompts))):
             return [[Rollout(list(p), [], [], [], "cancelled") for _ in range(n)] for p in prompts]
         out: list[list[Rollout]] = [[] for _ in prompts]
         for res in self.client.complete_many(reqs):
@@ -366,6 +411,8 @@ class RemoteEngine:
             if on_token is not None:
                 for t in ro.token_ids:
                     on_token(pi * n + si, t)
+            if on_progress is not None:
+                on_progress(pi * n + si, ro)
             out[pi].append(ro)
         return out
 

@@ -1,8 +1,10 @@
 """`q3 serve`: an OpenAI-compatible chat-completions server on our own checkpoint or HF export.
 
 Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health. Standard library HTTP
-(ThreadingHTTPServer); one model: generations run one at a time, waiting requests are served in
-arrival order. Honours temperature, top_p, top_k, presence_penalty, max_tokens (or
+(ThreadingHTTPServer); one model, owned by a scheduler thread (train/serve_batch.py): requests that
+arrive while it is busy are decoded together in one KV-cached engine batch when their sampling
+settings match (up to `max_batch_requests`; each keeps its own seed, so its answer does not depend
+on the batch), otherwise served in arrival order. Honours temperature, top_p, top_k, presence_penalty, max_tokens (or
 max_completion_tokens), seed, n, stream (server-sent events, `stream_options.include_usage`),
 logprobs/top_logprobs, `response_format: {"type": "json_schema", ...}` (constrained decoding: the
 output always parses and follows simple schemas), `chat_template_kwargs: {"enable_thinking": false}`
@@ -31,7 +33,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,8 +44,10 @@ from pydantic import Field
 
 from q3.config import Q3Config, load_config
 from q3.log import get_logger
-from train.generate import LM, Completion, SchemaError, Tokenizer, chat, load_lm, thinking_mode
-from train.sampling import THINK_ID
+from train.generate import LM, Completion, SchemaError, Tokenizer, chat, completion, load_lm, thinking_mode
+from train.rollout import Rollout
+from train.sampling import THINK_ID, preset_for
+from train.serve_batch import Busy, Scheduler, Work, wait
 from train.serve_stream import ReasoningSplit, TokenBytes, TokenText, logprob_entry
 
 log = get_logger("train.serve")
@@ -67,6 +70,8 @@ class ServeConfig(Q3Config):
     read_timeout_s: float = Field(30.0, gt=0)       # a client silent this long mid-request is dropped
     max_body_bytes: int = Field(8 << 20, ge=1024)
     max_waiting: int = Field(64, ge=1)              # queued requests beyond this get 503
+    max_batch_requests: int = Field(8, ge=1)        # requests decoded together in one engine batch
+    batch_window_s: float = Field(0.01, ge=0)       # an idle scheduler waits this long for more requests
 
 
 class BadRequest(ValueError):
@@ -166,38 +171,6 @@ class Request:
     top_logprobs: int = 0
 
 
-class FifoLock:
-    """The model lock, granted in arrival order; a waiter may give up (client gone, shutdown)."""
-
-    def __init__(self, max_waiting: int):
-        self.cv = threading.Condition()
-        self.queue: deque[object] = deque()
-        self.busy = False
-        self.max_waiting = max_waiting
-
-    def acquire(self, give_up: Callable[[], bool]) -> bool:
-        me = object()
-        with self.cv:
-            if len(self.queue) >= self.max_waiting:
-                raise BadRequest(f"server busy: {len(self.queue)} requests waiting; retry later", 503)
-            self.queue.append(me)
-            try:
-                while self.busy or self.queue[0] is not me:
-                    self.cv.wait(0.25)
-                    if give_up():
-                        return False
-                self.busy = True
-                return True
-            finally:
-                self.queue.remove(me)
-                self.cv.notify_all()
-
-    def release(self) -> None:
-        with self.cv:
-            self.busy = False
-            self.cv.notify_all()
-
-
 @dataclass(eq=False)                  # hashed by identity (a set of jobs in flight)
 class Job:
     """One request in flight: its cancel event and how to tell that its client went away."""
@@ -211,16 +184,25 @@ class Job:
 
 
 class ChatService:
-    """Turns OpenAI chat-completion requests into `train.generate.chat` calls."""
+    """Turns OpenAI chat-completion requests into batched `RolloutEngine.generate` calls (free
+    generation) or `train.generate.chat` calls (constrained JSON), run by the scheduler thread."""
 
     def __init__(self, lm: LM, tok: Tokenizer, name: str, cfg: ServeConfig):
         self.lm, self.tok, self.name, self.cfg = lm, tok, name, cfg
-        self.lock = FifoLock(cfg.max_waiting)
+        self.scheduler = Scheduler(self._run_batch, cfg.max_batch_requests, cfg.max_waiting,
+                                   cancelled_result=lambda w: [],
+                                   window_s=cfg.batch_window_s if cfg.max_batch_requests > 1 else 0.0)
         self.token_bytes = TokenBytes(tok)
         self.max_len = cfg.max_model_len or model_max_len(lm)
         self.stopping = threading.Event()
+        self.generated_tokens = 0            # by the engine, over all requests (scheduler thread)
         self.jobs: set[Job] = set()
         self.jobs_lock = threading.Lock()
+
+    def health(self) -> dict:
+        return {"status": "ok", "model": self.name, **self.scheduler.stats(),
+                "decode_batches": getattr(self.lm.engine, "decode_batches", None),
+                "generated_tokens": self.generated_tokens}
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "q3",
@@ -292,23 +274,15 @@ class ChatService:
 
     @contextmanager
     def job(self, peer_gone: Callable[[], bool] = lambda: False) -> Iterator[Job]:
-        """A request's life: registered (SIGTERM cancels it), holding the model lock in arrival order.
-        Raises BadRequest(503) when shutting down or too many wait; yields a cancelled job if its
-        client left while queued."""
+        """A request's life: registered while it lasts, so that SIGTERM cancels it. Raises
+        BadRequest(503) when shutting down."""
         if self.stopping.is_set():
             raise BadRequest("server is shutting down", 503)
         j = Job(peer_gone)
         with self.jobs_lock:
             self.jobs.add(j)
         try:
-            if not self.lock.acquire(lambda: self.stopping.is_set() or j.abandoned()):
-                j.cancel.set()
-                yield j
-                return
-            try:
-                yield j
-            finally:
-                self.lock.release()
+            yield j
         finally:
             with self.jobs_lock:
                 self.jobs.discard(j)
@@ -324,29 +298,81 @@ class ChatService:
         with self.jobs_lock:
             return not self.jobs
 
-    def generate(self, req: Request, job: Job, on_token: Callable[[int, int], None] | None = None,
-                 ) -> list[Completion]:
-        def tick(i: int, t: int) -> None:
-            job.abandoned()                      # a vanished client sets job.cancel: chat stops
-            if on_token is not None and not job.cancel.is_set():
-                on_token(i, t)
+    def submit(self, req: Request, job: Job) -> Work:
+        """Queue a request for the scheduler; 503 when too many wait or shutting down."""
+        if self.stopping.is_set():
+            raise BadRequest("server is shutting down", 503)
+        seed = req.seed if req.seed is not None else int(time.time_ns() % 2**31)
+        params = preset_for(req.thinking).with_(**req.sampling)
+        key = None if req.schema is not None else (params.with_(max_tokens=1), req.n, req.top_logprobs)
         try:
-            return chat(self.lm, self.tok, req.messages, n=req.n, seed=req.seed, thinking=req.thinking,
-                        json_schema=req.schema, top_logprobs=req.top_logprobs, on_token=tick,
-                        cancel=job.cancel, **req.sampling)
+            return self.scheduler.submit(Work((req, job, seed, params), key, job.abandoned))
+        except Busy as e:
+            raise BadRequest(str(e), 503) from None
+
+    def wait(self, work: Work, on_token: Callable[[int, int, float | None, list | None], None] | None = None,
+             ) -> list[Completion]:
+        """The request's completions ([] if cancelled before it ran); `on_token(choice, token,
+        logprob, top_logprobs)` per token as it is produced (logprob None when the generator has
+        none), in the calling thread."""
+        job = work.payload[1]
+        return wait(work, on_token, job.abandoned, lambda: self.scheduler.withdraw(work))
+
+    def generate(self, req: Request, job: Job, on_token: Callable[[int, int, float | None, list | None], None]
+                 | None = None) -> list[Completion]:
+        return self.wait(self.submit(req, job), on_token)
+
+    # ------------------------------------------------------------------ the scheduler thread
+
+    def _run_batch(self, works: list[Work]) -> None:
+        """Run by the scheduler thread, the only one using the model."""
+        req = works[0].payload[0]
+        if req.schema is not None:
+            assert len(works) == 1
+            self._run_json(works[0])
+            return
+        n, top = req.n, req.top_logprobs
+        reqs = [w.payload[0] for w in works]
+
+        def on_progress(choice: int, r: Rollout) -> None:
+            self.generated_tokens += 1
+            if r.finish_reason != "stop":            # the stop token is not part of a Completion
+                works[choice // n].token(choice % n, r.token_ids[-1], r.logprobs[-1],
+                                         r.top_logprobs[-1] if r.top_logprobs is not None else None)
+
+        params = works[0].payload[3]
+        rollouts = self.lm.engine.generate(
+            [q.prompt_ids for q in reqs], params, n=n, top_logprobs=top, on_progress=on_progress,
+            seeds=[w.payload[2] for w in works], max_tokens=[w.payload[3].max_tokens for w in works],
+            cancel=lambda pi: works[pi].cancelled())
+        for w, rs in zip(works, rollouts, strict=True):
+            w.finish([completion(self.tok, r) for r in rs])
+
+    def _run_json(self, w: Work) -> None:
+        req, job, seed, _ = w.payload
+        emit = None if req.logprobs else (lambda i, t: w.token(i, t, None, None))
+        try:
+            outs = chat(self.lm, self.tok, req.messages, n=req.n, seed=seed, thinking=req.thinking,
+                        json_schema=req.schema, on_token=emit, cancel=job.cancel, **req.sampling)
         except SchemaError as e:
             raise BadRequest(str(e)) from None
+        if req.logprobs and not job.abandoned():     # the constrained decoder records no logprobs
+            for i, o in enumerate(outs):
+                o.logprobs, o.top_logprobs = self._score(req.prompt_ids, o.token_ids, req.top_logprobs)
+                for j, t in enumerate(o.token_ids):
+                    w.token(i, t, o.logprobs[j], o.top_logprobs[j] if o.top_logprobs else None)
+        w.finish(outs)
 
     def logprob_entries(self, req: Request, o: Completion) -> list[dict]:
-        lps, tops = o.logprobs, o.top_logprobs
-        if lps is None or (req.top_logprobs and tops is None):
-            lps, tops = self._score(req.prompt_ids, o.token_ids, req.top_logprobs)   # e.g. constrained output
+        lps, tops = o.logprobs, o.top_logprobs       # constrained output: scored by _run_json
+        if lps is None:
+            raise RuntimeError("completion without logprobs")
         return [logprob_entry(self.token_bytes, t, lp, tops[j][:req.top_logprobs] if tops else None)
                 for j, (t, lp) in enumerate(zip(o.token_ids, lps, strict=True))]
 
     def _score(self, prompt: list[int], ids: list[int], k: int) -> tuple[list[float], list | None]:
         """Log-probabilities (T=1) of given tokens, one forward per token (generators that do not
-        record them, e.g. the constrained JSON decoder). Call under the model lock."""
+        record them, e.g. the constrained JSON decoder). Scheduler thread only (it uses the model)."""
         lps, tops = [], []
         for j, t in enumerate(ids):
             lp = torch.log_softmax(self.lm.next_logits(prompt + ids[:j])[: self.tok.vocab_size].float(), -1)
@@ -377,9 +403,8 @@ class ChatService:
         """The non-streamed reply; None when the client left (nobody to answer)."""
         req = self.parse(body)
         with self.job(peer_gone) as job:
-            outs = [] if job.cancel.is_set() else self.generate(req, job)
+            outs = self.generate(req, job)
             done = not job.cancel.is_set() and len(outs) == req.n
-            # under the model lock: scoring may run the model
             lps = [{"content": self.logprob_entries(req, o)} for o in outs] if done and req.logprobs else None
         if not done:
             if self.stopping.is_set():
@@ -441,6 +466,12 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
         def log_message(self, fmt, *args):          # route access logs through our logger
             log.debug("%s " + fmt, self.address_string(), *args)
 
+        def handle(self):
+            try:
+                super().handle()
+            except (ConnectionResetError, BrokenPipeError):   # a client reset a kept-alive connection
+                self.close_connection = True
+
         def _send(self, code: int, payload: dict) -> None:
             data = json.dumps(payload, ensure_ascii=False).encode()
             self.send_response(code)
@@ -465,7 +496,7 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
         def do_GET(self):
             path = self.path.split("?")[0].rstrip("/")
             if path == "/health":
-                self._send(200, {"status": "ok", "model": service.name})
+                self._send(200, service.health())
             elif path == "/v1/models":
                 self._send(200, service.models())
             else:
@@ -536,14 +567,10 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
             self._chunk(f"data: {data}\n\n".encode())
 
         def _stream(self, req: Request) -> None:
-            """OpenAI chat.completion.chunk events. Text goes out token by token; with logprobs the
-            chunks follow the generation (the generator reports log-probabilities at its end) and a
-            comment line per token keeps the connection checked. A failed write cancels the work."""
+            """OpenAI chat.completion.chunk events, token by token as the scheduler produces them
+            (logprobs included). A failed write or a closed socket cancels the work."""
             with service.job(self._peer_gone) as job:
-                if job.cancel.is_set():
-                    if service.stopping.is_set():
-                        raise BadRequest("server is shutting down", 503)
-                    raise ClientGone
+                work = service.submit(req, job)     # 503 (busy, shutting down) before any header
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream; charset=utf-8")
                 self.send_header("Cache-Control", "no-cache")
@@ -565,18 +592,20 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
                     send([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                            "finish_reason": None}])
 
-                def on_token(i: int, t: int) -> None:
+                def on_token(i: int, t: int, lp: float | None, top: list | None) -> None:
+                    if job.cancel.is_set():
+                        return
+                    entry = None
+                    if req.logprobs:
+                        entry = logprob_entry(service.token_bytes, t, lp, top[:req.top_logprobs] if top else None)
                     try:
-                        if req.logprobs:
-                            self._chunk(b": \n\n")  # SSE comment: clients ignore it, a dead socket fails
-                        else:
-                            for ch in streams[i].push(t):
-                                send([ch])
+                        for ch in streams[i].push(t, entry):
+                            send([ch])
                     except ClientGone:
                         job.cancel.set()
 
                 try:
-                    outs = service.generate(req, job, on_token)
+                    outs = service.wait(work, on_token)
                 except Exception as e:              # headers are out: report in the stream, as OpenAI does
                     if not isinstance(e, BadRequest):
                         log.exception("streamed request failed")
@@ -585,10 +614,6 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
                     outs = None
                 if outs is not None and not job.cancel.is_set() and len(outs) == req.n:
                     for i, o in enumerate(outs):
-                        if req.logprobs:
-                            for t, entry in zip(o.token_ids, service.logprob_entries(req, o), strict=True):
-                                for ch in streams[i].push(t, entry):
-                                    send([ch])
                         for ch in streams[i].finish(o.finish_reason):
                             send([ch])
                     if req.include_usage:

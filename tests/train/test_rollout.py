@@ -146,6 +146,55 @@ def test_seeds_independent_of_batching(model):
     assert row_seed(7, 0, 1) != row_seed(7, 1, 0)
 
 
+def test_per_prompt_seeds_sample_as_alone(model):
+    """`seeds`: independent requests sharing one batch sample exactly as each would alone."""
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [7, 8, 9, 10]]
+    seeds = [11, 5, 11]
+    p = FREE.with_(max_tokens=5, presence_penalty=1.5)
+    ids = lambda res: [[r.token_ids for r in rs] for rs in res]            # noqa: E731
+    batched = ids(RolloutEngine(model).generate(prompts, p, n=2, seeds=seeds))
+    alone = [ids(RolloutEngine(model).generate([q], p, n=2, seed=s))[0] for q, s in zip(prompts, seeds, strict=True)]
+    assert batched == alone
+    assert ids(RolloutEngine(model).generate(prompts, p, n=2, seed=11)) != batched    # default: unchanged rule
+    short = ids(RolloutEngine(model).generate(prompts, p.with_(max_tokens=9), n=2, seeds=seeds, max_tokens=[5, 2, 0]))
+    assert short == [batched[0], [t[:2] for t in batched[1]], [[], []]]              # per-prompt limits
+
+
+def test_per_prompt_cancel_drops_only_that_prompt(model):
+    """`cancel` as a function of the prompt index: the cancelled prompt's rows leave the batch, the
+    others produce what they produce uncancelled; `on_progress` sees each token's logprob."""
+    prompts = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    p = FREE.with_(max_tokens=8)
+    engine = RolloutEngine(model)
+    full = engine.generate(prompts, p, n=2, seeds=[1, 2, 3], top_logprobs=2)
+    counts: dict[int, int] = {}
+    progress: list[tuple[int, float, list]] = []
+
+    def on_token(choice: int, token: int) -> None:
+        counts[choice // 2] = counts.get(choice // 2, 0) + 1
+
+    def on_progress(choice: int, r) -> None:
+        progress.append((choice, r.logprobs[-1], r.top_logprobs[-1]))
+
+    runs = engine.decode_batches
+    got = engine.generate(prompts, p, n=2, seeds=[1, 2, 3], top_logprobs=2, on_token=on_token,
+                          on_progress=on_progress, cancel=lambda pi: pi == 1 and counts.get(1, 0) >= 6)
+    assert engine.decode_batches == runs + 1                         # one KV batch for all three
+    for pi in (0, 2):
+        assert [r.token_ids for r in got[pi]] == [r.token_ids for r in full[pi]]
+        assert all(r.finish_reason == full[pi][0].finish_reason for r in got[pi])
+    assert [r.finish_reason for r in got[1]] == ["cancelled"] * 2
+    assert [len(r.token_ids) for r in got[1]] == [3, 3]              # 3 steps of its 2 rows
+    assert [r.token_ids for r in got[1]] == [r.token_ids[:3] for r in full[1]]
+    mine = [(lp, top) for c, lp, top in progress if c == 4]           # prompt 2, sample 0
+    want = list(zip(full[2][0].logprobs, full[2][0].top_logprobs, strict=True))
+    assert len(mine) == len(want)                                    # batch size changed: rounding only
+    for (lp, top), (lp2, top2) in zip(mine, want, strict=True):
+        assert abs(lp - lp2) < 1e-4 and [t for t, _ in top] == [t for t, _ in top2]
+    none = engine.generate(prompts, p, cancel=lambda pi: True)       # all cancelled before a step
+    assert all(r.finish_reason == "cancelled" and not r.token_ids for rs in none for r in rs)
+
+
 def test_stop_on_im_end_and_greedy(moe):
     prompt = [5, 6, 7, 8]
     first = RolloutEngine(moe).generate([prompt], GREEDY.with_(max_tokens=4), seed=0)[0][0]

@@ -142,36 +142,40 @@ def test_background_helper_on_megatron_checkpoint(tmp_path):
         assert set(json.loads(r.json()["choices"][0]["message"]["content"])) == set(SCHEMA["properties"])
 
 
-def test_model_lock_serves_waiters_in_arrival_order():
-    from train.serve import BadRequest, FifoLock
+def test_scheduler_batches_in_arrival_order():
+    """The scheduler on a plain run function (no model): while a batch runs, arrivals queue; then the
+    oldest and every queued work with its key (up to max_batch) run together, in arrival order;
+    key None runs alone; a work withdrawn while queued never runs; beyond max_waiting: Busy."""
+    from train.serve_batch import Busy, Scheduler, Work, wait
 
-    lock, order, gone = FifoLock(max_waiting=5), [], threading.Event()
-    assert lock.acquire(lambda: False)                    # the running request
+    ran: list[list[str]] = []
+    gate = threading.Event()
 
-    def wait(k: int) -> None:
-        if lock.acquire(lambda: k == 2 and gone.is_set()):  # waiter 2's client leaves while queued
-            order.append(k)
-            lock.release()
-        else:
-            order.append(-k)
+    def run(batch: list[Work]) -> None:
+        if batch[0].payload == "first":
+            gate.wait(60)                                # hold the scheduler until all are queued
+        ran.append([w.payload for w in batch])
+        for w in batch:
+            w.token(0, 1)
+            w.finish(w.payload.upper())
 
-    threads = []
-    for k in range(5):
-        threads.append(threading.Thread(target=wait, args=(k,)))
-        threads[-1].start()
-        for _ in range(2000):                             # until it is queued (bounded)
-            if len(lock.queue) == k + 1:
-                break
-            time.sleep(0.005)
-    assert len(lock.queue) == 5
-    with pytest.raises(BadRequest, match="busy"):          # a sixth waiter is refused (503)
-        lock.acquire(lambda: False)
-    gone.set()
-    for _ in range(2000):
-        if order == [-2]:
+    sched = Scheduler(run, max_batch=3, max_waiting=6, cancelled_result=lambda w: "cancelled")
+    first = sched.submit(Work("first", "a"))
+    for _ in range(2000):                                # until it runs (bounded)
+        if sched.stats()["running"] == 1:
             break
         time.sleep(0.005)
-    lock.release()
-    for t in threads:
-        t.join(timeout=60)
-    assert order == [-2, 0, 1, 3, 4]
+    works = {p: sched.submit(Work(p, k)) for p, k in
+             [("a1", "a"), ("b1", "b"), ("a2", "a"), ("x", None), ("a3", "a"), ("a4", "a")]}
+    with pytest.raises(Busy):
+        sched.submit(Work("too many", "a"))
+    assert sched.withdraw(works["a3"]) and not sched.withdraw(first)
+    gate.set()
+    tokens: list[tuple] = []
+    got = {p: wait(w, lambda *t: tokens.append(t), lambda: False, lambda: False) for p, w in works.items()}
+    assert wait(first, None, lambda: False, lambda: False) == "FIRST"
+    assert ran == [["first"], ["a1", "a2", "a4"], ["b1"], ["x"]]
+    assert got == {"a1": "A1", "b1": "B1", "a2": "A2", "x": "X", "a3": "cancelled", "a4": "A4"}
+    assert len(tokens) == 5
+    st = sched.stats()
+    assert (st["batches"], st["batched_requests"], st["largest_batch"], st["queued"]) == (4, 6, 3, 0)
