@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--pairs", type=int, default=600)
     ap.add_argument("--limit", type=int, default=200, help="held-out dialogues per eval")
+    ap.add_argument("--multi-turn", type=float, default=0.6,
+                    help="share of multi-turn fusion dialogues (where mode following is hard)")
+    ap.add_argument("--copies", type=int, default=4, help="fusion passes over the cold-start rows")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "post"))
     a = ap.parse_args()
     out = Path(a.out)
@@ -83,7 +86,8 @@ def main() -> None:
     times["pairs"] = q3("synth", "verifiable", f"n={a.pairs}", "seed=11", "domains={math: 0.6, logic: 0.4}",
                         f"out={out / 'rl'}")
     times["prepare"] = q3("post", "prepare", f"pairs={out / 'rl' / 'pairs.jsonl'}", f"out={out / 'data'}",
-                          "held_out=0.3")
+                          "held_out=0.3", f"fusion_copies={a.copies}",
+                          f"fusion={{budget: 0.15, budget_tokens: [4, 8], multi_turn: {a.multi_turn}}}")
     run = out / "fusion"
     times["sft"] = q3("post", "sft", "--config", "fusion", f"load={load}", f"data=[{out / 'data' / 'fusion.jsonl'}]",
                       f"out_dir={run}", f"train_steps={a.steps}", "tensorboard=false")
@@ -93,7 +97,7 @@ def main() -> None:
     ev = json.loads((out / "eval" / "eval.json").read_text())
     sft = json.loads((run / "result.json").read_text())
     plot_loss(run / "metrics.jsonl", out / "fusion_loss.png")
-    res = {"load": str(load), "steps": a.steps, "sft_eval": sft["eval"], "thinkfollow": ev["thinkfollow"],
+    res = {"load": str(load), "steps": a.steps, "multi_turn": a.multi_turn, "copies": a.copies, "sft_eval": sft["eval"], "thinkfollow": ev["thinkfollow"],
            "budget": ev["budget"], "seconds": {k: round(v, 1) for k, v in times.items()},
            "plot": str(out / "fusion_loss.png")}
     (out / "post_bench.json").write_text(json.dumps(res, indent=1))

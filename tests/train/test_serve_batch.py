@@ -74,6 +74,19 @@ def scheduler_held(c: httpx.Client) -> Iterator[None]:
         yield
 
 
+def queue_while_held(c: httpx.Client, threads: list[threading.Thread]) -> dict:
+    """Start the client threads while the scheduler is busy, wait until all are queued, release the
+    scheduler so they go as one batch, wait for the clients; returns /health from before release."""
+    with scheduler_held(c):
+        for t in threads:
+            t.start()
+        before = wait_for(c, lambda h: h["queued"] == len(threads))
+        assert before["queued"] == len(threads)
+    for t in threads:
+        t.join(timeout=300)
+    return before
+
+
 def ask(c: httpx.Client, word: str, seed: int, **kw) -> dict:
     r = c.post("/v1/chat/completions", json={"messages": messages(word), "seed": seed, **COMMON, **kw})
     assert r.status_code == 200, r.text
@@ -96,13 +109,7 @@ def test_concurrent_requests_are_batched_and_answered_as_alone(served, words):
         with httpx.Client(base_url=c.base_url, timeout=120) as own:
             got[w] = answer(ask(own, w, seed, max_tokens=mt))
 
-    with scheduler_held(c):
-        threads = [threading.Thread(target=client, args=job) for job in jobs]
-        for t in threads:
-            t.start()
-        assert wait_for(c, lambda h: h["queued"] == 6)["queued"] == 6
-    for t in threads:
-        t.join(timeout=300)
+    queue_while_held(c, [threading.Thread(target=client, args=job) for job in jobs])
     assert got == alone                                # same seed, same tokens, batched or not
     after = wait_for(c, lambda h: h["running"] == 0)
     assert after["batches"] - before["batches"] == 2   # the long request, then all six at once
@@ -138,13 +145,7 @@ def test_client_leaving_mid_batch_does_not_disturb_the_others(served, words):
         left.set()
 
     threads = [threading.Thread(target=client, args=job) for job in short] + [threading.Thread(target=leaver)]
-    with scheduler_held(c):
-        for t in threads:
-            t.start()
-        assert wait_for(c, lambda h: h["queued"] == 6)["queued"] == 6
-        before = health(c)
-    for t in threads:
-        t.join(timeout=300)
+    before = queue_while_held(c, threads)
     assert left.is_set() and got == alone
     after = wait_for(c, lambda h: h["running"] == 0 and h["queued"] == 0)
     assert after["batches"] == before["batches"] + 1 and after["largest_batch"] >= 6    # all six at once
@@ -188,13 +189,7 @@ def test_different_settings_are_not_mixed(served, words):
 
     threads = [threading.Thread(target=client, args=(k, kw))
                for k, kw in enumerate([{}, {"temperature": 0.3}, {"n": 2}])]
-    with scheduler_held(c):
-        for t in threads:
-            t.start()
-        assert wait_for(c, lambda h: h["queued"] == 3)["queued"] == 3
-        before = health(c)
-    for t in threads:
-        t.join(timeout=300)
+    before = queue_while_held(c, threads)
     assert got == alone
     after = wait_for(c, lambda h: h["running"] == 0)
     assert after["batches"] - before["batches"] == 3      # one batch each
