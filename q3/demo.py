@@ -152,6 +152,10 @@ def summarise(name: str, data: Path, out: Path) -> str:
     if name == "rl-pairs":
         f = data / "rl" / "pairs.jsonl"
         return f.exists() and f"{sum(1 for _ in f.open()):,} query-verifier pairs"
+    if name == "post-data":
+        st = _json(data / "post" / "_Q3_SUCCESS")
+        return st and (f"{st['coldstart']:,} cold-start rows, {st['fusion']:,} fusion rows, "
+                       f"{st['held_out']:,} held-out pairs")
     if name in ("cold-start", "fusion"):
         r = _json(out / name / "result.json")
         ev = r.get("eval", {})
