@@ -44,17 +44,17 @@ _FLAG = re.compile(r"/(no_think|think)\b")
 # ---------------------------------------------------------------- tokenizer and chat template
 
 class Tokenizer:
-    """The Qwen3 tokenizer (tokenizers library) and its Jinja chat template, without transformers."""
+    """The Qwen3 tokenizer (tokenizers library) and its chat template (`q3.tokenizer.render_chat`),
+    without transformers. `directory`: an HF folder with its own tokenizer files, else Qwen3's."""
 
     def __init__(self, directory: str | Path | None = None):
         from tokenizers import Tokenizer as HFTokenizer
 
-        from train.hf_export import tokenizer_dir
+        from q3.tokenizer import tokenizer_dir
 
         d = Path(directory) if directory and (Path(directory) / "tokenizer.json").is_file() else tokenizer_dir()
         self.dir = d
         self.tk = HFTokenizer.from_file(str(d / "tokenizer.json"))
-        self.chat_template = json.loads((d / "tokenizer_config.json").read_text())["chat_template"]
 
     def encode(self, text: str) -> list[int]:
         return self.tk.encode(text, add_special_tokens=False).ids
@@ -66,17 +66,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.tk.get_vocab_size(with_added_tokens=True)
 
-    @cached_property
-    def _template(self):
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
-        return env.from_string(self.chat_template)
-
     def render(self, messages: list[dict], thinking: bool, add_generation_prompt: bool = True) -> str:
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     enable_thinking=thinking, tools=None)
+        from q3.tokenizer import render_chat
+
+        return render_chat(messages, enable_thinking=thinking, add_generation_prompt=add_generation_prompt,
+                           directory=str(self.dir))
 
     @cached_property
     def string_safe(self) -> torch.Tensor:

