@@ -85,6 +85,10 @@ def sample_batch(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingPar
     if p.temperature <= 0:                       # greedy
         return x.argmax(dim=-1)
     k = p.top_k if 0 < p.top_k < x.shape[-1] else x.shape[-1]
+    if k == x.shape[-1] and not 0 < p.top_p < 1:     # the full distribution (RL rollouts): no sort needed
+        cdf = torch.softmax(x / p.temperature, dim=-1).cumsum(-1)
+        target = (uniform.to(cdf.dtype).view(-1) * cdf[:, -1]).unsqueeze(-1)
+        return torch.searchsorted(cdf, target).clamp(max=x.shape[-1] - 1).squeeze(-1)
     vals, idx = torch.topk(x, k, dim=-1)         # sorted, descending
     probs = torch.softmax(vals / p.temperature, dim=-1)
     if 0 < p.top_p < 1:

@@ -54,6 +54,14 @@ class SFTConfig(CoreConfig):
     export_hf: str | None = None         # also write a Hugging Face folder of the result here
 
 
+def shuffled_index(i: int, n: int, seed: int) -> int:
+    """The i-th draw of an endless stream over n items: a fixed permutation per epoch (seed)."""
+    epoch, k = divmod(i, n)
+    perm = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(perm)
+    return perm[k]
+
+
 @dataclass
 class PackedData:
     """Packed sequences + a fixed permutation per epoch, indexable by global sample number."""
@@ -66,13 +74,7 @@ class PackedData:
         return len(self.seqs)
 
     def index(self, i: int) -> int:
-        n = len(self.seqs)
-        epoch, k = divmod(i, n)
-        if not self.shuffle:
-            return k
-        perm = list(range(n))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(perm)
-        return perm[k]
+        return shuffled_index(i, len(self.seqs), self.seed) if self.shuffle else i % len(self.seqs)
 
     def batch(self, rows: range | list[int]) -> dict:
         from train.post.chat import collate
@@ -115,6 +117,16 @@ def split_valid(samples: list, fraction: float, seed: int) -> tuple[list, list]:
     k = max(1, int(round(len(samples) * fraction)))
     held = set(idx[:k])
     return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
+
+
+def assistant_ce(model, batch: dict):
+    """Per-token cross entropy at the trained (assistant) positions only, 0 elsewhere: the
+    151,936-way output layer runs on the loss tokens, not on every prompt token of the pack."""
+    from train.logprobs import token_logprobs
+
+    lp, _ = token_logprobs(model, batch["tokens"], batch["loss_mask"], batch["position_ids"],
+                           batch["attention_mask"], labels=batch["labels"])
+    return -lp
 
 
 def start_point(cfg: SFTConfig) -> tuple[ModelConfig, int, float]:
@@ -181,7 +193,7 @@ def run(cfg: SFTConfig) -> dict:
             if valid_data is None:
                 return None
             batches = min(cfg.eval_batches, math.ceil(len(valid_data) / cfg.global_batch_size))
-            return trainer.forward_only(microbatches(valid_data, 0, batches), n_micro)["loss"]
+            return trainer.forward_only(microbatches(valid_data, 0, batches), n_micro, forward_fn=assistant_ce)["loss"]
 
         evals = trainer.meta["eval"] = dict((meta or {}).get("eval", {})) if own else {}   # checkpointed
         if trainer.step == 0 and "start" not in evals:
@@ -194,7 +206,7 @@ def run(cfg: SFTConfig) -> dict:
                          ("trained tokens", pstats["trained_tokens"]), ("fill", pstats["fill"]),
                          ("dropped (too long)", pstats["dropped_overlong"]), ("held-out loss before", evals["start"])])
         while not trainer.done:
-            res = trainer.train_step(microbatches(train_data, trainer.consumed), n_micro)
+            res = trainer.train_step(microbatches(train_data, trainer.consumed), n_micro, forward_fn=assistant_ce)
             extra = {}
             if cfg.eval_interval and trainer.step % cfg.eval_interval == 0 and trainer.step < steps:
                 extra["eval/loss"] = held_out_loss()
