@@ -8,8 +8,7 @@ until a reply without tool calls, a bad call, a cut reply or `max_turns`.
 
 The token view (`Episode.rollout`, a train.rollout.Rollout) is built by concatenation: each next
 prompt is the previous prompt + the model's own tokens + the template's rendering of the tool
-turns and the next generation prompt (the text `render(history + tools)` adds to
-`render(history)`; asserted to be a pure suffix). So the model continues from exactly the tokens
+turns and the next generation prompt (rendered after a fixed probe history). So the model continues from exactly the tokens
 it produced, and `sampled` is False on every injected token (excluded from the loss; their
 `logprobs` are 0.0). Caveat: re-rendering the final `messages` is *not* always the same text,
 because the template normalises earlier assistant turns: it drops an empty think block of a
@@ -263,7 +262,7 @@ def run_episodes(engine, conversations: list[list[dict]], envs: list[Environment
             else:
                 outputs = [env.call(c.name, c.arguments) for c in calls]
                 s["calls"] += [{"name": c.name, "arguments": c.arguments, "output": o} for c, o in zip(calls, outputs, strict=True)]
-                injected = _injected(s["msgs"], [{"role": "tool", "content": o} for o in outputs], env, enable_thinking)
+                injected = _injected([{"role": "tool", "content": o} for o in outputs], enable_thinking)
                 s["msgs"] += [{"role": "tool", "content": o} for o in outputs]
                 s["ids"] += injected
                 s["tok"] += injected
@@ -279,14 +278,19 @@ def run_episodes(engine, conversations: list[list[dict]], envs: list[Environment
     return episodes
 
 
-def _injected(history: list[dict], tool_msgs: list[dict], env: Environment, enable_thinking: bool) -> list[int]:
-    """Token ids the template puts after the assistant's <|im_end|>: the tool turns and the next
-    generation prompt. `render(history)` must be a prefix of `render(history + tool turns)`."""
-    before = render_chat(history, enable_thinking=enable_thinking, tools=env.tools)
-    after = render_chat(history + tool_msgs, enable_thinking=enable_thinking, add_generation_prompt=True,
-                        tools=env.tools)
+_PROBE = [{"role": "user", "content": "?"}, {"role": "assistant", "reasoning_content": "r", "content": "",
+           "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}]}]
+
+
+def _injected(tool_msgs: list[dict], enable_thinking: bool) -> list[int]:
+    """Token ids the template puts after an assistant's <|im_end|>: the tool turns and the next
+    generation prompt. Rendered after a fixed probe history, not the real one: adding turns can
+    change how the template renders the real history (a last assistant turn's empty think block
+    disappears once it is no longer last), while the tool turns' own rendering depends only on them."""
+    before = render_chat(_PROBE, enable_thinking=enable_thinking)
+    after = render_chat(_PROBE + tool_msgs, enable_thinking=enable_thinking, add_generation_prompt=True)
     if not (after.startswith(before) and before.endswith("<|im_end|>\n")):
-        raise RuntimeError("the chat template re-rendered the history when tool turns were added")
+        raise RuntimeError("the chat template renders tool turns in an unexpected way")
     return encode("\n" + after[len(before):])     # "\n" follows the model's own <|im_end|>
 
 
