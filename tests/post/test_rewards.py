@@ -169,3 +169,30 @@ def test_config_errors_are_one_clear_line(cfg, msg):
         TaskRewards.from_config(cfg)
     assert msg in str(e.value)
     assert "Traceback" not in str(e.value)
+
+
+def test_rl_tasks_yaml_loads_and_scores_generated_rows():
+    from train.post.rewards.if_tasks import instruction_rows, task_rows, tool_rows
+    from train.post.rewards.instruction import check_constraint
+
+    tr = TaskRewards.load("rl_tasks")
+    assert set(tr.mixes) == {"math", "logic_code", "instruction", "format", "tool_use"}   # judged_qa is off
+    with pytest.raises(ConfigError, match="no judge endpoint"):
+        TaskRewards.load("rl_tasks", ["tasks.judged_qa.enabled=true"])
+    rows = instruction_rows(64, seed=7)
+    assert rows == instruction_rows(64, seed=7) and rows != instruction_rows(64, seed=8)   # deterministic
+    assert {r["thinking"] for r in rows} == {True, False}
+    assert all(("/no_think" in r["messages"][0]["content"]) != r["thinking"] for r in rows)
+    kinds = {c["type"] for r in rows for c in r["constraints"]}
+    assert len(kinds) >= 8
+    for r in rows:                                         # well-formed: no unknown types or bad arguments
+        for c in r["constraints"]:
+            ok, why = check_constraint("some answer text.", c)
+            assert "unknown" not in why and "bad constraint" not in why, (c, why)
+    res = tr.score([item("<think>\nok\n</think>\n\nx", r) for r in rows[:8]])
+    assert all(r.details["task"] == "instruction" and "instruction" in r.details for r in res)
+    tools = tool_rows(6, seed=1)
+    assert {t["expected_tool"] for t in tool_rows(40)} == {"calculator", "get_weather"}
+    assert task_rows("tool_use", {"source": "tool_tasks", "n": 6, "seed": 1}) == tools
+    with pytest.raises(ConfigError, match="RL pairs file not found"):
+        task_rows("math", {"source": "pairs", "path": "/nonexistent.jsonl"})
