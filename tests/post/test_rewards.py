@@ -121,6 +121,7 @@ def test_length_linear_penalty_and_target():
     assert r.score([item("w", finish="length")])[0].details["reason"] == "truncated"
     per_row = r.score([item("a b c d", {"max_length": 2})])[0]
     assert per_row.details["limit"] == 2 and per_row.score == pytest.approx(0.8)
+    assert r.score([item("a", {"max_length": "lots"})])[0].details["reason"] == "bad_length_meta"
     tok = build_reward({"type": "length", "unit": "tokens", "target": 3, "window": 3, "scope": "reply"})
     assert scores(tok, [item("one two three"), item("one")]) == [1.0, pytest.approx(1 - 2 / 3)]
 

@@ -51,6 +51,12 @@ class LengthReward:
         return [len(t) for t in texts]
 
     def _one(self, item: RewardInput, n: int) -> RewardResult:
+        try:
+            return self._rule(item, n)
+        except (TypeError, ValueError) as e:     # a bad max_length/target_length in the row: reported
+            return result(self.opts.floor, "bad_length_meta", length=n, error=str(e)[:120])
+
+    def _rule(self, item: RewardInput, n: int) -> RewardResult:
         o = self.opts
         lo = o.floor
         mx = item.meta.get("max_length", o.max)
