@@ -46,6 +46,19 @@ def test_exclusion_exact_near_duplicate_and_flags(tmp_path):
     assert 0.75 <= why["p1"]["jaccard"] < 1 and why["p1"]["seen"] == QUERY
 
 
+def test_near_duplicate_found_among_many_templated_queries():
+    """The sorted-band index returns the closest seen query, not just any template sibling."""
+    from train.post.select import SeenIndex
+
+    seen = [f"A shop sells {i} apples on Monday and {i + 7} pears on Tuesday. How many fruits did the shop "
+            f"sell over the two days in total?" for i in range(2000)]
+    idx = SeenIndex(seen, SelectConfig(pairs="-", load="-").near_dup)
+    edited = seen[1234].replace("shop sells", "store sells")
+    other = "A train leaves at 9 and arrives at 11. How long is the journey in minutes?"
+    (reason, text, j), none = idx.match_many([edited, other])
+    assert reason == "seen_near_duplicate" and text == seen[1234] and 0.75 <= j < 1 and none is None
+
+
 def _rated(rates: dict[str, list[float]]) -> list[dict]:
     out = []
     for g, ps in rates.items():

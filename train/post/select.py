@@ -45,10 +45,18 @@ from q3.paths import data_dir
 log = get_logger("q3.post.select")
 
 
-def _near_dup_default() -> MinHashConfig:
-    # Queries are short (10-60 words): word bigrams, so one changed word in a 20-word query leaves
-    # J ~ 0.8 while two instances of one synth template (other numbers / names) stay <= ~0.7.
-    return MinHashConfig(word_ngram=2, char_ngram=3, threshold=0.75, num_perm=128)
+class NearDupConfig(MinHashConfig):
+    """dataproc's MinHash config with defaults for short queries (so `near_dup.threshold=0.8`
+    alone keeps them). Word bigrams: one changed word in a 20-word query leaves J ~ 0.8, while two
+    instances of one synth template (other numbers / names) stay <= ~0.7. The banding is tuned for
+    recall (P(candidate) 0.98 at J=0.75): every candidate is confirmed by its exact Jaccard."""
+
+    word_ngram: int = Field(2, ge=1)
+    char_ngram: int = Field(3, ge=1)
+    threshold: float = Field(0.75, gt=0.0, lt=1.0)
+    num_perm: int = Field(128, ge=2)
+    fp_weight: float = 0.02
+    fn_weight: float = 0.98
 
 
 class SelectConfig(Q3Config):
@@ -67,7 +75,7 @@ class SelectConfig(Q3Config):
     max_pass: float = Field(default=1.0, ge=0.0, le=1.0)
     per_subdomain: int | None = Field(default=None, ge=1)  # cap per (domain, subdomain)
     max_pairs: int | None = Field(default=None, ge=1)
-    near_dup: MinHashConfig = Field(default_factory=_near_dup_default)
+    near_dup: NearDupConfig = Field(default_factory=NearDupConfig)
 
     @model_validator(mode="after")
     def _band(self) -> SelectConfig:
@@ -119,47 +127,68 @@ def seen_queries(paths: Iterable[str]) -> list[str]:
 
 
 class SeenIndex:
-    """Exact keys and an LSH index of the seen queries; `match(q)` -> (reason, seen text, jaccard)."""
+    """Exact keys and an LSH index of the seen queries; `match_many(qs)` -> (reason, seen text, jaccard)
+    or None per query. Per band a sorted array of bucket keys (16 bytes per query and band, no
+    Python objects per entry), so millions of cold-start turns fit; LSH candidates are confirmed
+    by their exact Jaccard, so the banding only costs recall (~0.98 at the threshold by default)."""
+
+    CHUNK = 8192                                # queries signed at once: bounded signature memory
 
     def __init__(self, texts: list[str], cfg: MinHashConfig):
+        import numpy as np
+
         from dataproc.dedup.exact import exact_normalise
-        from dataproc.dedup.lsh import band_keys, bands_rows
-        from dataproc.dedup.minhash import Signer
+        from dataproc.dedup.lsh import bands_rows
 
         self.cfg, self.texts = cfg, texts
         self.exact = {exact_normalise(t): i for i, t in enumerate(texts)}
-        self.signer = Signer(cfg)
         self.b, self.r = bands_rows(cfg)
-        self._band_keys = band_keys
-        self.buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
-        if texts:
-            sigs, has = self.signer.sign(texts, [_lang(t) for t in texts])
-            keys = band_keys(sigs, self.b, self.r)
-            for i in range(len(texts)):
-                if has[i]:
-                    for j in range(self.b):
-                        self.buckets[(j, int(keys[i, j]))].append(i)
+        self.bands = []                         # per band: (sorted keys, seen index of each)
+        if not cfg.enabled:                     # near_dup.enabled=false: exact matches only
+            return
+        keys, has = self._keys(texts)
+        idx = np.flatnonzero(has)
+        for j in range(self.b):
+            order = idx[np.argsort(keys[idx, j], kind="stable")]
+            self.bands.append((keys[order, j], order))
+
+    def _keys(self, texts: list[str]):
+        import numpy as np
+
+        from dataproc.dedup.lsh import band_keys
+        from dataproc.dedup.minhash import Signer
+
+        signer = Signer(self.cfg)
+        keys, has = np.empty((len(texts), self.b), np.int64), np.zeros(len(texts), bool)
+        for s in range(0, len(texts), self.CHUNK):
+            part = texts[s:s + self.CHUNK]
+            sigs, h = signer.sign(part, [_lang(t) for t in part])
+            keys[s:s + len(part)], has[s:s + len(part)] = band_keys(sigs, self.b, self.r), h
+        return keys, has
 
     def match_many(self, queries: list[str]) -> list[tuple[str, str, float] | None]:
+        import numpy as np
+
         from dataproc.dedup.exact import exact_normalise
         from dataproc.dedup.minhash import exact_jaccard
 
         out: list[tuple[str, str, float] | None] = [None] * len(queries)
         if not queries or not self.texts:
             return out
-        langs = [_lang(q) for q in queries]
-        sigs, has = self.signer.sign(queries, langs)
-        keys = self._band_keys(sigs, self.b, self.r)
+        cands: list[set[int]] = [set() for _ in queries]
+        keys, has = self._keys(queries) if self.bands else (None, None)
+        for j, (sorted_keys, order) in enumerate(self.bands):
+            lo = np.searchsorted(sorted_keys, keys[:, j], "left")
+            hi = np.searchsorted(sorted_keys, keys[:, j], "right")
+            for n in np.flatnonzero((hi > lo) & has):
+                cands[n].update(order[lo[n]:hi[n]].tolist())
         for n, q in enumerate(queries):
             i = self.exact.get(exact_normalise(q))
             if i is not None:
                 out[n] = ("seen_exact", self.texts[i], 1.0)
                 continue
-            if not has[n]:
-                continue
-            cands = {i for j in range(self.b) for i in self.buckets.get((j, int(keys[n, j])), ())}
-            best = max(((exact_jaccard(q, langs[n], self.texts[i], _lang(self.texts[i]), self.cfg), i)
-                        for i in cands), default=(0.0, -1))
+            best = max(((exact_jaccard(q, _lang(q), self.texts[i], _lang(self.texts[i]), self.cfg), i)
+                        for i in sorted(cands[n])), default=(0.0, -1))
             if best[0] >= self.cfg.threshold:
                 out[n] = ("seen_near_duplicate", self.texts[best[1]], round(best[0], 4))
         return out
