@@ -137,15 +137,18 @@ def test_select_end_to_end(post_data, tiny_ckpt, tmp_path):
     assert len(scores) == c["candidates"] and all(s["k"] == 2 for s in scores)
     assert not (out / "rl_pairs.jsonl").exists()
 
-    # resume with the keep path: hand-set cached scores (as if the model had solved some) are used
-    # as they are (no model is loaded: nothing is left to sample) and the selection is written
+    # a killed run resumes at the first batch missing from scores.jsonl (a torn last line is
+    # ignored); to reach the keep path the cached scores are hand-set, as if some were solved
     for i, s in enumerate(scores):
         s["c"] = i % 3                                        # 0/2, 1/2, 2/2 in turn
-    (out / "scores.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scores))
+    cached = scores[:8]                                       # batch 0 done, batches 1.. to sample
+    (out / "scores.jsonl").write_text("".join(json.dumps(s) + "\n" for s in cached) + '{"id": "torn", "ke')
     p = q3(*args, "per_subdomain=3")
+    assert f"resuming: 8 of {c['candidates']} queries already scored" in p.stderr
     summary = json.loads((out / "select.json").read_text())
     c = summary["counts"]
-    assert summary["model"] is None and "post select" in p.stdout
+    assert summary["model"] == "tiny_dense" and "post select" in p.stdout
+    assert summary["pass_rate_histogram"] == {"0/2": c["candidates"] - 5, "1/2": 3, "2/2": 2}
     assert c["candidates"] == sum(c["dropped"].values()) + c["kept"] > 0
     kept = [json.loads(x) for x in (out / "rl_pairs.jsonl").read_text().splitlines()]
     assert len(kept) == c["kept"] == sum(summary["kept_per_subdomain"].values())

@@ -313,6 +313,9 @@ def score_pairs(items: list[dict], cfg: SelectConfig, cache: Path) -> tuple[dict
     t0, n = time.time(), 0
     learnable = sum(0 < s["c"] < s["k"] for s in scores.values())
     cache.parent.mkdir(parents=True, exist_ok=True)
+    if cache.is_file() and cache.stat().st_size and not cache.read_bytes().endswith(b"\n"):
+        with cache.open("a", encoding="utf-8") as fh:     # close a torn line, or it eats the next row
+            fh.write("\n")
     for b, chunk in todo:
         dialogues = [[{"role": "user", "content": it["query"] + flag(cfg.mode)}] for it in chunk]
         groups = ev.replies(dialogues, [cfg.mode == "think"] * len(chunk), cfg.k, cfg.seed + 2 * b)
