@@ -95,6 +95,20 @@ def test_config_errors_are_one_line(tmp_path):
     assert p.returncode == 2 and "no RL pairs" in p.stderr and "Traceback" not in p.stderr
     p = q3("post", "select", f"pairs={empty}", "load=/nope", "min_pass=0.8", "max_pass=0.2", check=False)
     assert p.returncode == 2 and "min_pass" in p.stderr and "Traceback" not in p.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_pair(0, "a")) + "\n" + json.dumps(_pair(0, "b")) + "\n")
+    p = q3("post", "select", f"pairs={bad}", "load=/nope", check=False)
+    assert p.returncode == 2 and "duplicate id 'p0'" in p.stderr and "Traceback" not in p.stderr
+    bad.write_text(json.dumps(_pair(0, "a", verifier_type="maths")) + "\n")
+    p = q3("post", "select", f"pairs={bad}", "load=/nope", check=False)
+    assert p.returncode == 2 and "verifier_type 'maths'" in p.stderr and "Traceback" not in p.stderr
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(_pair(0, "a")) + "\n")
+    p = q3("post", "select", f"pairs={good}", f"load={tmp_path}", "exclude=[/nope/cold.jsonl]", check=False)
+    assert p.returncode == 2 and "exclude file not found: /nope/cold.jsonl" in p.stderr
+    p = q3("post", "select", f"pairs={good}", f"load={tmp_path}", f"exclude=[{good}]", f"out={tmp_path / 'o'}",
+           check=False)                                      # its own query excluded: nothing left
+    assert p.returncode == 2 and "all 1 pairs" in p.stderr and "near_dup.threshold" in p.stderr
 
 
 @pytest.fixture(scope="module")

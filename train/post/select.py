@@ -340,9 +340,12 @@ def score_pairs(items: list[dict], cfg: SelectConfig, cache: Path) -> tuple[dict
 # ---------------------------------------------------------------- the verb
 
 def _read_pairs(path: Path) -> list[dict]:
+    from synth.verifiers import VERIFIERS
+
     if not path.is_file():
         raise ConfigError(f"pairs file not found: {path} (make it with `q3 synth verifiable` or `q3 post prepare`)")
-    items = []
+    items: list[dict] = []
+    ids: dict[str, int] = {}
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -353,6 +356,13 @@ def _read_pairs(path: Path) -> list[dict]:
                 raise ConfigError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(it, dict) or not all(k in it for k in ("id", "query", "verifier_type")):
                 raise ConfigError(f"{path}:{lineno}: not an RL pair (needs id, query, verifier_type, verifier_data)")
+            if it["verifier_type"] not in VERIFIERS or not isinstance(it.get("verifier_data"), dict):
+                # an unknown verifier scores 0: every such pair would pass as "unlearnable"
+                raise ConfigError(f"{path}:{lineno}: verifier_type {it['verifier_type']!r} with verifier_data "
+                                  f"{type(it.get('verifier_data')).__name__}; known verifiers: {', '.join(VERIFIERS)}")
+            if str(it["id"]) in ids:                  # scores are cached per id
+                raise ConfigError(f"{path}:{lineno}: duplicate id {it['id']!r} (also on line {ids[str(it['id'])]})")
+            ids[str(it["id"])] = lineno
             items.append(it)
     if not items:
         raise ConfigError(f"{path}: no RL pairs in the file")
