@@ -86,29 +86,36 @@ def test_select_pairs_band_hardest_first_and_balanced():
     assert len(kept) + sum(dropped.values()) == len(items)
 
 
+def _raises(match: str, *overrides: str) -> None:
+    from q3.config import ConfigError, load_config
+    from train.post.select import run
+
+    with pytest.raises(ConfigError, match=match):
+        run(load_config(SelectConfig, "post", None, list(overrides)))
+
+
 def test_config_errors_are_one_line(tmp_path):
+    # through the CLI: one line on stderr, exit 2, no traceback
     p = q3("post", "select", "pairs=/nope.jsonl", "load=/nope", f"out={tmp_path}", check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "pairs file not found: /nope.jsonl" in p.stderr
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("\n")
-    p = q3("post", "select", f"pairs={empty}", "load=/nope", f"out={tmp_path}", check=False)
-    assert p.returncode == 2 and "no RL pairs" in p.stderr and "Traceback" not in p.stderr
-    p = q3("post", "select", f"pairs={empty}", "load=/nope", "min_pass=0.8", "max_pass=0.2", check=False)
-    assert p.returncode == 2 and "min_pass" in p.stderr and "Traceback" not in p.stderr
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(_pair(0, "a")) + "\n" + json.dumps(_pair(0, "b")) + "\n")
-    p = q3("post", "select", f"pairs={bad}", "load=/nope", check=False)
-    assert p.returncode == 2 and "duplicate id 'p0'" in p.stderr and "Traceback" not in p.stderr
-    bad.write_text(json.dumps(_pair(0, "a", verifier_type="maths")) + "\n")
-    p = q3("post", "select", f"pairs={bad}", "load=/nope", check=False)
-    assert p.returncode == 2 and "verifier_type 'maths'" in p.stderr and "Traceback" not in p.stderr
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps(_pair(0, "a")) + "\n")
-    p = q3("post", "select", f"pairs={good}", f"load={tmp_path}", "exclude=[/nope/cold.jsonl]", check=False)
-    assert p.returncode == 2 and "exclude file not found: /nope/cold.jsonl" in p.stderr
     p = q3("post", "select", f"pairs={good}", f"load={tmp_path}", f"exclude=[{good}]", f"out={tmp_path / 'o'}",
            check=False)                                      # its own query excluded: nothing left
-    assert p.returncode == 2 and "all 1 pairs" in p.stderr and "near_dup.threshold" in p.stderr
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "all 1 pairs" in p.stderr and "near_dup.threshold" in p.stderr
+    # the same ConfigError path in process
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    _raises("no RL pairs", f"pairs={empty}", "load=/nope")
+    _raises("min_pass", f"pairs={empty}", "load=/nope", "min_pass=0.8", "max_pass=0.2")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_pair(0, "a")) + "\n" + json.dumps(_pair(0, "b")) + "\n")
+    _raises("duplicate id 'p0'", f"pairs={bad}", "load=/nope")
+    bad.write_text(json.dumps(_pair(0, "a", verifier_type="maths")) + "\n")
+    _raises("verifier_type 'maths'", f"pairs={bad}", "load=/nope")
+    _raises("load=/nope: no such checkpoint", f"pairs={good}", "load=/nope")
+    _raises("exclude file not found: /nope/cold.jsonl", f"pairs={good}", f"load={tmp_path}", "exclude=[/nope/cold.jsonl]")
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +178,10 @@ def test_select_end_to_end(post_data, tiny_ckpt, tmp_path):
         assert it["pass_rate"] == 0.5 and it["k"] == 2 and it["select_model"] == str(tiny_ckpt)
         assert {k: it[k] for k in originals[it["id"]]} == originals[it["id"]]   # original fields kept
     assert max(summary["kept_per_subdomain"].values()) <= 3
+
+
+def test_shipped_config_validates():
+    from q3.config import load_config
+
+    cfg = load_config(SelectConfig, "post", "select", ["near_dup.threshold=0.8"])
+    assert cfg.near_dup.word_ngram == 2 and cfg.near_dup.threshold == 0.8 and cfg.k == 8
