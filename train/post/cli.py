@@ -7,4 +7,5 @@ VERBS = {
     "sft": verb("train.post.sft:cli", "Chat SFT (long-CoT cold start, thinking-mode fusion) from a checkpoint."),
     "grpo": verb("train.post.grpo:cli", "Reasoning RL: GRPO on query-verifier pairs (clip-higher, dynamic sampling)."),
     "eval": verb("train.post.evals:cli", "pass@k on held-out verifiable sets, ThinkFollow, thinking-budget compliance."),
+    "select": verb("train.post.select:cli", "RL query set: unseen in cold start, learnable (0 < pass rate < 1), hardest first, balanced."),
 }
