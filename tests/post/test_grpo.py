@@ -87,3 +87,19 @@ def test_grpo_dp2_equals_one_process(rl_files, tmp_path):
         for k in ("loss", "rl/entropy", "rl/clip_frac"):
             assert abs(a[k] - b[k]) < 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
+
+
+def test_rl_over_a_task_mix_with_tool_episodes(tmp_path):
+    """`q3 post rl`: format and tool-use tasks in one stream (2 steps x 4 prompts = all 8 rows), each
+    scored by its mix; tool episodes train only on the tokens the model sampled (tool replies
+    injected and masked)."""
+    args = [*TINY, "mode=none", "rewards=rl_tasks", "tasks=[format,tool_use]", "rows_per_task=4",
+            "rollout_steps=2", "max_turns=2", "save=false", f"out_dir={tmp_path / 'rl'}"]
+    run_q3("post", "rl", *args)
+    got = rows(tmp_path / "rl")
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    tasks = {k.split("/")[-1] for r in got for k in r if k.startswith("rl/reward/")}
+    assert tasks == {"format", "tool_use"}
+    assert all(r["rl/logprob_gap_max"] < 1e-3 for r in got)    # injected tool tokens are not compared
+    p = run_q3("post", "rl", *args, "tasks=[nope]", check=False)
+    assert p.returncode != 0 and "nope" in p.stderr and "Traceback" not in p.stderr

@@ -59,6 +59,7 @@ class GRPOConfig(CoreConfig):
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=0, ge=0)
     thinking_budget: int | None = None
+    max_turns: int = Field(default=4, ge=1)         # assistant turns of a tool-use episode
     adv_norm: Literal["std", "mean"] = "std"        # mean: Dr. GRPO (no per-group std scaling)
     clip_low: float = Field(default=0.2, ge=0)
     clip_high: float = Field(default=0.28, ge=0)    # clip-higher (DAPO): > clip_low
@@ -135,6 +136,16 @@ def prompt_messages(row: dict, mode: str) -> list[dict]:
     if row.get("messages"):
         return list(row["messages"])
     return [{"role": "user", "content": row["query"] + flag(mode)}]
+
+
+def reward_input(row: dict, messages: list[dict], rollout):
+    """What a reward sees of one rollout: the prompt chat, the decoded reply (stop token dropped)."""
+    from q3.tokenizer import decode
+    from train.post.rewards import RewardInput
+    from train.rollout import STOP_IDS
+
+    reply = decode([x for x in rollout.token_ids if x not in STOP_IDS])
+    return RewardInput(messages=messages, reply=reply, meta=row, finish_reason=rollout.finish_reason)
 
 
 def read_rows(paths: list[str]) -> list[dict]:
@@ -239,43 +250,49 @@ class GRPO:
         from train.post.sft import shuffled_index
         from train.rollout import row_seed
 
-        t = self.trainer
+        t, g = self.trainer, self.cfg.group_size
         start = self.state["cursor"]
         self.state["cursor"] = start + n
-        keys = list(range(start, start + n))[t.dp_rank::t.dp]
-        rows = [self.rows[shuffled_index(k, len(self.rows), self.cfg.seed)] for k in keys]
-        msgs = [prompt_messages(r, self.cfg.mode) for r in rows]
-        prompts = [encode(render_chat(m, add_generation_prompt=True)) for m in msgs]
+        mine_keys = list(range(start, start + n))[t.dp_rank::t.dp]
+        rows = {k: self.rows[shuffled_index(k, len(self.rows), self.cfg.seed)] for k in mine_keys}
+        plain = [k for k in mine_keys if not rows[k].get("env")]
+        tools = [k for k in mine_keys if rows[k].get("env")]
+        msgs = {k: prompt_messages(rows[k], self.cfg.mode) for k in mine_keys}
         t0 = time.time()
-        rolls = self.engine.generate(prompts, self.params, n=self.cfg.group_size,
-                                     seeds=[row_seed(self.cfg.seed, k, 0) for k in keys]) if prompts else []
-        self.rollout_seconds += time.time() - t0
-        mine, context = [], []
-        for k, row, m, group in zip(keys, rows, msgs, rolls, strict=True):
+        prompts = [encode(render_chat(msgs[k], add_generation_prompt=True)) for k in plain]
+        rolls = self.engine.generate(prompts, self.params, n=g, seeds=[row_seed(self.cfg.seed, k, 0) for k in plain]) \
+            if plain else []
+        samples, inputs = [], []
+        for k, group in zip(plain, rolls, strict=True):
             for i, r in enumerate(group):
-                mine.append(Sample(k, i, r.prompt_ids, r.token_ids, r.logprobs, r.sampled, r.finish_reason))
-                context.append((row, m))
-        self._score(mine, context)
-        gathered = [None] * t.dp
-        torch.distributed.all_gather_object(gathered, mine, group=t.dp_group)
-        every = sorted((s for part in gathered for s in part), key=lambda s: (s.key, s.index))
-        groups = []
-        for k in range(start, start + n):
-            ss = [s for s in every if s.key == k]
-            groups.append(Group(k, [s.reward for s in ss], ss))
-        return groups
+                samples.append(Sample(k, i, r.prompt_ids, r.token_ids, r.logprobs, r.sampled, r.finish_reason))
+                inputs.append(reward_input(rows[k], msgs[k], r))
+        for k in tools:                            # tool-use tasks: multi-turn episodes, tool replies injected
+            for i, ep in enumerate(self._episodes(k, rows[k])):
+                r = ep.rollout
+                samples.append(Sample(k, i, r.prompt_ids, r.token_ids, r.logprobs, r.sampled, r.finish_reason))
+                inputs.append(ep.reward_input(rows[k]))
+        self.rollout_seconds += time.time() - t0
+        self._score(samples, inputs)
+        gathered: list = [None] * t.dp
+        torch.distributed.all_gather_object(gathered, samples, group=t.dp_group)
+        by_key: dict[int, list[Sample]] = {}
+        for s in sorted((s for part in gathered for s in part), key=lambda s: (s.key, s.index)):
+            by_key.setdefault(s.key, []).append(s)
+        return [Group(k, [s.reward for s in by_key[k]], by_key[k]) for k in range(start, start + n)]
 
-    def _score(self, samples: list[Sample], context: list[tuple[dict, list[dict]]]) -> None:
-        """Rewards of this rank's samples (context: each sample's pair row and prompt chat)."""
-        from q3.tokenizer import decode
-        from train.post.rewards import RewardInput
-        from train.rollout import STOP_IDS
+    def _episodes(self, key: int, row: dict) -> list:
+        """G tool-use episodes of one task row (`row["env"]` names its tool environments)."""
+        from train.post.rewards.tools import make_env, run_episodes
+        from train.rollout import row_seed
 
-        items = []
-        for s, (row, msgs) in zip(samples, context, strict=True):
-            reply = decode([x for x in s.tokens if x not in STOP_IDS])
-            items.append(RewardInput(messages=msgs, reply=reply, meta=row, finish_reason=s.finish_reason))
-        results = self.scorer.score(items) if items else []
+        g = self.cfg.group_size
+        return run_episodes(self.engine, [prompt_messages(row, self.cfg.mode)] * g, [make_env(row["env"]) for _ in range(g)],
+                            self.params, max_turns=self.cfg.max_turns, seed=row_seed(self.cfg.seed, key, 0))
+
+    def _score(self, samples: list[Sample], inputs: list) -> None:
+        """Rewards of this rank's samples; over-long ones masked or penalised as configured."""
+        results = self.scorer.score(inputs) if inputs else []
         for s, res in zip(samples, results, strict=True):
             s.reward, s.details = float(res.score), res.details
             if s.finish_reason == "length":
@@ -334,6 +351,11 @@ class GRPO:
             "rl/rollout_tokens_per_s": rollout_tokens * t.dp / max(self.rollout_seconds, 1e-9),
             "rl/rollout_seconds": t_roll,
         }
+        by_task: dict[str, list[float]] = {}
+        for s in drawn:
+            if s.details and s.details.get("task"):
+                by_task.setdefault(s.details["task"], []).append(s.reward)
+        summary.update({f"rl/reward/{k}": sum(v) / len(v) for k, v in sorted(by_task.items())})
         out = []
         for r in rows:
             res = r.pop("_res")
@@ -436,17 +458,17 @@ def make_scorer(cfg: GRPOConfig):
     from train.post.rewards import TaskRewards, build_reward
 
     if cfg.rewards:
-        from q3.config import load_yaml
-
-        return TaskRewards.from_config(load_yaml(cfg.rewards))
+        return TaskRewards.load(cfg.rewards)        # conf/post/<name>.yaml or a YAML path
     return build_reward({"type": "verifier"})
 
 
-def run(cfg: GRPOConfig) -> dict:
-    """Train; returns {'history', 'eval', 'checkpoint', ...} (every rank)."""
-    if not cfg.pairs:
-        raise ConfigError("post grpo needs pairs=[rl_pairs.jsonl, ...] (`q3 synth verifiable` / `q3 post select`)")
-    rows = read_rows(cfg.pairs)                      # before importing megatron (seconds)
+def run(cfg: GRPOConfig, rows: list[dict] | None = None, stage: str = "GRPO") -> dict:
+    """Train on `rows` (default: the `pairs` files); returns {'history', 'eval', 'checkpoint', ...}
+    on every rank."""
+    if rows is None:
+        if not cfg.pairs:
+            raise ConfigError("post grpo needs pairs=[rl_pairs.jsonl, ...] (`q3 synth verifiable` / `q3 post select`)")
+        rows = read_rows(cfg.pairs)                  # before importing megatron (seconds)
     eval_items = read_rows([cfg.eval_pairs])[: cfg.eval_limit] if cfg.eval_pairs else []
     scorer = make_scorer(cfg)
     from train import checkpoint as ckpt
@@ -456,7 +478,7 @@ def run(cfg: GRPOConfig) -> dict:
     out_dir = Path(cfg.out_dir or runs_dir() / "post" / "grpo")
     mcfg, seq, rope = start_point(cfg)
     trainer = Trainer(cfg, mcfg, seq, rope, schedule_from_config(cfg), out_dir,
-                      meta={"stage": "GRPO", "pairs": [str(p) for p in cfg.pairs], "train_steps": cfg.train_steps})
+                      meta={"stage": stage, "pairs": [str(p) for p in cfg.pairs], "train_steps": cfg.train_steps})
     try:
         own = ckpt.latest_checkpoint(trainer.ckpt_root) is not None
         meta = trainer.resume()
@@ -468,7 +490,7 @@ def run(cfg: GRPOConfig) -> dict:
         if eval_items and "start" not in evals:
             evals["start"] = evaluate(cfg, loop.engine, eval_items)
         if trainer.rank == 0:
-            log.info("GRPO of %s: %d queries, %d x %d rollouts per step, %d steps, %s", mcfg.name, len(rows),
+            log.info("%s of %s: %d queries, %d x %d rollouts per step, %d steps, %s", stage, mcfg.name, len(rows),
                      cfg.prompts_per_step, cfg.group_size, cfg.train_steps, out_dir)
             if evals.get("start"):
                 log.info("held-out before: %s", json.dumps(evals["start"]))
@@ -488,7 +510,7 @@ def run(cfg: GRPOConfig) -> dict:
         finished = trainer.step >= cfg.train_steps
         if finished and eval_items and "end" not in evals:
             evals["end"] = evaluate(cfg, loop.engine, eval_items)
-        result = {"stage": "GRPO", "steps": trainer.step, "iterations": loop.state["iteration"],
+        result = {"stage": stage, "steps": trainer.step, "iterations": loop.state["iteration"],
                   "model": mcfg.name, "queries": len(rows), "eval": evals,
                   "checkpoint": str(ckpt.latest_checkpoint(trainer.ckpt_root))}
         if finished and trainer.rank == 0:
