@@ -103,3 +103,12 @@ def test_rl_over_a_task_mix_with_tool_episodes(tmp_path):
     assert all(r["rl/logprob_gap_max"] < 1e-3 for r in got)    # injected tool tokens are not compared
     p = run_q3("post", "rl", *args, "tasks=[nope]", check=False)
     assert p.returncode != 0 and "nope" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_entropy_collapse_stops_the_run_with_a_message_and_a_checkpoint(rl_files, tmp_path):
+    args = [*TINY, f"pairs=[{rl_files / 'pairs.jsonl'}]", f"rewards={rl_files / 'rewards.yaml'}", "rollout_steps=3",
+            "entropy_min=1000", "entropy_patience=2", f"out_dir={tmp_path / 'run'}"]
+    p = run_q3("post", "grpo", *args, check=False)
+    assert p.returncode == 2 and "entropy collapsed below 1000" in p.stderr and "Traceback" not in p.stderr
+    assert len(rows(tmp_path / "run")) == 4                      # 2 rollout steps x 2 updates, then the stop
+    assert (tmp_path / "run" / "checkpoints" / "iter_0000004").is_dir()

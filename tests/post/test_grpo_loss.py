@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from train.post.grpo import Sample, collate, sequences
-from train.post.grpo_loss import (Group, PolicyLossConfig, fill_batch, group_advantages, kl_estimate, policy_loss,
-                                  tis_weights)
+from train.post.grpo_loss import (
+    Group,
+    PolicyLossConfig,
+    fill_batch,
+    group_advantages,
+    kl_estimate,
+    policy_loss,
+    tis_weights,
+)
 
 
 def test_group_advantages_normalise_within_each_group():

@@ -8,7 +8,9 @@
 - a *noisy* cold-start SFT set over all 400 queries: the answer is right with probability
   1 - noise, else off by one (a + b + 1) — a systematic error, so a model fitted to it is right
   about half the time when sampling and its greedy answer is a coin toss per query. GRPO has to
-  find and reinforce the right answers from the verifier alone.
+  find and reinforce the right answers from the verifier alone. A `verbose` share of the replies
+  reads "Answer: N" instead of "N" (the `exact` verifier accepts both): the handle a length or
+  format reward of general RL can move.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def pair(a: int, b: int, p: int) -> dict:
     return {**item.__dict__}
 
 
-def addition_task(noise: float = 0.5, seed: int = 0, copies: int = 2) -> tuple[list[dict], list[dict], list[dict]]:
+def addition_task(noise: float = 0.5, seed: int = 0, copies: int = 2,
+                  verbose: float = 0.0) -> tuple[list[dict], list[dict], list[dict]]:
     """(RL pairs, held-out eval pairs, noisy no-think SFT rows x `copies` draws of the noise)."""
     rng = random.Random(seed)
     rl, held, sft = [], [], []
@@ -38,8 +41,9 @@ def addition_task(noise: float = 0.5, seed: int = 0, copies: int = 2) -> tuple[l
                 (held if p == len(PHRASINGS) - 1 else rl).append(pair(a, b, p))
                 for _ in range(copies):
                     ans = a + b if rng.random() >= noise else a + b + 1
+                    text = f"Answer: {ans}" if rng.random() < verbose else str(ans)
                     sft.append({"messages": [{"role": "user", "content": PHRASINGS[p].format(a=a, b=b) + " /no_think"},
-                                             {"role": "assistant", "reasoning_content": "", "content": str(ans)}],
+                                             {"role": "assistant", "reasoning_content": "", "content": text}],
                                 "source": "toy.addition:noisy", "correct": ans == a + b})
     rng.shuffle(sft)
     return rl, held, sft
