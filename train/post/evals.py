@@ -30,7 +30,7 @@ from pydantic import Field
 from q3.atomic import atomic_write_text
 from q3.config import ConfigError, Q3Config, load_config
 from q3.log import get_logger, print_table
-from q3.tokenizer import END_THINK_ID, THINK_ID
+from q3.tokenizer import END_THINK_ID, EOD_ID, IM_END_ID, THINK_ID
 from train.sampling import THINKING_BUDGET_TEXT
 
 log = get_logger("q3.post.eval")
@@ -122,7 +122,8 @@ class Evaluator:
             groups = self.engine.generate(prompts, params, n=n, seed=seed + (0 if mode else 1))
             for i, rolls in zip(idx, groups, strict=True):
                 for r in rolls:
-                    text = self.tok.decode(r.token_ids)
+                    ids = r.token_ids[:-1] if r.token_ids and r.token_ids[-1] in (EOD_ID, IM_END_ID) else r.token_ids
+                    text = self.tok.decode(ids)                      # the reply, stop token dropped
                     reasoning, answer = split_thinking(text)
                     out[i].append(Reply(text, reasoning, answer, len(r.token_ids),
                                         thinking_tokens(r.token_ids, r.sampled), r.budget_forced, r.finish_reason))
