@@ -164,7 +164,7 @@ def bt_loss(r: torch.Tensor, batch: dict, n_sources: int):
     loss = -torch.nn.functional.logsigmoid(d).sum()
     correct = (d > 0).double() + 0.5 * (d == 0).double()
     metrics = {"pairs": torch.tensor(float(m), dtype=torch.double), "correct": correct.sum(),
-               "margin": d.detach().double().sum()}
+               "margin": d.detach().double().sum(), "seq_tokens": (batch["last"] + 1).double().sum()}
     src = batch.get("src")
     if src is not None:
         for i in range(n_sources):           # every key on every microbatch: ranks all-reduce the same list
@@ -233,6 +233,9 @@ def run(cfg: RMConfig) -> dict:
     if cfg.epochs is not None:
         cfg = cfg.model_copy(update={"train_steps": max(1, math.ceil(cfg.epochs * len(train) / cfg.global_batch_size))})
     steps = cfg.train_steps
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if held is not None and len(held) < world:
+        raise ConfigError(f"{len(held)} held-out pairs cannot be shared by {world} processes (raise held_out)")
     tcfg = cfg.model_copy(update={"load": None}) if body_src is not None else cfg
     trainer = Trainer(tcfg, mcfg, seq, rope, schedule_from_config(cfg), out_dir, extend_model=attach_head,
                       meta={"stage": "RM", HEAD: {"hidden_size": mcfg.hidden_size}, "train_steps": steps,
@@ -257,7 +260,8 @@ def run(cfg: RMConfig) -> dict:
             if held is None:
                 return None
             n = min(len(held), cfg.eval_pairs or len(held))
-            mbs = [range(i, min(i + cfg.micro_batch_size, n)) for i in range(0, n, cfg.micro_batch_size)]
+            size = max(1, min(cfg.micro_batch_size, n // trainer.dp))    # every rank gets a microbatch
+            mbs = [range(i, min(i + size, n)) for i in range(0, n, size)]
             mine = (held.batch(r) for r in mbs[trainer.dp_rank::trainer.dp])
             sums = trainer.forward_only(mine, n_micro, loss_fn=loss, forward_fn=fwd)
             return summarise(sums, names)
@@ -273,8 +277,10 @@ def run(cfg: RMConfig) -> dict:
             mbs = (train.batch(plan.indices(trainer.consumed, k)) for k in range(n_micro))
             res = trainer.train_step(mbs, n_micro, loss_fn=loss, forward_fn=fwd)
             pairs = max(res.metrics.get("pairs", 0.0), 1.0)
+            # the core's tokens_per_s / mfu assume seq_length-token LM sequences; this is the real count
             extra = {"train/accuracy": res.metrics.get("correct", 0.0) / pairs,
-                     "train/margin": res.metrics.get("margin", 0.0) / pairs}
+                     "train/margin": res.metrics.get("margin", 0.0) / pairs,
+                     "train/seq_tokens_per_s": res.metrics.get("seq_tokens", 0.0) / max(res.seconds, 1e-9)}
             if cfg.eval_interval and trainer.step % cfg.eval_interval == 0 and trainer.step < steps:
                 ev = evaluate()
                 if ev is not None:
