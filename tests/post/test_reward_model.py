@@ -4,9 +4,11 @@ real Qwen3 tokenizer and chat template; held-out pairwise accuracy, resume, scor
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from post_helpers import TINY_SFT
+from post_helpers import ROOT, TINY_SFT, _env
 from post_helpers import run_q3 as q3
 
 from train.post.rm_data import SOURCES, build_preferences, prompt_key, split_held_out
@@ -49,7 +51,7 @@ def test_preferences_are_deterministic_and_split_by_prompt(pairs):
 
 @pytest.mark.slow
 def test_rm_learns_format_preferences_and_scores(pairs, tmp_path):
-    """~25 s: 40 steps from random init on format / mode / truncated pairs."""
+    """~30 s: 40 steps from random init on format / mode / truncated pairs."""
     run = tmp_path / "rm"
     q3("post", "rm", *TINY_RM, f"pairs={pairs}", "sources=[format,mode,truncated]", f"out_dir={run}",
        "train_steps=40")
@@ -72,11 +74,6 @@ def test_rm_learns_format_preferences_and_scores(pairs, tmp_path):
 
 
 def _score(code, run, rows):
-    import subprocess
-    import sys
-
-    from post_helpers import ROOT, _env
-
     p = subprocess.run([sys.executable, "-c", code, str(run)], input=json.dumps(rows), cwd=ROOT, env=_env(),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -85,7 +82,7 @@ def _score(code, run, rows):
 
 @pytest.mark.slow
 def test_rm_from_lm_checkpoint_resumes_identically(pairs, tmp_path):
-    """~40 s: an LM checkpoint (no head) -> RM; stopped at 2 of 4 steps and resumed == uninterrupted."""
+    """~60 s: an LM checkpoint (no head) -> RM; stopped at 2 of 4 steps and resumed == uninterrupted."""
     rows = build_preferences(_read(pairs)[:40], ["truncated"])
     prefs = tmp_path / "prefs.jsonl"
     prefs.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -106,6 +103,9 @@ def test_rm_from_lm_checkpoint_resumes_identically(pairs, tmp_path):
             "print(json.dumps(S(sys.argv[1]).score([(r['messages'], r['chosen']) for r in rows])))")
     sa, sb = _score(code, tmp_path / "a", rows[:12]), _score(code, tmp_path / "b", rows[:12])
     assert sa == sb and len(set(sa)) > 1
+    p = subprocess.run([sys.executable, "-c", "import sys; from train.post.reward_model import RewardModelScorer as S; "
+                        "S(sys.argv[1])", str(tmp_path / "lm")], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert p.returncode != 0 and "not a reward-model checkpoint" in p.stderr
 
 
 def test_rm_bad_input_is_one_line(tmp_path, pairs):
