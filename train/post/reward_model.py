@@ -46,6 +46,7 @@ class RMConfig(CoreConfig):
     data: list[str] = Field(default_factory=list)        # preference JSONL (messages, chosen, rejected)
     pairs: str | None = None             # or `q3 synth verifiable` pairs.jsonl: preferences built from it
     sources: list[str] = Field(default_factory=lambda: list(SOURCES))   # which to build from `pairs`
+    domains: list[str] = Field(default_factory=lambda: ["math", "logic"])   # pairs with worked references
     valid_data: list[str] = Field(default_factory=list)  # held-out preference JSONL; else `held_out`
     held_out: float = Field(default=0.2, ge=0.0, lt=1.0)  # share of prompts held out (hash of the text)
     seq_length: int | None = None        # longest sequence; longer ones lose the prompt's head
@@ -141,7 +142,7 @@ def load_rows(cfg: RMConfig, out_dir: Path) -> tuple[list[dict], list[dict]]:
 
     rows = [r for p in cfg.data for r in read_preferences(p)]
     if cfg.pairs:
-        rows += preferences_from_pairs(cfg.pairs, cfg.sources, cfg.seed)
+        rows += preferences_from_pairs(cfg.pairs, cfg.sources, cfg.seed, cfg.domains)
     if cfg.valid_data:
         train, held = rows, [r for p in cfg.valid_data for r in read_preferences(p)]
     else:

@@ -169,9 +169,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def preferences_from_pairs(pairs: str | Path, sources: list[str] | tuple[str, ...] = SOURCES,
-                           seed: int = 0) -> list[dict]:
-    """Read `q3 synth verifiable` pairs.jsonl and build its preference rows."""
+def preferences_from_pairs(pairs: str | Path, sources: list[str] | tuple[str, ...] = SOURCES, seed: int = 0,
+                           domains: list[str] | tuple[str, ...] = ("math", "logic")) -> list[dict]:
+    """Read `q3 synth verifiable` pairs.jsonl and build the preference rows of its pairs of `domains`
+    (those whose reference is worked steps + a final line; a code reference is a program)."""
     p = Path(pairs)
     if not p.is_file():
         raise ConfigError(f"pairs file not found: {p} (make it with `q3 synth verifiable`)")
@@ -181,9 +182,10 @@ def preferences_from_pairs(pairs: str | Path, sources: list[str] | tuple[str, ..
         raise ConfigError(f"{p}: not a JSONL file of RL pairs ({e})") from None
     if not all(isinstance(it, dict) and "query" in it and "reference" in it for it in items):
         raise ConfigError(f"{p}: rows need `query` and `reference` (RL pairs of `q3 synth verifiable`)")
-    rows = build_preferences(items, sources, seed)
+    rows = build_preferences([it for it in items if it.get("domain") in domains], sources, seed)
     if not rows:
-        raise ConfigError(f"{p}: no pair has a worked reference (steps, blank line, answer) to build preferences from")
+        raise ConfigError(f"{p}: no pair of domains {list(domains)} has a worked reference (steps, blank line, "
+                          "answer) to build preferences from")
     return rows
 
 
