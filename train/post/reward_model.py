@@ -80,6 +80,8 @@ def rewards(model, tokens: torch.Tensor, last: torch.Tensor, position_ids=None, 
     from train.shims import causal_attention_mask
 
     b, s = tokens.shape
+    if unwrap(model).config.sequence_parallel:
+        raise NotImplementedError("reward model: sequence-parallel hidden states are not gathered")
     if position_ids is None:
         position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
     if attention_mask is None:

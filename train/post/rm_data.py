@@ -136,6 +136,8 @@ def check_row(row: Any, where: str) -> None:
         raise ConfigError(f"{where}: needs `messages`, a non-empty list of chat turns (the prompt)")
     if msgs[-1]["role"] == "assistant":
         raise ConfigError(f"{where}: `messages` is the prompt only; the replies go in `chosen` / `rejected`")
+    if not isinstance(row.get("source", ""), str):
+        raise ConfigError(f"{where}: `source` must be a string (it names the row's group in the per-source accuracy)")
     for k in ("chosen", "rejected"):
         if not isinstance(row.get(k), str) or not row[k].strip():
             raise ConfigError(f"{where}: needs `chosen` and `rejected` reply strings (missing or empty `{k}`)")
