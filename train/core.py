@@ -179,11 +179,14 @@ class Trainer:
 
     `meta` is merged into every checkpoint's q3_meta.json (e.g. stage, manifest); it may be
     updated later through `trainer.meta`. Builds megatron's parallel state (`init_parallel`,
-    which seeds torch with `cfg.seed`) before the model.
+    which seeds torch with `cfg.seed`) before the model. `extend_model(model)`, if given, runs
+    on the bare GPTModel before DDP wrapping: submodules it attaches (e.g. a reward model's scalar
+    head) are trained, optimised and checkpointed with the model.
     """
 
     def __init__(self, cfg: CoreConfig, mcfg: ModelConfig, seq_length: int, rope_base: float,
-                 schedule: LRSchedule, out_dir: Path, meta: dict | None = None):
+                 schedule: LRSchedule, out_dir: Path, meta: dict | None = None,
+                 extend_model: Callable[[torch.nn.Module], None] | None = None):
         from megatron.core import parallel_state as ps
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
@@ -212,6 +215,8 @@ class Trainer:
         self.model = build_model(mcfg, seq_length=seq_length, rope_base=rope_base,
                                  tp=par.tensor_model_parallel_size, ep=par.expert_model_parallel_size,
                                  dp=self.dp, per_token_loss=cfg.per_token_loss)
+        if extend_model is not None:     # extra modules (a reward head) join DDP, the optimizer and checkpoints
+            extend_model(self.model)
         self.tcfg = tcfg = self.model.config
         self.ddp = DistributedDataParallel(
             config=tcfg, ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True), module=self.model)
