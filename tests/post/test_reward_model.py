@@ -72,6 +72,14 @@ def test_rm_learns_format_preferences_and_scores(pairs, tmp_path):
     ours = sum((a > b) + 0.5 * (a == b) for a, b in zip(c, r, strict=True)) / len(held)
     assert ours == pytest.approx(end["accuracy"], abs=1.5 / len(held))
 
+    # the `reward_model` reward of general RL (train.post.rewards) scores through the same scorer
+    code = ("import json,sys; from train.post.rewards import RewardInput, build_reward; rows=json.load(sys.stdin); "
+            "rw=build_reward({'type': 'reward_model', 'path': sys.argv[1], 'normalise': 'none'}); "
+            "res=rw.score([RewardInput(r['messages'], r['chosen'], {}) for r in rows]); "
+            "print(json.dumps([[x.score for x in res], [x.details['reason'] for x in res]]))")
+    scores, reasons = _score(code, run, held[:8])
+    assert set(reasons) == {"ok"} and scores == pytest.approx(c[:8], abs=1e-5)
+
 
 def _score(code, run, rows):
     p = subprocess.run([sys.executable, "-c", code, str(run)], input=json.dumps(rows), cwd=ROOT, env=_env(),

@@ -26,7 +26,7 @@ class RewardModelOptions(RewardOptions):
     path: str                                   # the reward model checkpoint
     normalise: Literal["none", "sigmoid", "zscore"] = "sigmoid"
     scale: float = 1.0                          # raw score multiplier before the sigmoid
-    answer_only: bool = True                    # score the answer, not the reasoning
+    answer_only: bool = False                   # True: score the answer only (a model trained on answers)
 
 
 def normalise(raw: list[float], how: str, scale: float = 1.0) -> list[float]:
