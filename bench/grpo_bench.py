@@ -4,7 +4,7 @@
 
 1. data (`train.post.toy`): single-digit addition in 4 phrasings, no-think mode; RL on phrasings
    0-2, held-out eval on phrasing 3 (never sampled by RL); a noisy cold-start SFT set (half the
-   answers off by one, 30% of replies "Answer: N" instead of "N");
+   answers off by one, 30% of replies "Answer: N" instead of "N"; 4 noisy copies of every query);
 2. cold-start: `q3 post sft` of tiny_dense from scratch on the noisy set (shared by every run);
 3. `q3 post grpo` with the `exact` verifier for `--steps` rollout steps per seed (16 queries x 8
    samples, 2 minibatch updates each, clip-higher, dynamic sampling), held-out greedy accuracy and
@@ -109,7 +109,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=150, help="GRPO rollout steps per seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--sft-steps", type=int, default=200)
+    ap.add_argument("--sft-steps", type=int, default=300)
+    ap.add_argument("--sft-only", action="store_true", help="stop after the cold start")
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--rl-steps", type=int, default=40, help="general-RL (length reward) rollout steps; 0: skip")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "grpo"))
@@ -117,12 +118,14 @@ def main() -> None:
     out = Path(a.out)
     from train.post.toy import addition_task
 
-    rl, held, sft = addition_task(noise=0.5, verbose=0.3)
+    rl, held, sft = addition_task(noise=0.5, verbose=0.3, copies=4)
     d = out / "data"
     paths = {name: write_jsonl(d / f"{name}.jsonl", rows) for name, rows in (("rl", rl), ("held", held), ("sft", sft))}
     times: dict[str, float] = {}
     if not (out / "sft" / "result.json").exists():
         times["sft"] = q3("post", "sft", *SFT, f"data=[{paths['sft']}]", f"train_steps={a.sft_steps}", f"out_dir={out / 'sft'}")
+    if a.sft_only:
+        return
     runs, evals = {}, {}
     for seed in a.seeds:
         run = out / f"grpo_seed{seed}"

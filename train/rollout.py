@@ -43,6 +43,7 @@ class Rollout:
     finish_reason: str                # "stop" | "length" | "cancelled"
     budget_forced: bool = False
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    routed_experts: list[list[list[int]]] | None = None   # MoE, when recorded: [token][layer] -> expert ids
 
 
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -227,6 +228,7 @@ class RolloutEngine:
         self.model = model
         self.max_batch = max(1, int(max_batch))
         self.decode_batches = 0            # KV-cached batches run so far (a metric for servers)
+        self.record_routing = False        # MoE: keep each fed token's routed experts (RL routing checks)
         self.hf = is_hf_model(model)
         self.pad_multiple = 1 if self.hf else max(1, int(pad_multiple))
         self.vocab_size = vocab_size
@@ -358,7 +360,48 @@ class RolloutEngine:
                 idx = torch.tensor(keep, device=dev)
                 kv.select(idx)
                 seen, active, chosen = seen[idx], [active[i] for i in keep], chosen[idx]
-            logits = kv.step(chosen)
+            if self.record_routing and not self.hf:
+                with RoutingTap(self.model) as tap:
+                    logits = kv.step(chosen)
+                fed = tap.experts(1, len(active))       # the token each row just fed (s = 1)
+                for i, r in enumerate(active):
+                    if r.out.routed_experts is None:
+                        r.out.routed_experts = []
+                    r.out.routed_experts.append(fed[i][0])
+            else:
+                logits = kv.step(chosen)
+
+
+class RoutingTap:
+    """Records the experts every MoE router of a megatron model picks during a forward pass
+    (megatron's TopKRouter returns (probs, routing_map [s*b, experts]), tokens sequence-first)."""
+
+    def __init__(self, model):
+        from train.model import moe_routers
+
+        self.routers = moe_routers(model)
+        self.maps: list[torch.Tensor] = []
+        self._hooks: list = []
+
+    def __enter__(self) -> RoutingTap:
+        self._hooks = [r.register_forward_hook(lambda _m, _i, out: self.maps.append(out[1].detach()))
+                       for r in self.routers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+
+    def experts(self, s: int, b: int) -> list[list[list[list[int]]]]:
+        """[b][s][layer] -> sorted expert ids of token (s, b) in the last forward."""
+        maps = self.maps[-len(self.routers):]
+        out = [[[[] for _ in maps] for _ in range(s)] for _ in range(b)]
+        for li, m in enumerate(maps):
+            m = m.view(s, b, -1)
+            for i in range(b):
+                for t in range(s):
+                    out[i][t][li] = torch.nonzero(m[t, i]).flatten().tolist()
+        return out
 
 
 def _cancel_fn(cancel: Cancel | None) -> Callable[[int], bool] | None:

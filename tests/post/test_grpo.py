@@ -112,3 +112,14 @@ def test_entropy_collapse_stops_the_run_with_a_message_and_a_checkpoint(rl_files
     assert p.returncode == 2 and "entropy collapsed below 1000" in p.stderr and "Traceback" not in p.stderr
     assert len(rows(tmp_path / "run")) == 4                      # 2 rollout steps x 2 updates, then the stop
     assert (tmp_path / "run" / "checkpoints" / "iter_0000004").is_dir()
+
+
+def test_moe_routing_of_rollouts_is_recorded_and_compared(rl_files, tmp_path):
+    """tiny_moe: the experts each rollout token was routed to (KV-cached decode) against the trainer's
+    full-sequence forward on the same tokens; same weights, fp32 -> (almost) no mismatch."""
+    args = [*TINY, "model=tiny_moe", f"pairs=[{rl_files / 'pairs.jsonl'}]", f"rewards={rl_files / 'rewards.yaml'}",
+            "rollout_steps=1", "save=false", f"out_dir={tmp_path / 'moe'}"]
+    run_q3("post", "grpo", *args)
+    got = rows(tmp_path / "moe")
+    assert got[0]["rl/moe_routing_compared"] > 0                 # (token, layer) pairs compared
+    assert got[0]["rl/moe_routing_mismatch"] < 0.02

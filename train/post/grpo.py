@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -127,6 +128,7 @@ class Sample:
     reward: float = 0.0
     details: dict | None = None
     masked: bool = False
+    routed: list | None = None    # MoE: the rollout's experts per fed token and layer (Rollout.routed_experts)
 
 
 def prompt_messages(row: dict, mode: str) -> list[dict]:
@@ -182,7 +184,7 @@ def sequences(samples: list[Sample], advantages: list[float]) -> list[dict]:
             mask[p - 1 + j] = 0.0 if s.masked or not ok else 1.0
             lp[p - 1 + j] = v
         out.append({"tokens": full[:-1], "labels": full[1:], "loss_mask": mask, "rollout_logprobs": lp,
-                    "advantage": a})
+                    "advantage": a, "prompt_len": p, "routed": s.routed})
     return out
 
 
@@ -198,7 +200,8 @@ def collate(rows: list[dict]) -> dict:
     return {"tokens": pad("tokens", EOD_ID, torch.long), "labels": pad("labels", 0, torch.long),
             "loss_mask": pad("loss_mask", 0.0, torch.float32),
             "rollout_logprobs": pad("rollout_logprobs", 0.0, torch.float32),
-            "advantages": torch.tensor([r["advantage"] for r in rows], dtype=torch.float32)}
+            "advantages": torch.tensor([r["advantage"] for r in rows], dtype=torch.float32),
+            "prompt_len": [r.get("prompt_len", 0) for r in rows], "routed": [r.get("routed") for r in rows]}
 
 
 # ------------------------------------------------------------------------------- the loop
@@ -220,6 +223,10 @@ class GRPO:
                                          kl_estimator=cfg.kl_estimator, entropy_coef=cfg.entropy_coef,
                                          tis_cap=cfg.tis_cap)
         self.gap = LogprobGap(cfg.logprob_gap_threshold)
+        from train.model import moe_routers
+
+        self.moe = bool(moe_routers(trainer.model))
+        self.engine.record_routing = self.moe      # routing mismatch rollout vs trainer, measured every step
         self.ref = None
         if cfg.kl_coef > 0:
             self.ref = self._reference()
@@ -265,7 +272,8 @@ class GRPO:
         samples, inputs = [], []
         for k, group in zip(plain, rolls, strict=True):
             for i, r in enumerate(group):
-                samples.append(Sample(k, i, r.prompt_ids, r.token_ids, r.logprobs, r.sampled, r.finish_reason))
+                samples.append(Sample(k, i, r.prompt_ids, r.token_ids, r.logprobs, r.sampled, r.finish_reason,
+                                      routed=r.routed_experts))
                 inputs.append(reward_input(rows[k], msgs[k], r))
         for k in tools:                            # tool-use tasks: multi-turn episodes, tool replies injected
             for i, ep in enumerate(self._episodes(k, rows[k])):
@@ -348,6 +356,8 @@ class GRPO:
             "rl/overlong_share": sum(s.finish_reason == "length" for s in drawn) / max(len(drawn), 1),
             "rl/entropy": probe["entropy"], "rl/logprob_gap_mean": probe["gap_mean"],
             "rl/logprob_gap_max": probe["gap_max"], "rl/entropy_coef": self.loss_cfg.entropy_coef,
+            **({"rl/moe_routing_mismatch": probe["moe_routing_mismatch"],
+                "rl/moe_routing_compared": probe["moe_routing_compared"]} if self.moe else {}),
             "rl/rollout_tokens_per_s": rollout_tokens * t.dp / max(self.rollout_seconds, 1e-9),
             "rl/rollout_seconds": t_roll,
         }
@@ -370,16 +380,23 @@ class GRPO:
         from train.logprobs import token_logprobs
 
         t = self.trainer
+        from train.rollout import RoutingTap
+
         ent_sum = gap_sum = n = 0.0
         gap_max = 0.0
+        route = [0, 0]                               # (token, layer) pairs routed differently, compared
         model = t.model
         was = model.training
         model.eval()
         with torch.no_grad():
             for mb in mbs:
                 b = t._on_device(mb)
-                lp, ent = token_logprobs(model, b["tokens"], b["loss_mask"], b["position_ids"], b["attention_mask"],
-                                         labels=b["labels"])
+                with RoutingTap(model) if self.moe else nullcontext() as tap:
+                    lp, ent = token_logprobs(model, b["tokens"], b["loss_mask"], b["position_ids"],
+                                             b["attention_mask"], labels=b["labels"])
+                if tap is not None:
+                    route[0] += routing_mismatch(tap.experts(*b["tokens"].shape[::-1]), mb["prompt_len"], mb["routed"])
+                    route[1] += sum(len(r or []) for r in mb["routed"]) * len(tap.routers)
                 mb["old_logprobs"] = lp.cpu()
                 if self.ref is not None:
                     mb["ref_logprobs"] = token_logprobs(self.ref, b["tokens"], b["loss_mask"], b["position_ids"],
@@ -391,7 +408,7 @@ class GRPO:
                 gap_max = max(gap_max, float(gap.max()) if gap.numel() else 0.0)
                 n += float(m.sum())
         model.train(was)
-        sums = torch.tensor([ent_sum, gap_sum, n], dtype=torch.float64)
+        sums = torch.tensor([ent_sum, gap_sum, n, *route], dtype=torch.float64)
         torch.distributed.all_reduce(sums, group=t.dp_group)
         mx = torch.tensor([gap_max], dtype=torch.float64)
         torch.distributed.all_reduce(mx, op=torch.distributed.ReduceOp.MAX, group=t.dp_group)
@@ -399,7 +416,11 @@ class GRPO:
         if float(mx[0]) > self.gap.threshold and t.rank == 0:
             log.warning("rollout/trainer logprob gap %.3g (mean %.3g) exceeds %.3g", float(mx[0]),
                         float(sums[1]) / cnt, self.gap.threshold)
-        return {"entropy": float(sums[0]) / cnt, "gap_mean": float(sums[1]) / cnt, "gap_max": float(mx[0])}
+        out = {"entropy": float(sums[0]) / cnt, "gap_mean": float(sums[1]) / cnt, "gap_max": float(mx[0])}
+        if self.moe:
+            out["moe_routing_mismatch"] = float(sums[3]) / max(float(sums[4]), 1.0)
+            out["moe_routing_compared"] = float(sums[4])
+        return out
 
     def _loss(self, output, batch):
         from train.post.grpo_loss import policy_loss
@@ -427,6 +448,16 @@ class GRPO:
             raise TrainingStopped(f"entropy {what} {bound:g} for {st['entropy_bad']} iterations (now {entropy:.4f}) "
                                   f"at step {self.trainer.step}: lower the learning rate, raise entropy_coef or "
                                   f"clip_high, or set entropy_band; the last checkpoint is kept")
+
+
+def routing_mismatch(trainer_experts: list, prompt_lens: list[int], routed: list) -> int:
+    """(token, layer) pairs whose experts in the trainer's forward differ from the rollout's: the
+    rollout fed produced token j at input position prompt_len + j. trainer_experts: [b][s][layer]."""
+    bad = 0
+    for i, (p, rollout) in enumerate(zip(prompt_lens, routed, strict=True)):
+        for j, layers in enumerate(rollout or []):
+            bad += sum(a != b for a, b in zip(trainer_experts[i][p + j], layers, strict=True))
+    return bad
 
 
 def _forward(model, batch):
