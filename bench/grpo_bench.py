@@ -1,6 +1,6 @@
 """GRPO learns on CPU: a tiny Qwen3 from ~50% right to >= 90% greedy accuracy on held-out queries.
 
-    python -m bench.grpo_bench [--steps 150] [--seeds 0 1 2] [--out runs/bench/grpo]
+    python -m bench.grpo_bench [--steps 100] [--seeds 0 1 2] [--out runs/bench/grpo]
 
 1. data (`train.post.toy`): single-digit addition in 4 phrasings, no-think mode; RL on phrasings
    0-2, held-out eval on phrasing 3 (never sampled by RL); a noisy cold-start SFT set (half the
@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SFT = ["model=tiny_dense", "load=null", "seq_length=128", "micro_batch_size=16", "global_batch_size=16",
        "optim.lr=3e-3", "optim.min_lr=3e-4", "tensorboard=false", "log_interval=25", "valid_fraction=0.05"]
 RL = ["mode=no_think", "prompts_per_step=16", "group_size=8", "updates_per_batch=2", "micro_batch_size=16",
-      "max_tokens=12", "optim.lr=2e-4", "optim.min_lr=2e-4", "tensorboard=false", "log_interval=10",
+      "max_tokens=12", "optim.lr=3e-4", "optim.min_lr=3e-4", "optim.weight_decay=0", "tensorboard=false",
+      "log_interval=10",
       "save_interval=25"]
 
 
@@ -107,11 +108,11 @@ def plot(runs: dict[int, list[dict]], evals: dict[int, dict], out: Path) -> None
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=150, help="GRPO rollout steps per seed")
+    ap.add_argument("--steps", type=int, default=100, help="GRPO rollout steps per seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--sft-only", action="store_true", help="stop after the cold start")
-    ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--rl-steps", type=int, default=40, help="general-RL (length reward) rollout steps; 0: skip")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "grpo"))
     a = ap.parse_args()
