@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from bench.post_bench import q3  # a `q3` command in a child process, its wall time
 
 ROOT = Path(__file__).resolve().parents[1]
 SFT = ["model=tiny_dense", "load=null", "seq_length=128", "micro_batch_size=16", "global_batch_size=16",
@@ -33,14 +32,6 @@ RL = ["mode=no_think", "prompts_per_step=16", "group_size=8", "updates_per_batch
       "max_tokens=12", "optim.lr=3e-4", "optim.min_lr=3e-4", "optim.weight_decay=0", "tensorboard=false",
       "log_interval=10",
       "save_interval=25"]
-
-
-def q3(*args: str) -> float:
-    t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "q3.cli", *args], cwd=ROOT, text=True)
-    if p.returncode:
-        sys.exit(f"q3 {' '.join(args[:2])} failed with {p.returncode}")
-    return time.time() - t0
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -36,7 +36,6 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from q3.atomic import atomic_write_text
 from q3.config import ConfigError
 from q3.log import get_logger, print_table
 from q3.paths import runs_dir
@@ -151,20 +150,14 @@ def reward_input(row: dict, messages: list[dict], rollout):
 
 
 def read_rows(paths: list[str]) -> list[dict]:
+    """RL pairs / task rows of JSONL files (a `query` or `messages` each), with file:line errors."""
+    from q3.jsonl import read_jsonl
+
     rows: list[dict] = []
     for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise ConfigError(f"pairs file not found: {p}")
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{p}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not (row.get("query") or row.get("messages")):
-                raise ConfigError(f"{p}:{n}: a row needs `query` (RL pair) or `messages` (task row)")
+        for where, row in read_jsonl(p, "pairs"):
+            if not (row.get("query") or row.get("messages")):
+                raise ConfigError(f"{where}: a row needs `query` (RL pair) or `messages` (task row)")
             rows.append(row)
     if not rows:
         raise ConfigError(f"no rows in {', '.join(paths)}")
@@ -504,7 +497,7 @@ def run(cfg: GRPOConfig, rows: list[dict] | None = None, stage: str = "GRPO") ->
     scorer = make_scorer(cfg)
     from train import checkpoint as ckpt
     from train.core import Trainer, schedule_from_config
-    from train.post.sft import start_point
+    from train.post.sft import start_point, write_outputs
 
     out_dir = Path(cfg.out_dir or runs_dir() / "post" / "grpo")
     mcfg, seq, rope = start_point(cfg)
@@ -545,12 +538,7 @@ def run(cfg: GRPOConfig, rows: list[dict] | None = None, stage: str = "GRPO") ->
                   "model": mcfg.name, "queries": len(rows), "eval": evals,
                   "checkpoint": str(ckpt.latest_checkpoint(trainer.ckpt_root))}
         if finished and trainer.rank == 0:
-            if cfg.export_hf:
-                from train.hf_export import write_hf_folder
-
-                write_hf_folder(trainer.model, mcfg, cfg.export_hf, rope)
-                result["export_hf"] = cfg.export_hf
-            atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1, sort_keys=True))
+            write_outputs(trainer, cfg.export_hf, out_dir, result)
             if evals.get("start") and evals.get("end"):
                 print_table("GRPO held-out", ["metric", "start", "end"],
                             [(k, evals["start"][k], evals["end"].get(k)) for k in evals["start"]])

@@ -145,21 +145,14 @@ def check_row(row: Any, where: str) -> None:
 
 def read_preferences(path: str | Path) -> list[dict]:
     """Preference rows of a JSONL file, checked; `source` defaults to the file name."""
+    from q3.jsonl import read_jsonl
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"preference file not found: {p}")
     rows = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{p}:{n}: not JSON ({e.msg})") from None
-            check_row(row, f"{p}:{n}")
-            row.setdefault("source", p.stem)
-            rows.append(row)
+    for where, row in read_jsonl(p, "preference"):
+        check_row(row, where)
+        row.setdefault("source", p.stem)
+        rows.append(row)
     if not rows:
         raise ConfigError(f"{p}: no preference rows")
     return rows

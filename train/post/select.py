@@ -39,6 +39,7 @@ from pydantic import Field, model_validator
 from dataproc.dedup.config import MinHashConfig
 from q3.atomic import atomic_write_text
 from q3.config import ConfigError, Q3Config, load_config
+from q3.jsonl import read_jsonl
 from q3.log import get_logger, print_table
 from q3.paths import data_dir
 
@@ -105,24 +106,15 @@ def _text(content: Any) -> str:
 def seen_queries(paths: Iterable[str]) -> list[str]:
     """Every user turn of chat JSONL rows (`messages`), or the `query` of RL pair rows."""
     out: list[str] = []
-    for p in map(Path, paths):
-        if not p.is_file():
-            raise ConfigError(f"exclude file not found: {p}")
-        with p.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
-                if isinstance(row, dict) and isinstance(row.get("messages"), list):
-                    out += [strip_flags(_text(m.get("content"))) for m in row["messages"]
-                            if isinstance(m, dict) and m.get("role") == "user"]
-                elif isinstance(row, dict) and isinstance(row.get("query"), str):
-                    out.append(strip_flags(row["query"]))
-                else:
-                    raise ConfigError(f"{p}:{lineno}: neither a chat row ('messages') nor an RL pair ('query')")
+    for p in paths:
+        for where, row in read_jsonl(p, "exclude"):
+            if isinstance(row.get("messages"), list):
+                out += [strip_flags(_text(m.get("content"))) for m in row["messages"]
+                        if isinstance(m, dict) and m.get("role") == "user"]
+            elif isinstance(row.get("query"), str):
+                out.append(strip_flags(row["query"]))
+            else:
+                raise ConfigError(f"{where}: neither a chat row ('messages') nor an RL pair ('query')")
     return [q for q in out if q]
 
 
@@ -345,25 +337,18 @@ def _read_pairs(path: Path) -> list[dict]:
     if not path.is_file():
         raise ConfigError(f"pairs file not found: {path} (make it with `q3 synth verifiable` or `q3 post prepare`)")
     items: list[dict] = []
-    ids: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                it = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(it, dict) or not all(k in it for k in ("id", "query", "verifier_type")):
-                raise ConfigError(f"{path}:{lineno}: not an RL pair (needs id, query, verifier_type, verifier_data)")
-            if it["verifier_type"] not in VERIFIERS or not isinstance(it.get("verifier_data"), dict):
-                # an unknown verifier scores 0: every such pair would pass as "unlearnable"
-                raise ConfigError(f"{path}:{lineno}: verifier_type {it['verifier_type']!r} with verifier_data "
-                                  f"{type(it.get('verifier_data')).__name__}; known verifiers: {', '.join(VERIFIERS)}")
-            if str(it["id"]) in ids:                  # scores are cached per id
-                raise ConfigError(f"{path}:{lineno}: duplicate id {it['id']!r} (also on line {ids[str(it['id'])]})")
-            ids[str(it["id"])] = lineno
-            items.append(it)
+    ids: dict[str, str] = {}
+    for where, it in read_jsonl(path, "pairs"):
+        if not all(k in it for k in ("id", "query", "verifier_type")):
+            raise ConfigError(f"{where}: not an RL pair (needs id, query, verifier_type, verifier_data)")
+        if it["verifier_type"] not in VERIFIERS or not isinstance(it.get("verifier_data"), dict):
+            # an unknown verifier scores 0: every such pair would pass as "unlearnable"
+            raise ConfigError(f"{where}: verifier_type {it['verifier_type']!r} with verifier_data "
+                              f"{type(it.get('verifier_data')).__name__}; known verifiers: {', '.join(VERIFIERS)}")
+        if str(it["id"]) in ids:                  # scores are cached per id
+            raise ConfigError(f"{where}: duplicate id {it['id']!r} (also at {ids[str(it['id'])]})")
+        ids[str(it["id"])] = where
+        items.append(it)
     if not items:
         raise ConfigError(f"{path}: no RL pairs in the file")
     return items

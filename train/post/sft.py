@@ -220,17 +220,23 @@ def run(cfg: SFTConfig) -> dict:
                   "final_train_loss": trainer.losses[-1] if trainer.losses else None, "eval": evals,
                   "checkpoint": str(ckpt.latest_checkpoint(trainer.ckpt_root))}
         if finished and trainer.rank == 0:
-            if cfg.export_hf:
-                from train.hf_export import write_hf_folder
-
-                write_hf_folder(trainer.model, mcfg, cfg.export_hf, rope)
-                result["export_hf"] = cfg.export_hf
-            atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1, sort_keys=True))
+            write_outputs(trainer, cfg.export_hf, out_dir, result)
             log.info("SFT done: held-out loss %s -> %s; checkpoint %s", _f(evals.get("start")),
                      _f(evals.get("end")), result["checkpoint"])
         return {**result, "losses": list(trainer.losses), "history": list(trainer.history)}
     finally:
         trainer.close()
+
+
+def write_outputs(trainer, export_hf: str | None, out_dir: Path, result: dict) -> None:
+    """A finished post-training run's outputs (rank 0): the HF export if asked, then result.json
+    (written last, atomically: its presence means the run is complete)."""
+    if export_hf:
+        from train.hf_export import write_hf_folder
+
+        write_hf_folder(trainer.model, trainer.mcfg, export_hf, trainer.rope_base)
+        result["export_hf"] = export_hf
+    atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1, sort_keys=True))
 
 
 def _f(v: float | None) -> str:
