@@ -124,9 +124,25 @@ def _format_error(model: type[BaseModel], err: dict, source: str) -> str:
     return msg
 
 
+def with_nested_defaults(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """Overriding one key of a nested section keeps the section's other defaults: for a field whose
+    default is a model built with values (e.g. `optim: OptimConfig(lr=1e-5, weight_decay=0.0)`),
+    `optim.lr=3e-4` yields lr 3e-4 *and* weight_decay 0.0, not the class default."""
+    out = dict(data)
+    for name, f in model.model_fields.items():
+        key = f.alias or name
+        if not isinstance(out.get(key), dict) or f.default_factory is None:
+            continue
+        default = f.default_factory()
+        if isinstance(default, BaseModel):
+            merged = {**default.model_dump(exclude_unset=True), **out[key]}
+            out[key] = with_nested_defaults(type(default), merged)
+    return out
+
+
 def validate(model: type[C], data: dict[str, Any], source: str = "config") -> C:
     try:
-        return model.model_validate(data)
+        return model.model_validate(with_nested_defaults(model, data))
     except ValidationError as e:
         lines = [_format_error(model, err, source) for err in e.errors()]
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None

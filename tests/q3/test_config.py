@@ -46,3 +46,12 @@ def test_load_from_path(tmp_path):
 def test_missing_named_config_lists_available():
     with pytest.raises(ConfigError, match="no pipeline config named"):
         load_config(Outer, "pipeline", "does-not-exist")
+
+
+def test_overriding_one_key_of_a_section_keeps_its_other_defaults():
+    from train.post.grpo import GRPOConfig
+
+    cfg = load_config(GRPOConfig, "post", None, ["optim.lr=3e-4", "schedule.warmup_fraction=0.1"])
+    assert cfg.optim.lr == 3e-4 and cfg.optim.weight_decay == 0.0       # GRPO's default, not OptimConfig's 0.1
+    assert cfg.schedule.decay == "constant" and cfg.schedule.warmup_fraction == 0.1
+    assert load_config(GRPOConfig, "post", None, []).optim.weight_decay == 0.0
