@@ -7,8 +7,8 @@
    answers off by one, 30% of replies "Answer: N" instead of "N"; 4 noisy copies of every query);
 2. cold-start: `q3 post sft` of tiny_dense from scratch on the noisy set (shared by every run);
 3. `q3 post grpo` with the `exact` verifier for `--steps` rollout steps per seed (16 queries x 8
-   samples, 2 minibatch updates each, clip-higher, dynamic sampling), held-out greedy accuracy and
-   pass@8 every `--eval-every` steps;
+   samples, 2 minibatch updates each, clip-higher, dynamic sampling, lr 3e-4 cosine to 3e-5),
+   held-out greedy accuracy and pass@8 every `--eval-every` steps;
 4. general RL: `q3 post rl` with a mix of the verifier (1.0) and a length reward (answer <= 1 word,
    0.5) from the same cold start; compliance = share of held-out replies that are the bare number.
 
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SFT = ["model=tiny_dense", "load=null", "seq_length=128", "micro_batch_size=16", "global_batch_size=16",
        "optim.lr=3e-3", "optim.min_lr=3e-4", "tensorboard=false", "log_interval=25", "valid_fraction=0.05"]
 RL = ["mode=no_think", "prompts_per_step=16", "group_size=8", "updates_per_batch=2", "micro_batch_size=16",
-      "max_tokens=12", "optim.lr=3e-4", "optim.min_lr=3e-4", "optim.weight_decay=0", "tensorboard=false",
-      "log_interval=10",
+      "max_tokens=12", "optim.lr=3e-4", "optim.min_lr=3e-5", "optim.weight_decay=0", "schedule.decay=cosine",
+      "tensorboard=false", "log_interval=10",
       "save_interval=25"]
 
 
