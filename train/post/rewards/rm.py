@@ -1,6 +1,6 @@
 """`reward_model`: a trained scalar reward model, no reference (train/post/reward_model.py's
-`RewardModelScorer(path).score([(prompt messages, reply)]) -> [float]`), imported lazily so this
-package works before that module exists. Raw scores are unbounded; `normalise` maps them:
+`RewardModelScorer(path).score([(prompt messages, reply)]) -> [float]`), imported when the reward
+is built (it brings megatron). Raw scores are unbounded; `normalise` maps them:
 `sigmoid` (scale then logistic), `zscore` (within the scored batch: GRPO groups are
 batch-relative anyway) or `none`."""
 
@@ -10,7 +10,6 @@ import math
 import statistics
 from typing import Literal
 
-from q3.config import ConfigError
 from train.post.rewards.base import (
     RewardInput,
     RewardOptions,
@@ -42,10 +41,7 @@ def normalise(raw: list[float], how: str, scale: float = 1.0) -> list[float]:
 
 class RewardModelReward:
     def __init__(self, opts: RewardModelOptions):
-        try:
-            from train.post.reward_model import RewardModelScorer
-        except ImportError as e:
-            raise ConfigError(f"reward_model: train.post.reward_model is not available ({e})") from None
+        from train.post.reward_model import RewardModelScorer  # lazily: it imports megatron
         self.name = opts.name or "reward_model"
         self.opts = opts
         self.scorer = RewardModelScorer(opts.path)
