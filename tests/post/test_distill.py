@@ -130,3 +130,27 @@ def test_bad_input_is_one_line(tmp_path, teacher, prompts):
     assert p.returncode == 2 and "needs prompts=" in p.stderr
     p = run_q3("post", "distill", "divergence=kl", f"teacher={teacher}", check=False)
     assert p.returncode == 2 and "divergence" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_on_policy_dp2_equals_one_process(tmp_path, teacher, prompts):
+    """2 data-parallel processes sample the same replies (seeded per prompt) and give the losses and
+    gradient norms of one process on the same global batch (GKD mixture: some replies by the teacher)."""
+    args = [f"teacher={teacher}", "load=null", f"prompts=[{prompts / 'rl.jsonl'}]", *STUDENT, "rollout_steps=3",
+            "prompts_per_step=4", "micro_batch_size=2", "save=false", "lmbda=0.5", "divergence=jsd"]
+    run_q3("post", "distill", "phase=on_policy", *args, f"out_dir={tmp_path / 'one'}")
+    run_q3("post", "distill", "phase=on_policy", *args, "micro_batch_size=1", f"out_dir={tmp_path / 'dp2'}", nproc=2)
+
+    def rows(d):
+        return [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+
+    one, two = rows(tmp_path / "one"), rows(tmp_path / "dp2")
+    assert [r["step"] for r in two] == [1, 2, 3]
+    assert 0 < min(r["distill/student_share"] for r in one) < 1       # both wrote replies
+    for a, b in zip(one, two, strict=True):
+        assert a["distill/response_length"] == b["distill/response_length"]
+        assert a["distill/student_share"] == b["distill/student_share"]
+        for k in ("loss", "distill/reverse_kl"):
+            assert abs(a[k] - b[k]) < 1e-5 * max(1.0, abs(a[k])), (k, a[k], b[k])
+        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
