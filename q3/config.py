@@ -72,7 +72,7 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
 
 
 def warn_deprecated(source: str, old: str, new: str) -> None:
-    from q3.log import get_logger   # lazy: rich/tqdm only when there is something to say
+    from q3.log import get_logger  # lazy: rich/tqdm only when there is something to say
 
     get_logger("q3.config").warning("%s: key %r is deprecated, use %r (the old name still works)",
                                     source, old, new)
