@@ -31,6 +31,7 @@ from labeling.io import as_parquet
 from labeling.rules import apply_rules
 from q3.atomic import atomic_dir, is_committed, read_marker
 from q3.config import config_hash, load_config
+from q3.errors import InputMissing
 from q3.log import get_logger, print_table
 
 log = get_logger("labeling.apply")
@@ -191,7 +192,7 @@ def run_apply(cfg: LabelConfig) -> Path:
     work = cfg.work()
     models_dir = work / "models"
     if not is_committed(models_dir):
-        raise FileNotFoundError(f"no trained classifiers at {models_dir}: run `q3 label train` first")
+        raise InputMissing(f"no trained classifiers at {models_dir}: run `q3 label train` first")
     inp = as_parquet(cfg.input_path(), work)
     versions = {f: e["version"] for f, e in json.loads((models_dir / "models.json").read_text())["outputs"].items()}
     key = config_hash({"run": cfg.run.model_dump(), "input": str(Path(inp).resolve()),

@@ -32,6 +32,7 @@ from labeling.config import LabelConfig
 from labeling.dimensions import ClassifierSpec, Dimension, Output, load_dimensions
 from q3.atomic import atomic_dir, atomic_write_text
 from q3.config import config_hash, load_config
+from q3.errors import InputMissing
 from q3.log import get_logger, print_table
 
 log = get_logger("labeling.classifier")
@@ -240,7 +241,7 @@ def run_train(cfg: LabelConfig) -> Path:
     t0 = time.time()
     judged = cfg.work() / "judgements" / "judgements.parquet"
     if not judged.exists():
-        raise FileNotFoundError(f"no judgements at {judged}: run `q3 label judge` first")
+        raise InputMissing(f"no judgements at {judged}: run `q3 label judge` first")
     table = pq.read_table(judged).to_pylist()
     model_name = table[0]["model"] if table else "?"
     dims = [d for d in load_dimensions(cfg.dimensions_dir, cfg.dimensions) if d.source == "judge"]

@@ -16,6 +16,11 @@ from pathlib import Path
 from q3.config import ConfigError
 
 
+class InputMissing(ConfigError, FileNotFoundError):
+    """An input file or directory is not there (or an earlier step has not run): a usage error
+    (exit 2) that is still a FileNotFoundError for code that catches that."""
+
+
 class RunFailed(RuntimeError):
     """The run produced nothing useful; the message says what, where and how to fix it."""
 
@@ -42,5 +47,5 @@ def require_path(path: str | Path | None, key: str, hint: str = "") -> Path:
         raise ConfigError(f"{key}= is required{'; ' + hint if hint else ''}")
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"{key}={path}: no such file or directory{'; ' + hint if hint else ''}")
+        raise InputMissing(f"{key}={path}: no such file or directory{'; ' + hint if hint else ''}")
     return p

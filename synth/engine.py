@@ -33,7 +33,8 @@ from dataproc.dedup.config import DecontamConfig
 from dataproc.dedup.decontam import Decontaminator
 from dataproc.dedup.exact import exact_normalise
 from q3.atomic import atomic_dir, is_committed, read_marker
-from q3.config import Q3Config, config_hash, load_config
+from q3.config import ConfigError, Q3Config, config_hash, load_config
+from q3.errors import InputMissing
 from q3.llm import extract_json
 from q3.log import get_logger, print_table, progress
 from q3.paths import data_dir
@@ -87,9 +88,16 @@ def read_seeds(path: str, max_docs: int | None = None) -> pa.Table:
     """Seed documents as a table with id, text, lang, source, sorted by id (a stable shard plan)."""
     p = Path(path)
     if not path or not p.exists():
-        raise FileNotFoundError(f"seed input not found: {path!r}")
+        raise InputMissing(f"seed input not found: {path!r}")
     if p.suffix in (".jsonl", ".json"):
-        rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+        from q3.jsonl import read_jsonl
+
+        rows = []
+        for where, r in read_jsonl(p, "seed input"):   # a bad line: file:line, no traceback
+            if not isinstance(r.get("text"), str):
+                raise ConfigError(f"{where}: no string field 'text' (the row has fields: "
+                                  f"{', '.join(r) or '(none)'}); seed rows need text (optional: id, lang, source)")
+            rows.append(r)
         table = pa.table({
             "id": [r.get("id") or content_id(r["text"]) for r in rows],
             "text": [r["text"] for r in rows],
