@@ -29,7 +29,7 @@ def test_stratified_sample_is_deterministic_and_covers_strata(sample_parquet):
 
 def test_judge_with_rule_judge_and_invalid_answers_kept(sample_parquet, tmp_path):
     with RuleJudgeServer() as srv:
-        cfg = LabelConfig(input=str(sample_parquet), workdir=str(tmp_path / "w"), dimensions=["edu", "safety"],
+        cfg = LabelConfig(input=str(sample_parquet), output=str(tmp_path / "w"), dimensions=["edu", "safety"],
                           endpoint={"base_url": srv.base_url, "model": MODEL, "concurrency": 4},
                           judge={"sample_size": 30})
         out = run_judge(cfg)
@@ -40,7 +40,7 @@ def test_judge_with_rule_judge_and_invalid_answers_kept(sample_parquet, tmp_path
 
     # a server whose answers do not match the schema: every row is kept, with the reason
     with FaultServer(models=("test-model",)) as bad:
-        cfg2 = cfg.model_copy(update={"workdir": str(tmp_path / "w2"),
+        cfg2 = cfg.model_copy(update={"output": str(tmp_path / "w2"),
                                       "endpoint": cfg.endpoint.model_copy(update={"base_url": bad.base_url,
                                                                                   "model": "test-model"})})
         out2 = run_judge(cfg2)
