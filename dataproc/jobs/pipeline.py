@@ -46,8 +46,8 @@ def check_read(stats: dict, output: str, allow_empty: bool = False) -> None:
     from dataproc.runner import read_output
     from q3.errors import require_nonempty
 
-    read = next((s for s in stats["stages"] if s["stage"] == "read"), None)
-    kept_at_read = read["out"] if read else stats["kept_docs"]
+    read = next((s for s in stats["stages"] if s["stage"] == "read"), None)   # absent: none rejected there
+    kept_at_read = stats["input_docs"] - (read["rejected"] if read else 0)
     if stats["input_docs"] == 0:
         why = "the input files hold no rows (check input=)"
     else:
