@@ -145,8 +145,7 @@ class SparkConfig(Q3Config):
 
 class PipelineConfig(Q3Config):
     aliases = {"inputs": "input"}
-    # a list of {path, format, ...}; a bare path or a list of paths is taken as [{path: ...}]
-    input: list[InputSpec] = Field(default_factory=list)
+    input: list[InputSpec] = Field(default_factory=list)   # a path, a list of paths, or [{path, format, ...}]
     output: str = "data/pipeline"
     runner: Literal["spark", "local"] = "spark"
     allow_empty: bool = False            # True: a run whose every input row is rejected at read exits 0

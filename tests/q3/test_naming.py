@@ -59,3 +59,11 @@ def test_check_names():
     assert check_names(["synth"], ["data", "synth"], "step") == ["synth"]
     with pytest.raises(ConfigError, match="unknown step 'sinth' \\(did you mean 'synth'\\?\\); known: data, synth"):
         check_names(["sinth"], ["data", "synth"], "step")
+
+
+def test_help_lists_deprecated_names():
+    from q3.describe import help_text
+
+    text = help_text(LabelConfig, "labeling")
+    assert "deprecated names (still accepted): workdir -> output, run.runner -> runner" in text
+    assert any(line.split()[:1] == ["runner"] for line in text.splitlines())
