@@ -143,7 +143,8 @@ def chunked(items: list[tuple[int, str]], size: int) -> list[list[tuple[int, str
 
 def fingerprint(cfg: PipelineConfig, items: list[tuple[int, str]]) -> str:
     """What the output depends on: config (not the engine) and the input files' identity."""
-    semantic = cfg.model_dump(mode="json", exclude={"runner", "spark", "output"})
+    semantic = cfg.model_dump(mode="json", exclude={"runner", "spark", "output", "allow_empty"})
+    semantic["inputs"] = semantic.pop("input")   # the key's old name: outputs committed before stay valid
     files = []
     for i, p in items:
         try:

@@ -30,7 +30,7 @@ from pydantic import Field
 
 from q3.atomic import atomic_dir
 from q3.config import ConfigError, Q3Config, config_hash, load_config
-from q3.errors import require_path
+from q3.errors import require_nonempty, require_path
 from q3.jsonl import read_jsonl
 from q3.log import get_logger, print_table
 from q3.paths import data_dir
@@ -118,6 +118,7 @@ def build(cfg: ColdStartConfig) -> dict[str, Any]:
     t0 = time.time()
     require_path(cfg.input, "input", "a JSONL of query-verifier pairs (`q3 synth verifiable` writes one)")
     items = _read_jsonl(cfg.input, "input (queries)")
+    require_nonempty(len(items), "0 queries", f"input {cfg.input} holds no rows")
     if bad := next((i for i, it in enumerate(items) if not isinstance(it.get("query"), str)), None):
         raise ConfigError(f"{cfg.input}: row {bad + 1} has no string field 'query' (its fields: "
                           f"{', '.join(items[bad]) or '(none)'}); `q3 synth verifiable` writes such rows")

@@ -135,7 +135,7 @@ def run_dedup(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig | 
     Idempotent: a committed output with the same config hash is not recomputed."""
     cfg = cfg or DedupConfig()
     out = Path(output_dir)
-    chash = config_hash(cfg.model_dump(mode="json") | {"input": str(input_dir)})
+    chash = config_hash(cfg.model_dump(mode="json", exclude={"allow_empty"}) | {"input": str(input_dir)})
     if is_committed(out):
         marker = json.loads((out / "_Q3_SUCCESS").read_text())
         if marker.get("config_hash") == chash and (out / "stats.json").exists():
