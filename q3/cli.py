@@ -22,7 +22,7 @@ AREAS: dict[str, tuple[str, str]] = {
     "mix": ("dataproc.mix_cli", "tokenise into Megatron datasets, build stage manifests, optimise mixture"),
     "train": ("train.cli", "megatron-core Qwen3 pretraining, export-hf, import-hf, generate"),
     "post": ("train.post.cli", "post-training: prepare data, chat SFT (cold start, fusion), eval"),
-    "serve": ("train.serve", "OpenAI-compatible chat server on a checkpoint"),
+    "serve": ("train.serve_cli", "OpenAI-compatible chat server on a checkpoint"),
     "demo": ("q3.demo", "the whole system end to end on the sample corpus, on CPU"),
 }
 
@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             return describe(fn, f"q3 {area} {verb}".rstrip(), config, overrides, show)
         rc = fn(config, overrides)
     except ConfigError as e:
-        print(f"q3 {area} {verb}: {e}".rstrip(), file=sys.stderr)
+        print(f"{f'q3 {area} {verb}'.rstrip()}: {e}", file=sys.stderr)
         return 2
     except RunFailed as e:
-        print(f"q3 {area} {verb}: {e}".rstrip(), file=sys.stderr)
+        print(f"{f'q3 {area} {verb}'.rstrip()}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -252,3 +252,17 @@ def precheck_import(config: str | None, overrides: list[str]) -> None:
     from q3.errors import require_path
 
     require_path(load_config(ImportConfig, "export", config, overrides).hf_dir, "hf_dir", "an HF Qwen3 folder")
+
+
+def precheck_serve(config: str | None, overrides: list[str]) -> None:
+    """`q3 serve`: its config model lives with the server (train/serve.py, torch); only `load=` is
+    checked here, on the raw config -- the model validates everything else after the imports."""
+    from q3.config import apply_overrides, load_yaml, resolve
+    from q3.describe import SHOW
+    from q3.errors import require_path
+
+    if SHOW.get():                      # --help / --print-config: nothing runs, nothing to check
+        return
+    data = apply_overrides(load_yaml(resolve("serve", config)) if config else {}, overrides)
+    if data.get("load"):
+        require_path(str(data["load"]), "load", "an HF folder (`q3 train export-hf`) or a megatron checkpoint dir")

@@ -126,3 +126,12 @@ def test_generate_values_checked(tmp_path):
     assert "max_tokens: Input should be greater than or equal to 1; got -3" in msg
     msg = one_line_error(q3("train", "generate", "load=/nope", tmp=tmp_path), 2)
     assert "load=/nope: no such file or directory" in msg
+
+
+def test_serve_bad_load_fails_before_torch(tmp_path):
+    code = ("import sys; from q3.cli import main; rc = main(['serve', 'load=/nope']); "
+            "print(rc, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert r.stdout.split() == ["2", "False"], (r.stdout, r.stderr)
+    assert r.stderr.startswith("q3 serve: load=/nope: no such file or directory")
