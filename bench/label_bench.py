@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     os.environ.setdefault("Q3_PROGRESS", "0")
-    cfg = LabelConfig(input=a.docs, workdir=str(data_dir() / "labeling-bench"), judge={"sample_size": 300})
+    cfg = LabelConfig(input=a.docs, output=str(data_dir() / "labeling-bench"), judge={"sample_size": 300})
     models = ensure_models(cfg)
     table = jsonl_to_table(a.docs)
     texts = table["text"].to_pylist()
@@ -84,10 +84,10 @@ def main() -> None:
     if a.spark:
         cores = 2
         os.environ["Q3_SPARK_MASTER"] = f"local[{cores}]"
-        scfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"runner": "spark", "partitions": cores})})
+        scfg = cfg.model_copy(update={"runner": "spark", "run": cfg.run.model_copy(update={"partitions": cores})})
         shutil.rmtree(cfg.work() / "labeled", ignore_errors=True)   # time a real run, not a no-op rerun
         t = time.perf_counter()
-        out = run_apply(scfg.model_copy(update={"workdir": str(data_dir() / "labeling-bench")}))
+        out = run_apply(scfg.model_copy(update={"output": str(data_dir() / "labeling-bench")}))
         t_spark = time.perf_counter() - t
         rows.update({"spark_cores": cores, "spark_job_s": t_spark,
                      "spark_docs_per_s_per_core": n / t_spark / cores, "labeled": str(out)})

@@ -49,7 +49,7 @@ def run_ours(corpus: Path, out: Path) -> dict:
     from dataproc.config import PipelineConfig
 
     cfg = PipelineConfig.model_validate({
-        "inputs": [{"path": str(corpus / "corpus.jsonl"), "format": "jsonl", "source": "bench"}],
+        "input": [{"path": str(corpus / "corpus.jsonl"), "format": "jsonl", "source": "bench"}],
         "output": str(out), "runner": "local", "pii": {"enabled": False}})
     w, c = time.perf_counter(), time.process_time()
     stats = runner.run(cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from q3.config import Q3Config
 
@@ -144,9 +144,11 @@ class SparkConfig(Q3Config):
 
 
 class PipelineConfig(Q3Config):
-    inputs: list[InputSpec] = Field(default_factory=list)
+    aliases = {"inputs": "input"}
+    input: list[InputSpec] = Field(default_factory=list)   # a path, a list of paths, or [{path, format, ...}]
     output: str = "data/pipeline"
     runner: Literal["spark", "local"] = "spark"
+    allow_empty: bool = False            # True: a run whose every input row is rejected at read exits 0
     chunk_files: int = Field(default=64, ge=1)   # files per resumable chunk (each commits atomically)
     keep_parts: bool = False            # keep <output>.parts/ (per-chunk commits) after the final commit
     normalise: NormaliseConfig = Field(default_factory=NormaliseConfig)
@@ -154,3 +156,13 @@ class PipelineConfig(Q3Config):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _bare_paths(cls, v: object) -> object:
+        """`input=data/x.jsonl` or `input=[a.jsonl, b/]` mean [{path: ...}, ...] (format: auto)."""
+        if isinstance(v, str):
+            return [{"path": v}]
+        if isinstance(v, list):
+            return [{"path": x} if isinstance(x, str) else x for x in v]
+        return v

@@ -82,7 +82,7 @@ def process_file(cfg: PipelineConfig, spec_index: int, path: str) -> Iterator[pa
     """Read one input file and run the stage chain on it; yields STAGE_OUTPUT_SCHEMA batches."""
     from dataproc.readers import read_file
 
-    spec = cfg.inputs[spec_index]
+    spec = cfg.input[spec_index]
     run = stage_chain(cfg)
     size = cfg.spark.batch_size
     try:
@@ -126,13 +126,13 @@ def plan(cfg: PipelineConfig) -> list[tuple[int, str]]:
     """Every (input spec index, file path), in a deterministic order."""
     from dataproc.readers import list_inputs
 
-    if not cfg.inputs:
-        raise ConfigError("pipeline: no `inputs` configured (a list of {path, format, ...})")
+    if not cfg.input:
+        raise ConfigError("pipeline: no `input` configured (a path, or a list of {path, format, ...})")
     items: list[tuple[int, str]] = []
-    for i, spec in enumerate(cfg.inputs):
+    for i, spec in enumerate(cfg.input):
         found = sorted(str(p) for p in list_inputs(spec))
         if not found:
-            raise ConfigError(f"pipeline: inputs[{i}].path {spec.path!r} matches no files")
+            raise ConfigError(f"pipeline: input[{i}].path {spec.path!r} matches no files")
         items += [(i, p) for p in found]
     return items
 
@@ -143,7 +143,8 @@ def chunked(items: list[tuple[int, str]], size: int) -> list[list[tuple[int, str
 
 def fingerprint(cfg: PipelineConfig, items: list[tuple[int, str]]) -> str:
     """What the output depends on: config (not the engine) and the input files' identity."""
-    semantic = cfg.model_dump(mode="json", exclude={"runner", "spark", "output"})
+    semantic = cfg.model_dump(mode="json", exclude={"runner", "spark", "output", "allow_empty"})
+    semantic["inputs"] = semantic.pop("input")   # the key's old name: outputs committed before stay valid
     files = []
     for i, p in items:
         try:
@@ -164,8 +165,8 @@ def resolve_paths(cfg: PipelineConfig) -> PipelineConfig:
     def expand(p: str) -> str:
         return os.path.expanduser(os.path.expandvars(p))
 
-    inputs = [spec.model_copy(update={"path": expand(spec.path)}) for spec in cfg.inputs]
-    return cfg.model_copy(update={"inputs": inputs, "output": expand(cfg.output)})
+    inputs = [spec.model_copy(update={"path": expand(spec.path)}) for spec in cfg.input]
+    return cfg.model_copy(update={"input": inputs, "output": expand(cfg.output)})
 
 
 def parts_dir(cfg: PipelineConfig) -> Path:

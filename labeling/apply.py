@@ -7,7 +7,7 @@ classifier outputs (edu_score, domain, quality_score, safety, safety_severity, r
 rule outputs (has_code, has_math; raw signals in `extra`), and `versions` (model file hashes,
 rule version). Rows are never dropped: same rows, same order.
 
-Output: <workdir>/labeled/docs/lang=*/part-*.parquet + distributions.json, committed atomically
+Output: <output>/labeled/docs/lang=*/part-*.parquet + distributions.json, committed atomically
 with a key of (config, model versions, input); a rerun with the same key does nothing.
 """
 
@@ -31,6 +31,7 @@ from labeling.io import as_parquet
 from labeling.rules import apply_rules
 from q3.atomic import atomic_dir, is_committed, read_marker
 from q3.config import config_hash, load_config
+from q3.errors import InputMissing
 from q3.log import get_logger, print_table
 
 log = get_logger("labeling.apply")
@@ -191,10 +192,10 @@ def run_apply(cfg: LabelConfig) -> Path:
     work = cfg.work()
     models_dir = work / "models"
     if not is_committed(models_dir):
-        raise FileNotFoundError(f"no trained classifiers at {models_dir}: run `q3 label train` first")
+        raise InputMissing(f"no trained classifiers at {models_dir}: run `q3 label train` first")
     inp = as_parquet(cfg.input_path(), work)
     versions = {f: e["version"] for f, e in json.loads((models_dir / "models.json").read_text())["outputs"].items()}
-    key = config_hash({"run": cfg.run.model_dump(), "input": str(Path(inp).resolve()),
+    key = config_hash({"run": {**cfg.run.model_dump(), "runner": cfg.runner}, "input": str(Path(inp).resolve()),
                        "input_marker": read_marker(inp) if is_committed(inp) else None,
                        "versions": versions, "rules": RULES_VERSION})
     out = work / "labeled"
@@ -203,15 +204,15 @@ def run_apply(cfg: LabelConfig) -> Path:
         d = json.loads((out / "distributions.json").read_text())
         print_distributions(d)
         return out
-    meta: dict[str, Any] = {"key": key, "versions": versions, "runner": cfg.run.runner}
+    meta: dict[str, Any] = {"key": key, "versions": versions, "runner": cfg.runner}
     with atomic_dir(out, meta) as tmp:
-        runner = label_spark if cfg.run.runner == "spark" else label_local
+        runner = label_spark if cfg.runner == "spark" else label_local
         runner(inp, models_dir, tmp / "docs", cfg)
         d = distributions(tmp / "docs")
         (tmp / "distributions.json").write_text(json.dumps(d, indent=2, ensure_ascii=False))
         meta.update({"docs": d["docs"], "seconds": round(time.time() - t0, 1)})
     print_distributions(d)
-    log.info("labeled %d documents in %.1fs (%s) -> %s", d["docs"], time.time() - t0, cfg.run.runner, out)
+    log.info("labeled %d documents in %.1fs (%s) -> %s", d["docs"], time.time() - t0, cfg.runner, out)
     return out
 
 

@@ -10,7 +10,7 @@ label is a float. Agreement with the judge is measured on a held-out split (by a
 accuracy and macro-F1 for classes, Spearman's rho (and accuracy of the rounded score) for scores,
 overall and per language. A model's version is the sha256 (12 hex) of its file.
 
-Output: <workdir>/models/{<field>.bin|.npz, models.json, metrics.json} (committed atomically).
+Output: <output>/models/{<field>.bin|.npz, models.json, metrics.json} (committed atomically).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from labeling.config import LabelConfig
 from labeling.dimensions import ClassifierSpec, Dimension, Output, load_dimensions
 from q3.atomic import atomic_dir, atomic_write_text
 from q3.config import config_hash, load_config
+from q3.errors import InputMissing, require_nonempty
 from q3.log import get_logger, print_table
 
 log = get_logger("labeling.classifier")
@@ -240,7 +241,7 @@ def run_train(cfg: LabelConfig) -> Path:
     t0 = time.time()
     judged = cfg.work() / "judgements" / "judgements.parquet"
     if not judged.exists():
-        raise FileNotFoundError(f"no judgements at {judged}: run `q3 label judge` first")
+        raise InputMissing(f"no judgements at {judged}: run `q3 label judge` first")
     table = pq.read_table(judged).to_pylist()
     model_name = table[0]["model"] if table else "?"
     dims = [d for d in load_dimensions(cfg.dimensions_dir, cfg.dimensions) if d.source == "judge"]
@@ -259,6 +260,10 @@ def run_train(cfg: LabelConfig) -> Path:
                 entry, metrics = res
                 manifest["outputs"][out.field] = entry
                 all_metrics[out.field] = {"type": kind_type, "version": entry["version"], **metrics}
+        require_nonempty(len(manifest["outputs"]), "0 classifiers trained",
+                         f"{sum(1 for r in table if r['ok'])} valid judgements in {judged}, fewer than "
+                         f"train.min_examples={cfg.train.min_examples} per output; judge more documents "
+                         f"(judge.sample_size=) or check the judge's errors", allow_empty=cfg.allow_empty)
         atomic_write_text(tmp / "models.json", json.dumps(manifest, indent=2))
         atomic_write_text(tmp / "metrics.json", json.dumps(all_metrics, indent=2))
         meta["metrics"] = {k: v["overall"] for k, v in all_metrics.items()}

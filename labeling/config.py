@@ -30,14 +30,16 @@ class TrainConfig(Q3Config):
 
 
 class RunConfig(Q3Config):
-    runner: Literal["spark", "local"] = "spark"
     partitions: int | None = None
     batch_size: int = 512
 
 
 class LabelConfig(Q3Config):
+    aliases = {"workdir": "output", "run.runner": "runner"}
     input: str | None = None               # kept docs: Parquet dir/file (DOC_SCHEMA) or sample JSONL
-    workdir: str | None = None             # default: $Q3_DATA/labeling
+    output: str | None = None              # work dir (judgements/, models/, labeled/); default: $Q3_DATA/labeling
+    runner: Literal["spark", "local"] = "spark"   # `q3 label run`: Spark or the same code in-process
+    allow_empty: bool = False              # True: 0 valid judgements / 0 classifiers is not a failure
     dimensions_dir: str | None = None      # default: conf/labeling/dimensions
     dimensions: list[str] | None = None    # None: all
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
@@ -49,7 +51,7 @@ class LabelConfig(Q3Config):
         return Path(self.input) if self.input else data_dir() / "sample" / "docs.jsonl"
 
     def work(self) -> Path:
-        return Path(self.workdir) if self.workdir else data_dir() / "labeling"
+        return Path(self.output) if self.output else data_dir() / "labeling"
 
     def cache_dir(self) -> str:
         return self.endpoint.cache_dir or str(self.work() / "llm_cache")

@@ -7,7 +7,7 @@ dimension) is one chat request through q3/llm.py with the dimension's JSON schem
 the document's language and asks for JSON. Invalid, refused or failed judgements are kept as rows
 with `ok=false` and the reason in `error`.
 
-Output: <workdir>/judgements/judgements.parquet (committed atomically; reruns hit the LLM cache).
+Output: <output>/judgements/judgements.parquet (committed atomically; reruns hit the LLM cache).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from labeling.dimensions import Dimension, load_dimensions
 from labeling.io import read_docs
 from q3.atomic import atomic_dir
 from q3.config import config_hash, load_config
+from q3.errors import require_nonempty, require_path
 from q3.llm import ChatRequest, LLMClient, LLMConfigError
 from q3.log import get_logger, print_table
 
@@ -92,7 +93,10 @@ def build_request(dim: Dimension, text: str, lang: str, cfg: LabelConfig) -> Cha
 def run_judge(cfg: LabelConfig) -> Path:
     t0 = time.time()
     dims = [d for d in load_dimensions(cfg.dimensions_dir, cfg.dimensions) if d.source == "judge"]
-    docs = read_docs(cfg.input_path(), ["id", "text", "source", "lang", "n_chars"])
+    docs = read_docs(require_path(cfg.input_path(), "input", "kept documents from `q3 data run` or a JSONL"),
+                     ["id", "text", "source", "lang", "n_chars"])
+    require_nonempty(docs.num_rows, "0 documents to judge", f"input {cfg.input_path()} holds no rows",
+                     allow_empty=cfg.allow_empty)
     picked = stratified_sample(docs, cfg.judge.sample_size, cfg.judge.seed, cfg.judge.length_buckets)
     log.info("judging %d documents (%d strata) x %d dimensions via %s model %s", len(picked),
              len({s for _, s in picked}), len(dims), cfg.endpoint.resolved_base_url(), cfg.endpoint.resolved_model())
@@ -125,6 +129,18 @@ def run_judge(cfg: LabelConfig) -> Path:
         s["ok"] += ok
         if err:
             s["errors"][err.split(":")[0]] += 1
+    # the one empty-run rule (q3.errors): an endpoint that answered nothing is a failed run, and
+    # nothing is committed (`q3 label train` would otherwise "train" on 0 judgements)
+    errors: dict[str, int] = defaultdict(int)
+    for v in per_dim.values():
+        for e, c in v["errors"].items():
+            errors[e] += c
+    first = next((e for e in cols["error"] if e), "")
+    require_nonempty(sum(cols["ok"]), f"0 of {len(cols['ok'])} judgements valid",
+                     f"the endpoint {endpoint.resolved_base_url()} (model {model!r}) answered nothing usable "
+                     f"({', '.join(f'{e}={c}' for e, c in sorted(errors.items())) or 'no requests'}; "
+                     f"e.g. {first[:200]!r}); check endpoint.base_url / endpoint.model",
+                     allow_empty=cfg.allow_empty)
     out = cfg.work() / "judgements"
     meta = {"config_hash": config_hash(cfg), "model": model, "documents": len(picked),
             "stats": client.stats.as_dict(), "dimensions": {k: {"n": v["n"], "ok": v["ok"],

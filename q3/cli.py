@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from q3.config import ConfigError
+from q3.errors import RunFailed
 
 AREAS: dict[str, tuple[str, str]] = {
     "data": ("dataproc.cli", "corpus pipeline: sample, run, dedup, decontam"),
@@ -21,14 +22,20 @@ AREAS: dict[str, tuple[str, str]] = {
     "mix": ("dataproc.mix_cli", "tokenise into Megatron datasets, build stage manifests, optimise mixture"),
     "train": ("train.cli", "megatron-core Qwen3 pretraining, export-hf, import-hf, generate"),
     "post": ("train.post.cli", "post-training: prepare data, chat SFT (cold start, fusion), eval"),
-    "serve": ("train.serve", "OpenAI-compatible chat server on a checkpoint"),
+    "serve": ("train.serve_cli", "OpenAI-compatible chat server on a checkpoint"),
     "demo": ("q3.demo", "the whole system end to end on the sample corpus, on CPU"),
 }
 
-def verb(target: str, doc: str) -> Callable:
-    """A verb implemented at `module:function`, imported only when it runs."""
+def verb(target: str, doc: str, precheck: str | None = None) -> Callable:
+    """A verb implemented at `module:function`, imported only when it runs. `precheck` (also
+    `module:function(config, overrides)`, in a light module) validates the config and its paths
+    before the verb's module is imported: a wrong path fails in a second, not after megatron's
+    15 s of imports."""
 
     def run(config: str | None, overrides: list[str]) -> int | None:
+        if precheck:
+            module, func = precheck.split(":")
+            getattr(importlib.import_module(module), func)(config, overrides)
         module, func = target.split(":")
         return getattr(importlib.import_module(module), func)(config, overrides)
 
@@ -124,6 +131,9 @@ def script_main(fn: Callable, doc: str | None, argv: list[str] | None = None) ->
     except ConfigError as e:
         print(f"{sys.argv[0]}: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(f"{sys.argv[0]}: {e}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             return describe(fn, f"q3 {area} {verb}".rstrip(), config, overrides, show)
         rc = fn(config, overrides)
     except ConfigError as e:
-        print(f"q3 {area} {verb}: {e}".rstrip(), file=sys.stderr)
+        print(f"{f'q3 {area} {verb}'.rstrip()}: {e}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(f"{f'q3 {area} {verb}'.rstrip()}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

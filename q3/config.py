@@ -14,10 +14,10 @@ import hashlib
 import json
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from q3.paths import CONF_DIR
 
@@ -27,9 +27,91 @@ class ConfigError(ValueError):
 
 
 class Q3Config(BaseModel):
-    """Base of every config model: unknown keys are errors, not silently ignored."""
+    """Base of every config model: unknown keys are errors, not silently ignored.
+
+    `aliases` maps deprecated key names to today's (dotted paths allowed on either side, e.g.
+    `{"workdir": "output", "run.runner": "runner"}`): the old names keep working, with a one-line
+    warning (docs/cli.md has the naming scheme: `input`, `output`, `runner`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    aliases: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.aliases:
+            return rename_aliases(cls, data, cls.__name__)
+        return data
+
+
+def _pop_path(data: dict[str, Any], path: str) -> tuple[bool, Any]:
+    *parents, last = path.split(".")
+    node: Any = data
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and last in node:
+        return True, node.pop(last)
+    return False, None
+
+
+def _has_path(data: dict[str, Any], path: str) -> bool:
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def warn_deprecated(source: str, old: str, new: str) -> None:
+    from q3.log import get_logger  # lazy: rich/tqdm only when there is something to say
+
+    get_logger("q3.config").warning("%s: key %r is deprecated, use %r (the old name still works)",
+                                    source, old, new)
+
+
+def rename_aliases(model: type[BaseModel], data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A copy of `data` with `model.aliases`' old keys moved to their new names, each with a warning;
+    both names given is an error (which one was meant is not knowable)."""
+    aliases: dict[str, str] = getattr(model, "aliases", {}) or {}
+    if not aliases:
+        return data
+    out = json.loads(json.dumps(data, default=str)) if any(_has_path(data, a) for a in aliases) else data
+    for old, new in aliases.items():
+        found, value = _pop_path(out, old)
+        if not found:
+            continue
+        if _has_path(out, new):
+            raise ConfigError(f"{source}: both {old!r} (deprecated) and {new!r} are set; keep {new!r}")
+        warn_deprecated(source, old, new)
+        _set_path(out, new, value)
+        parent = old.rpartition(".")[0]
+        if parent and _has_path(out, parent):
+            node = out
+            for part in parent.split("."):
+                node = node[part]
+            if node == {}:                  # `run: {runner: local}` -> nothing left of `run`
+                _pop_path(out, parent)
+    return out
+
+
+def rename_override(model: type[BaseModel], override: str) -> str:
+    """`workdir=x` -> `output=x` (with the deprecation warning) for an override of `model`."""
+    key, sep, value = override.partition("=")
+    for old, new in (getattr(model, "aliases", {}) or {}).items():
+        k = key.strip()
+        if k == old or k.startswith(old + "."):
+            warn_deprecated("override", old, new)
+            return f"{new}{k[len(old):]}{sep}{value}"
+    return override
 
 
 C = TypeVar("C", bound=BaseModel)
@@ -141,6 +223,7 @@ def with_nested_defaults(model: type[BaseModel], data: dict[str, Any]) -> dict[s
 
 
 def validate(model: type[C], data: dict[str, Any], source: str = "config") -> C:
+    data = rename_aliases(model, data, source)
     try:
         return model.model_validate(with_nested_defaults(model, data))
     except ValidationError as e:
@@ -164,7 +247,10 @@ def load_config(model: type[C], kind: str, ref: str | Path | None = None,
     if show == "help":                      # `q3 <area> <verb> --help`: the keys, not a run
         print(help_text(model, kind))
         raise ConfigShown
-    data = apply_overrides(data, overrides or [])
+    # old key names of the file first, then of the overrides: `inputs=...` on the command line
+    # replaces a file's `input:` as `input=...` would
+    data = rename_aliases(model, data, source)
+    data = apply_overrides(data, [rename_override(model, o) for o in overrides or []])
     cfg = validate(model, data, source)
     if show == "print":                     # `--print-config`: the resolved config, not a run
         print(print_config(cfg), end="")
@@ -177,3 +263,14 @@ def config_hash(cfg: BaseModel | dict) -> str:
     payload = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def check_names(given: list[str] | None, known: list[str] | tuple[str, ...], what: str) -> list[str]:
+    """Names a user listed (e.g. `skip=[synth]`) must be known: a typo is a usage error that says the
+    closest name, not a silently ignored entry. Returns `given` (or [])."""
+    for name in given or []:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown {what} {name!r}{hint}; known: {', '.join(known)}")
+    return list(given or [])

@@ -115,6 +115,9 @@ def help_text(model: type[BaseModel], kind: str) -> str:
              "keys (key=value overrides; dotted keys set one field of a section):"]
     for key, typ, default, meaning in rows:
         lines.append(f"  {key:<{w0}}  {typ[:w1]:<{w1}}  {default[:w2]:<{w2}}  {meaning}".rstrip())
+    aliases = getattr(model, "aliases", {}) or {}
+    if aliases:   # old names still accepted, with a warning (docs/cli.md: the naming scheme)
+        lines += ["", "deprecated names (still accepted): " + ", ".join(f"{o} -> {n}" for o, n in aliases.items())]
     return "\n".join(lines)
 
 

@@ -29,7 +29,9 @@ from typing import Any
 from pydantic import Field
 
 from q3.atomic import atomic_dir
-from q3.config import Q3Config, config_hash, load_config
+from q3.config import ConfigError, Q3Config, config_hash, load_config
+from q3.errors import require_nonempty, require_path
+from q3.jsonl import read_jsonl
 from q3.log import get_logger, print_table
 from q3.paths import data_dir
 from synth import filters
@@ -56,7 +58,8 @@ class FilterConfig(Q3Config):
 
 
 class ColdStartConfig(Q3Config):
-    queries: str = ""                  # JSONL: query, verifier_type, verifier_data, domain?, id?
+    aliases = {"queries": "input"}
+    input: str = ""                    # JSONL: query, verifier_type, verifier_data, domain?, id?
     validation: str = ""               # JSONL with `query` (or `text`) fields: held-out items
     output: str = ""                   # default: <data>/synth/coldstart
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
@@ -85,9 +88,8 @@ def domain_of(item: dict[str, Any]) -> str:
     return best if scores[best] else "general"
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(x) for x in fh if x.strip()]
+def _read_jsonl(path: str, what: str) -> list[dict[str, Any]]:
+    return [row for _, row in read_jsonl(path, what)]   # missing file / bad line: one line, file:line
 
 
 def _body(content: str, s: Sampling, seed: int) -> dict[str, Any]:
@@ -114,11 +116,16 @@ def build(cfg: ColdStartConfig) -> dict[str, Any]:
     out = Path(cfg.output) if cfg.output else data_dir() / "synth" / "coldstart"
     cache = Path(cfg.endpoint.cache_dir) if cfg.endpoint.cache_dir else out.parent / f"{out.name}.cache"
     t0 = time.time()
-    items = _read_jsonl(cfg.queries)
+    require_path(cfg.input, "input", "a JSONL of query-verifier pairs (`q3 synth verifiable` writes one)")
+    items = _read_jsonl(cfg.input, "input (queries)")
+    require_nonempty(len(items), "0 queries", f"input {cfg.input} holds no rows")
+    if bad := next((i for i, it in enumerate(items) if not isinstance(it.get("query"), str)), None):
+        raise ConfigError(f"{cfg.input}: row {bad + 1} has no string field 'query' (its fields: "
+                          f"{', '.join(items[bad]) or '(none)'}); `q3 synth verifiable` writes such rows")
     for i, it in enumerate(items):
         it.setdefault("id", f"q{i}")
         it["domain"] = domain_of(it)
-    val_texts = [v.get("query") or v.get("text") or "" for v in _read_jsonl(cfg.validation)] if cfg.validation else []
+    val_texts = [v.get("query") or v.get("text") or "" for v in _read_jsonl(cfg.validation, "validation")] if cfg.validation else []
     validation = filters.NgramIndex(val_texts, cfg.filters.validation_ngram, cfg.filters.validation_threshold) \
         if val_texts else None
     rejected_q: list[dict[str, Any]] = []
@@ -220,7 +227,7 @@ def _count(tokens: Counter, res: list[dict[str, Any]], phase: str) -> None:
 def cli(config: str | None, overrides: list[str]) -> int:
     """Build the filtered long-CoT cold-start SFT set (Qwen3 chat format, messages JSONL).
 
-    keys: queries, validation, output, endpoint.*, no_think.*, candidates.{n,temperature,top_p,max_tokens},
+    keys: input (queries), validation, output, endpoint.*, no_think.*, candidates.{n,temperature,top_p,max_tokens},
     keep_per_query, max_per_domain, filters.*
     """
     cfg = load_config(ColdStartConfig, "synth", config or "coldstart", overrides)

@@ -33,7 +33,8 @@ from dataproc.dedup.config import DecontamConfig
 from dataproc.dedup.decontam import Decontaminator
 from dataproc.dedup.exact import exact_normalise
 from q3.atomic import atomic_dir, is_committed, read_marker
-from q3.config import Q3Config, config_hash, load_config
+from q3.config import ConfigError, Q3Config, config_hash, load_config
+from q3.errors import InputMissing, require_nonempty
 from q3.llm import extract_json
 from q3.log import get_logger, print_table, progress
 from q3.paths import data_dir
@@ -78,6 +79,7 @@ class EngineConfig(Q3Config):
     min_output_chars: int = 20
     params: dict[str, Any] = Field(default_factory=dict)   # overrides every template's sampling params
     reject_truncated: bool = True     # replies cut by max_tokens are rejected (the demo's tiny model never stops)
+    allow_empty: bool = False         # True: no seed rows / no answered request is not a failure
 
 
 # ---- seeds and requests ----------------------------------------------------------------------------
@@ -87,9 +89,16 @@ def read_seeds(path: str, max_docs: int | None = None) -> pa.Table:
     """Seed documents as a table with id, text, lang, source, sorted by id (a stable shard plan)."""
     p = Path(path)
     if not path or not p.exists():
-        raise FileNotFoundError(f"seed input not found: {path!r}")
+        raise InputMissing(f"seed input not found: {path!r}")
     if p.suffix in (".jsonl", ".json"):
-        rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+        from q3.jsonl import read_jsonl
+
+        rows = []
+        for where, r in read_jsonl(p, "seed input"):   # a bad line: file:line, no traceback
+            if not isinstance(r.get("text"), str):
+                raise ConfigError(f"{where}: no string field 'text' (the row has fields: "
+                                  f"{', '.join(r) or '(none)'}); seed rows need text (optional: id, lang, source)")
+            rows.append(r)
         table = pa.table({
             "id": [r.get("id") or content_id(r["text"]) for r in rows],
             "text": [r["text"] for r in rows],
@@ -227,6 +236,7 @@ def run_config_hash(cfg: EngineConfig) -> str:
     d = cfg.model_dump(mode="json")
     d.pop("output", None)
     d.pop("runner", None)
+    d.pop("allow_empty", None)
     ep = cfg.endpoint
     d["endpoint"] = {"model": ep.resolved_model(), "default_params": ep.default_params,
                      "cache_namespace": ep.cache_namespace}
@@ -356,6 +366,8 @@ def finalize(cfg: EngineConfig, output: Path, n_shards: int) -> dict[str, Any]:
 def run(cfg: EngineConfig, spark=None) -> dict[str, Any]:
     output = Path(cfg.output) if cfg.output else data_dir() / "synth" / "run"
     seeds = read_seeds(cfg.input, cfg.max_docs)
+    require_nonempty(seeds.num_rows, "0 seed documents", f"input {cfg.input} holds no rows",
+                     allow_empty=cfg.allow_empty)
     t0 = time.time()
     shards = run_spark(cfg, seeds, output, spark) if cfg.runner == "spark" else run_local(cfg, seeds, output)
     meta = finalize(cfg, output, len(shards))
@@ -367,6 +379,10 @@ def run(cfg: EngineConfig, spark=None) -> dict[str, Any]:
                                         "shards skipped"],
                 [(meta["requests"], meta["cache_hits"], meta["failed"], meta["prompt_tokens"],
                   meta["completion_tokens"], sum(bool(s.get("skipped")) for s in shards))])
+    if meta["requests"]:   # the empty-run rule (q3.errors): an endpoint that answered nothing failed
+        require_nonempty(meta["requests"] - meta["failed"], f"0 of {meta['requests']} requests answered",
+                         f"every request to {cfg.endpoint.resolved_base_url()} failed; check endpoint.base_url "
+                         f"/ endpoint.model", allow_empty=cfg.allow_empty)
     return meta
 
 

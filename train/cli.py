@@ -3,8 +3,12 @@
 from q3.cli import verb
 
 VERBS = {
-    "pretrain": verb("train.pretrain:cli", "Pretrain a stage from its manifest (runs under torchrun too)."),
-    "export-hf": verb("train.hf_export:cli_export", "Write a Hugging Face Qwen3 / Qwen3-MoE folder from a checkpoint."),
-    "import-hf": verb("train.hf_export:cli_import", "Load a Hugging Face Qwen3 folder into a megatron-core checkpoint."),
-    "generate": verb("train.generate:cli", "Sample from a checkpoint (thinking / non-thinking presets)."),
+    "pretrain": verb("train.pretrain:cli", "Pretrain a stage from its manifest (runs under torchrun too).",
+                     precheck="train.config:precheck_pretrain"),
+    "export-hf": verb("train.hf_export:cli_export", "Write a Hugging Face Qwen3 / Qwen3-MoE folder from a checkpoint.",
+                      precheck="train.config:precheck_export"),
+    "import-hf": verb("train.hf_export:cli_import", "Load a Hugging Face Qwen3 folder into a megatron-core checkpoint.",
+                      precheck="train.config:precheck_import"),
+    "generate": verb("train.generate:cli", "Sample from a checkpoint (thinking / non-thinking presets).",
+                     precheck="train.config:precheck_generate"),
 }

@@ -184,3 +184,85 @@ def load_model_config(ref: str | ModelConfig, overrides: dict | None = None) -> 
         cfg = cfg.model_copy(update=overrides)
         cfg = ModelConfig.model_validate(cfg.model_dump())
     return cfg
+
+
+# ---- configs of the verbs whose modules import torch/megatron: here so that `--help`, value checks
+# and the path checks below run without those imports (q3/cli.py `verb(..., precheck=...)`)
+
+class ExportConfig(Q3Config):
+    load: str                           # megatron dist checkpoint dir (or a run dir holding one)
+    out_dir: str                        # HF folder to write
+    model: str | None = None            # conf/model name or YAML; default: the checkpoint's sidecar
+    rope_base: float | None = None      # default: sidecar's (S3 stores 1e6), else the model's
+    yarn: bool = False                  # write rope_scaling YaRN (model.yarn, 4x context). Off by
+    # default, like the published Qwen3 configs: YaRN rescales the rotary frequencies, so the
+    # logits then differ from the trainer's by design; turn it on for inputs beyond the trained length.
+    dtype: Literal["float32", "bfloat16"] = "float32"   # safetensors dtype
+    preset: str = "thinking"            # sampling preset written to generation_config.json
+
+
+class ImportConfig(Q3Config):
+    hf_dir: str                         # HF Qwen3 / Qwen3-MoE folder
+    out_dir: str                        # megatron dist checkpoint to write
+    model: str | None = None            # conf/model to check against; default: derived from config.json
+
+
+class GenerateConfig(Q3Config):
+    load: str                                  # HF export folder or megatron checkpoint
+    model: str | None = None                   # conf/model name (megatron checkpoints without sidecar)
+    prompt: str = "Give me a short introduction to large language models."
+    system: str | None = None
+    thinking: bool | None = None               # None: from /think, /no_think flags (default thinking)
+    temperature: float | None = Field(None, ge=0)   # None: the mode's preset
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1)       # 0 / -1: no top-k
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    max_tokens: int = Field(64, ge=1)
+    thinking_budget: int | None = Field(None, ge=0)
+    n: int = Field(1, ge=1)
+    seed: int = 0
+
+
+def precheck_pretrain(config: str | None, overrides: list[str]) -> None:
+    """`q3 train pretrain`: config, model, manifest and `load=` checked before megatron is imported."""
+    from q3.errors import require_path
+    from q3.manifest import load_manifest
+
+    cfg = load_config(TrainConfig, "train", config, overrides)
+    load_manifest(require_path(cfg.manifest, "manifest", "a stage manifest YAML (`q3 mix build` writes them)"))
+    load_model_config(cfg.model, cfg.model_overrides)
+    if cfg.load:
+        require_path(cfg.load, "load", "a checkpoint dir (a run's out_dir) to start from")
+
+
+def precheck_generate(config: str | None, overrides: list[str]) -> None:
+    from q3.errors import require_path
+
+    cfg = load_config(GenerateConfig, "generate", config, overrides)
+    require_path(cfg.load, "load", "an HF folder (`q3 train export-hf`) or a megatron checkpoint dir")
+
+
+def precheck_export(config: str | None, overrides: list[str]) -> None:
+    from q3.errors import require_path
+
+    require_path(load_config(ExportConfig, "export", config, overrides).load, "load", "a megatron checkpoint dir")
+
+
+def precheck_import(config: str | None, overrides: list[str]) -> None:
+    from q3.errors import require_path
+
+    require_path(load_config(ImportConfig, "export", config, overrides).hf_dir, "hf_dir", "an HF Qwen3 folder")
+
+
+def precheck_serve(config: str | None, overrides: list[str]) -> None:
+    """`q3 serve`: its config model lives with the server (train/serve.py, torch); only `load=` is
+    checked here, on the raw config -- the model validates everything else after the imports."""
+    from q3.config import apply_overrides, load_yaml, resolve
+    from q3.describe import SHOW
+    from q3.errors import require_path
+
+    if SHOW.get():                      # --help / --print-config: nothing runs, nothing to check
+        return
+    data = apply_overrides(load_yaml(resolve("serve", config)) if config else {}, overrides)
+    if data.get("load"):
+        require_path(str(data["load"]), "load", "an HF folder (`q3 train export-hf`) or a megatron checkpoint dir")

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from q3.config import ConfigError, Q3Config, load_config
+from q3.config import ConfigError, load_config
 from q3.log import get_logger
+from train.config import GenerateConfig  # noqa: F401 (re-export: its home is the light train.config)
 from train.rollout import Rollout, RolloutEngine, eval_mode, row_seed
 from train.sampling import (
     END_THINK_ID,
@@ -387,20 +388,6 @@ def chat(lm: LM, tok: Tokenizer, messages: list[dict], params: SamplingParams | 
 
 # ---------------------------------------------------------------- CLI
 
-class GenerateConfig(Q3Config):
-    load: str                                  # HF export folder or megatron checkpoint
-    model: str | None = None                   # conf/model name (megatron checkpoints without sidecar)
-    prompt: str = "Give me a short introduction to large language models."
-    system: str | None = None
-    thinking: bool | None = None               # None: from /think, /no_think flags (default thinking)
-    temperature: float | None = None           # None: the mode's preset
-    top_p: float | None = None
-    top_k: int | None = None
-    presence_penalty: float | None = None
-    max_tokens: int = 64
-    thinking_budget: int | None = None
-    n: int = 1
-    seed: int = 0
 
 
 def cli(config: str | None, overrides: list[str]) -> int:

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from q3.atomic import atomic_dir
-from q3.config import ConfigError, Q3Config, load_config
+from q3.config import ConfigError, load_config
 from q3.log import get_logger, print_table
-from train.config import ModelConfig, load_model_config
+from train.config import ExportConfig, ImportConfig, ModelConfig, load_model_config  # noqa: F401 (re-export)
 
 log = get_logger("train.hf_export")
 
@@ -43,22 +43,6 @@ ENDOFTEXT_ID, IM_END_ID = 151643, 151645
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 
-class ExportConfig(Q3Config):
-    load: str                           # megatron dist checkpoint dir (or a run dir holding one)
-    out_dir: str                        # HF folder to write
-    model: str | None = None            # conf/model name or YAML; default: the checkpoint's sidecar
-    rope_base: float | None = None      # default: sidecar's (S3 stores 1e6), else the model's
-    yarn: bool = False                  # write rope_scaling YaRN (model.yarn, 4x context). Off by
-    # default, like the published Qwen3 configs: YaRN rescales the rotary frequencies, so the
-    # logits then differ from the trainer's by design; turn it on for inputs beyond the trained length.
-    dtype: str = "float32"              # float32 | bfloat16 (safetensors dtype)
-    preset: str = "thinking"            # sampling preset written to generation_config.json
-
-
-class ImportConfig(Q3Config):
-    hf_dir: str                         # HF Qwen3 / Qwen3-MoE folder
-    out_dir: str                        # megatron dist checkpoint to write
-    model: str | None = None            # conf/model to check against; default: derived from config.json
 
 
 # ---------------------------------------------------------------- pure mappings (unit-testable)

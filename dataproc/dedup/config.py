@@ -83,3 +83,4 @@ class DedupConfig(Q3Config):
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
     partitions: int | None = None        # Spark shuffle partitions; None: session default
     batch_size: int = 512                # rows per Arrow batch in mapInArrow / the local runner
+    allow_empty: bool = False            # True: an input with 0 documents is not a failure

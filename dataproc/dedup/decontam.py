@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from dataproc.dedup.config import DecontamConfig
 from dataproc.dedup.minhash import _char_ngram_hashes, _word_ngram_hashes, is_char_lang
 from dataproc.stage import conform, reject
+from q3.errors import InputMissing
 
 STAGE = "decontam"
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -98,7 +99,7 @@ def eval_files(paths: list[str]) -> list[Path]:
         elif p.exists():
             files.append(p)
         else:
-            raise FileNotFoundError(f"eval set not found: {p}")
+            raise InputMissing(f"eval set not found: {p}")
     return files
 
 

@@ -26,6 +26,7 @@ from dataproc.dedup.decontam import Decontaminator, EvalIndex
 from dataproc.stage import split
 from q3.atomic import atomic_dir
 from q3.config import load_config
+from q3.errors import require_nonempty, require_path
 from q3.log import print_table
 from q3.schemas import DOC_SCHEMA, STAGE_OUTPUT_SCHEMA
 
@@ -94,7 +95,10 @@ def run_decontam(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig
 def cli(config: str | None, overrides: list[str]) -> int:
     """Remove documents overlapping evaluation sets by n-grams. Keys: input, output, decontam.*"""
     cfg = load_config(DedupConfig, "dedup", config or "default", overrides)
-    run_decontam(cfg.input, cfg.output, cfg)
+    require_path(cfg.input, "input", "kept documents: the Parquet output of `q3 data run` (<output>/kept)")
+    stats = run_decontam(cfg.input, cfg.output, cfg)
+    require_nonempty(stats["docs_in"], "0 documents in", f"input {cfg.input} holds no rows",
+                     allow_empty=cfg.allow_empty)
     return 0
 
 

@@ -27,6 +27,7 @@ from dataproc.dedup.config import DedupConfig
 from dataproc.dedup.stats import compute_stats, compute_stats_spark, print_stats
 from q3.atomic import atomic_dir, is_committed
 from q3.config import config_hash, load_config
+from q3.errors import require_nonempty, require_path
 from q3.log import get_logger, timed
 from q3.schemas import DOC_SCHEMA, STAGE_OUTPUT_SCHEMA
 
@@ -134,7 +135,7 @@ def run_dedup(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig | 
     Idempotent: a committed output with the same config hash is not recomputed."""
     cfg = cfg or DedupConfig()
     out = Path(output_dir)
-    chash = config_hash(cfg.model_dump(mode="json") | {"input": str(input_dir)})
+    chash = config_hash(cfg.model_dump(mode="json", exclude={"allow_empty"}) | {"input": str(input_dir)})
     if is_committed(out):
         marker = json.loads((out / "_Q3_SUCCESS").read_text())
         if marker.get("config_hash") == chash and (out / "stats.json").exists():
@@ -158,7 +159,10 @@ def run_dedup(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig | 
 def cli(config: str | None, overrides: list[str]) -> int:
     """Exact + MinHash-LSH fuzzy + line-level dedup (Spark). Keys: input, output, runner, scope, minhash.*"""
     cfg = load_config(DedupConfig, "dedup", config or "default", overrides)
-    run_dedup(cfg.input, cfg.output, cfg)
+    require_path(cfg.input, "input", "kept documents: the Parquet output of `q3 data run` (<output>/kept)")
+    stats = run_dedup(cfg.input, cfg.output, cfg)
+    require_nonempty(stats["docs_in"], "0 documents in", f"input {cfg.input} holds no rows",
+                     allow_empty=cfg.allow_empty)
     return 0
 
 

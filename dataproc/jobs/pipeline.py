@@ -40,6 +40,28 @@ def print_summary(stats: dict, output: str, seconds: float) -> None:
     print(f"output: {out}  (kept/, rejected/ partitioned by lang; stats.json)")
 
 
+def check_read(stats: dict, output: str, allow_empty: bool = False) -> None:
+    """The one empty-run rule (`q3.errors`): every input row rejected at read is a failed run, with
+    the reasons and one row's detail (the fields it has, the byte that is not UTF-8) to fix it by."""
+    from dataproc.runner import read_output
+    from q3.errors import require_nonempty
+
+    read = next((s for s in stats["stages"] if s["stage"] == "read"), None)   # absent: none rejected there
+    kept_at_read = stats["input_docs"] - (read["rejected"] if read else 0)
+    if stats["input_docs"] == 0:
+        why = "the input files hold no rows (check input=)"
+    else:
+        reasons = ", ".join(f"{r}={n}" for r, n in sorted(
+            (read or {}).get("rejected_by_reason", {}).items(), key=lambda x: -x[1]))
+        why = f"every input row was rejected at read ({reasons})"
+        if kept_at_read == 0:
+            rej = read_output(output, "rejected", ["url", "detail"]).slice(0, 1).to_pylist()
+            if rej and rej[0]["detail"]:
+                why += f"; e.g. {rej[0]['url']}: {rej[0]['detail']}"
+    require_nonempty(kept_at_read if stats["input_docs"] else 0,
+                     f"0 of {stats['input_docs']:,} input rows read", why, allow_empty=allow_empty)
+
+
 def run_pipeline(cfg: PipelineConfig, spark=None) -> dict:
     from dataproc import runner
 
@@ -53,6 +75,7 @@ def cli(config: str | None, overrides: list[str]) -> int:
     t0 = time.time()
     stats = run_pipeline(cfg)
     print_summary(stats, cfg.output, time.time() - t0)
+    check_read(stats, cfg.output, cfg.allow_empty)
     return 0
 
 

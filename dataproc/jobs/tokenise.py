@@ -45,6 +45,7 @@ from dataproc.mix.config import MixConfig, StageConfig, load_stage
 from dataproc.mix.select import TokenDataset, chunk_lengths, doc_mask, length_ok, token_datasets
 from q3.atomic import atomic_dir, is_committed, read_marker
 from q3.config import config_hash, load_config
+from q3.errors import InputMissing, require_path
 from q3.log import get_logger, print_table, progress
 from q3.tokenizer import EOD_ID, encode_batch, tokenizer_files_hash
 
@@ -189,7 +190,7 @@ def _input_files(path: str) -> list[Path]:
     files = sorted(x for x in p.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in
                                                               x.relative_to(p).parts))
     if not files:
-        raise FileNotFoundError(f"no Parquet files under {path}")
+        raise InputMissing(f"no Parquet files under {path}")
     return files
 
 
@@ -327,6 +328,7 @@ def run_tokenize(cfg: MixConfig, stages: list[StageConfig] | None = None, force:
 def cli(config: str | None, overrides: list[str]) -> int:
     force = "force=true" in overrides
     cfg = load_config(MixConfig, "mix", config, [o for o in overrides if o != "force=true"])
+    require_path(cfg.input, "input", "kept documents: the Parquet output of `q3 data run` or `q3 data dedup`")
     run_tokenize(cfg, force=force)
     return 0
 

@@ -20,6 +20,7 @@ from dataproc.mix.config import MixConfig, StageConfig, load_stage
 from dataproc.mix.select import expand_stage
 from q3.atomic import atomic_write_text, is_committed, read_marker
 from q3.config import config_hash, load_config
+from q3.errors import InputMissing
 from q3.log import get_logger, print_table
 from q3.manifest import LengthBucket, ManifestDataset, StageManifest, dump_manifest
 
@@ -36,7 +37,7 @@ def _bucket_of(name: str, stage: StageConfig) -> int:
 
 def build_stage_manifest(stage: StageConfig, tokens_dir: Path, mix_hash: str) -> StageManifest:
     if not is_committed(tokens_dir):
-        raise FileNotFoundError(f"{tokens_dir} is not a committed tokenisation output; run `q3 mix tokenize` first")
+        raise InputMissing(f"{tokens_dir} is not a committed tokenisation output; run `q3 mix tokenize` first")
     marker = read_marker(tokens_dir)
     expanded = expand_stage(stage)
     missing = [td.name for td, _ in expanded if td.name not in marker["datasets"]]

@@ -1,7 +1,7 @@
 """`q3 mix optimize`: RegMix-style mixture optimisation over label-defined dataset groups.
 
     q3 mix optimize --config demo_s1                     # conf/mix_optimize/demo_s1.yaml
-    q3 mix optimize manifest=data/mix/manifests/demo_s1.yaml validation=[web_zho] proxy=ngram
+    q3 mix optimize input=data/mix/manifests/demo_s1.yaml validation=[web_zho] proxy=ngram
 
 1. Sample K random mixtures (Dirichlet around the manifest's weights) over the manifest's
    datasets (each dataset is a group defined by label/lang predicates in conf/stages/).
@@ -42,6 +42,7 @@ from pydantic import Field
 from dataproc.mix.trainer_runs import run_trainer
 from q3.atomic import atomic_write_text
 from q3.config import Q3Config, load_config
+from q3.errors import require_path
 from q3.log import get_logger, print_table, progress
 from q3.manifest import StageManifest, dump_manifest, load_manifest
 from q3.tokenizer import VOCAB_SIZE
@@ -51,7 +52,8 @@ logging.getLogger("megatron.core.datasets.indexed_dataset").setLevel(logging.WAR
 
 
 class OptimizeConfig(Q3Config):
-    manifest: str                         # base stage manifest (from `q3 mix build`)
+    aliases = {"manifest": "input"}
+    input: str                            # base stage manifest (from `q3 mix build`)
     output: str | None = None             # default: <manifest stem>.optimized.yaml next to it
     work_dir: str | None = None           # proxy runs; default: <manifest dir>/optimize-<stem>/
     groups: list[str] | None = None       # datasets to mix; None: every dataset in the manifest
@@ -211,15 +213,15 @@ def _run_proxy(cfg: OptimizeConfig, base: StageManifest, corpus: Corpus | None, 
 def optimize(cfg: OptimizeConfig) -> tuple[Path, dict]:
     """Run the proxies, fit, write the optimised manifest. Returns (path, report)."""
     t0 = time.time()
-    base = load_manifest(cfg.manifest)
+    base = load_manifest(require_path(cfg.input, "input", "a stage manifest YAML (`q3 mix build` writes them)"))
     if base.length_buckets:
         raise ValueError("mixture optimisation over length-bucketed stages (S3) is not supported: "
                          "their weights encode the length split")
     groups = cfg.groups or [d.name for d in base.datasets]
     prior = np.array([max(next(d.weight for d in base.datasets if d.name == g), 1e-6) for g in groups])
     prior = prior / prior.sum()
-    stem = Path(cfg.manifest).stem
-    work = Path(cfg.work_dir) if cfg.work_dir else Path(cfg.manifest).parent / f"optimize-{stem}"
+    stem = Path(cfg.input).stem
+    work = Path(cfg.work_dir) if cfg.work_dir else Path(cfg.input).parent / f"optimize-{stem}"
     corpus = Corpus(base, groups, cfg.validation, cfg.holdout_every) if cfg.proxy == "ngram" else None
     rng = np.random.default_rng(cfg.seed)
     mixes = rng.dirichlet(cfg.alpha * len(groups) * prior, size=cfg.n_runs)
@@ -239,7 +241,7 @@ def optimize(cfg: OptimizeConfig) -> tuple[Path, dict]:
     out_manifest = with_weights(base, new_w)
     prov = dict(out_manifest.provenance) | {"mixture_optimisation": report}
     out_manifest = out_manifest.model_copy(update={"provenance": prov})
-    out = Path(cfg.output) if cfg.output else Path(cfg.manifest).with_name(f"{stem}.optimized.yaml")
+    out = Path(cfg.output) if cfg.output else Path(cfg.input).with_name(f"{stem}.optimized.yaml")
     atomic_write_text(out, dump_manifest(out_manifest))
     print_table(f"q3 mix optimize: {out} (K={cfg.n_runs} {cfg.proxy} proxies, fit R^2 {r2:.3f}, "
                 f"{time.time() - t0:.1f}s)", ["dataset", "base weight", "optimised weight"],

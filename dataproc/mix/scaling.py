@@ -14,7 +14,6 @@ compute is C = 6 * n_params * target_tokens; the predictions go to `output` (JSO
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from pydantic import Field
@@ -22,6 +21,7 @@ from pydantic import Field
 from dataproc.mix.config import load_stage
 from q3.atomic import atomic_write_text
 from q3.config import Q3Config, load_config
+from q3.errors import require_path
 from q3.log import get_logger, print_table
 from q3.manifest import dump_manifest, load_manifest
 
@@ -29,7 +29,8 @@ log = get_logger(__name__)
 
 
 class ScalingConfig(Q3Config):
-    sweep: str                                  # JSON list of {compute, lr, bs, loss}
+    aliases = {"sweep": "input"}
+    input: str                                  # sweep JSON (`q3 mix sweep`): a list of {compute, lr, bs, loss}
     near_optimal: float = Field(default=0.0025, ge=0)
     n_params: float = Field(gt=0)               # parameters of the model the stages train
     stages: list[str] = Field(default_factory=lambda: ["s1", "s2", "s3"])
@@ -79,7 +80,7 @@ def predict(law: dict, compute: float) -> tuple[float, float]:
 
 
 def run_scaling(cfg: ScalingConfig) -> dict:
-    runs = json.loads(Path(cfg.sweep).read_text())
+    runs = json.loads(require_path(cfg.input, "input", "the JSON `q3 mix sweep` writes").read_text())
     law = fit_scaling(runs, cfg.near_optimal)
     preds = {}
     for ref in cfg.stages:

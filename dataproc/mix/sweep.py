@@ -1,6 +1,6 @@
 """`q3 mix sweep`: the grid of tiny trainer runs that `q3 mix scaling` fits power laws to.
 
-    q3 mix sweep --config demo manifest=data/mix/manifests/demo_s1.yaml
+    q3 mix sweep --config demo input=data/mix/manifests/demo_s1.yaml
     q3 mix scaling sweep=data/mix/sweep.json n_params=6.0e8
 
 For every compute budget (training tokens) x peak learning rate x global batch size, the real
@@ -26,13 +26,15 @@ from dataproc.mix.scaling import fit_scaling
 from dataproc.mix.trainer_runs import run_trainer
 from q3.atomic import atomic_write_text
 from q3.config import Q3Config, load_config
+from q3.errors import require_path
 from q3.log import get_logger, print_table, progress
 
 log = get_logger(__name__)
 
 
 class SweepConfig(Q3Config):
-    manifest: str                                   # stage manifest the runs train on
+    aliases = {"manifest": "input"}
+    input: str                                      # stage manifest the runs train on
     validation: list[str]                           # manifest datasets whose valid share is scored
     split: str = "90,10,0"                          # megatron document split (train/valid/test)
     train_config: str = "demo_s1"
@@ -74,7 +76,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
             log.info("reusing %s", result_file)
         else:
             cmd = [sys.executable, "-m", "q3.cli", "train", "pretrain", "--config", cfg.train_config,
-                   f"manifest={cfg.manifest}", f"out_dir={out_dir}", f"train_steps={steps}",
+                   f"manifest={require_path(cfg.input, 'input', 'a stage manifest YAML')}", f"out_dir={out_dir}", f"train_steps={steps}",
                    f"seq_length={cfg.seq_length}", f"global_batch_size={bs}",
                    f"micro_batch_size={min(cfg.micro_batch_size, bs)}", f"optim.lr={lr}", f"optim.min_lr={lr / 10}",
                    f"split={cfg.split}", "validation=[" + ",".join(cfg.validation) + "]",

@@ -128,8 +128,11 @@ def record(rows: Rows, raw: bytes, url: str, spec: InputSpec) -> None:
         return
     text = obj.get(spec.text_field)
     if not isinstance(text, str):
+        # the usual cause is a corpus that names its text otherwise (`content`, `body`): say so
+        fields = ", ".join(list(obj)[:12]) or "(none)"
         rows.reject("missing_text", url, raw, text=line,
-                    detail=f"field {spec.text_field!r} is {type(text).__name__}")
+                    detail=f"field {spec.text_field!r} is {type(text).__name__}; the row has fields: {fields}"
+                           f" (select one: input=[{{path: ..., text_field: <field>}}])")
         return
     doc_url = obj.get(spec.url_field) if spec.url_field else None
     doc_url = doc_url if isinstance(doc_url, str) and doc_url else url

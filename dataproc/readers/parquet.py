@@ -21,7 +21,7 @@ def read_parquet(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
         yield from rows.flush()
         return
     if spec.text_field not in names:
-        rows.reject("missing_text", path, path.encode(), detail=f"no column {spec.text_field!r} in {names}")
+        rows.reject("missing_text", path, path.encode(), detail=f"no column {spec.text_field!r} in {names} (text_field= selects the text column)")
         yield from rows.flush()
         return
     wanted = [c for c in (spec.text_field, spec.url_field, spec.id_field, "lang_hint") if c and c in names]

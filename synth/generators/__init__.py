@@ -30,6 +30,7 @@ VERSION = "v1"
 
 
 class VerifiableConfig(Q3Config):
+    aliases = {"out": "output"}
     n: int = Field(200, ge=1)
     seed: int = 0
     domains: dict[str, float] = Field(default_factory=lambda: {"math": 0.4, "code": 0.3, "logic": 0.3})
@@ -37,7 +38,7 @@ class VerifiableConfig(Q3Config):
     n_tests: int = 10                 # hidden tests per code task (plus its edge cases)
     check: bool = True                # verify reference accepted / perturbed rejected before writing
     workers: int = 2                  # parallel verifications (code runs in the sandbox)
-    out: str = ""                     # default: <data>/synth/verifiable
+    output: str = ""                  # default: <data>/synth/verifiable
     force: bool = False               # rewrite even if a committed output with this config exists
 
 
@@ -108,9 +109,11 @@ def generate(cfg: VerifiableConfig) -> tuple[list[RLPair], Counter]:
 
 
 def write_pairs(cfg: VerifiableConfig) -> Path:
-    """Generate, check and atomically write <out>/pairs.jsonl; returns the output directory."""
-    out = Path(cfg.out) if cfg.out else data_dir() / "synth" / "verifiable"
-    chash = config_hash(cfg.model_copy(update={"out": "", "force": False, "workers": 0}))
+    """Generate, check and atomically write <output>/pairs.jsonl; returns the output directory."""
+    out = Path(cfg.output) if cfg.output else data_dir() / "synth" / "verifiable"
+    # the hash of the old field name `out`: outputs committed before the rename stay up to date
+    d = cfg.model_dump(mode="json", exclude={"output"}) | {"out": "", "force": False, "workers": 0}
+    chash = config_hash(d)
     if is_committed(out) and not cfg.force and read_marker(out).get("config_hash") == chash:
         log.info("%s already committed for this config; nothing to do (force=true to redo)", out)
         return out
@@ -134,11 +137,11 @@ def write_pairs(cfg: VerifiableConfig) -> Path:
 def cli(config: str | None, overrides: list[str]) -> int:
     """Emit programmatic RL query-verifier pairs (math, code, logic) as JSONL.
 
-    keys: n, seed, domains{math,code,logic: weight}, difficulties, n_tests, check, workers, out, force
+    keys: n, seed, domains{math,code,logic: weight}, difficulties, n_tests, check, workers, output, force
     """
     cfg = load_config(VerifiableConfig, "synth", config or _default_conf(), overrides)
     out = write_pairs(cfg)
-    print(json.dumps({"out": str(out / "pairs.jsonl"), **{k: v for k, v in read_marker(out).items()
+    print(json.dumps({"output": str(out / "pairs.jsonl"), **{k: v for k, v in read_marker(out).items()
                                                           if k in ("n", "seconds", "dropped")}}))
     return 0
 

@@ -13,7 +13,7 @@ from q3.paths import ROOT
 def test_corpus_inspection_notebook_executes(sample_dir, tmp_path, monkeypatch):
     langs = ["deu_Latn", "cmn_Hans", "rus_Cyrl", "code_Python"]
     cfg = PipelineConfig.model_validate({
-        "inputs": [{"path": str(sample_dir / "raw" / lang), "format": "text", "source": "debian-manpages",
+        "input": [{"path": str(sample_dir / "raw" / lang), "format": "text", "source": "debian-manpages",
                     "lang_from_path": True} for lang in langs],
         "output": str(tmp_path / "corpus"), "runner": "local"})
     stats = runner.run(cfg)

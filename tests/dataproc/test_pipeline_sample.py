@@ -32,7 +32,7 @@ def test_lid_accuracy_per_language_on_the_sample(docs_by_lang):
 
 def test_pipeline_on_the_sample_raw_dirs(sample_dir, tmp_path):
     cfg = PipelineConfig.model_validate({
-        "inputs": [{"path": str(sample_dir / "raw"), "format": "text", "source": "debian-manpages",
+        "input": [{"path": str(sample_dir / "raw"), "format": "text", "source": "debian-manpages",
                     "lang_from_path": True}],
         "output": str(tmp_path / "out"), "runner": "local", "chunk_files": 400})
     stats = runner.run(cfg)
@@ -69,7 +69,7 @@ def test_bad_inputs_end_as_rejected_rows(tmp_path):
     (t / "blob.txt").write_bytes(bytes(range(256)) * 50)
     (t / "ok.txt").write_text(good + " Vier.")
     cfg = PipelineConfig.model_validate({
-        "inputs": [{"path": str(d / "*.jsonl*"), "format": "jsonl", "source": "bad"},
+        "input": [{"path": str(d / "*.jsonl*"), "format": "jsonl", "source": "bad"},
                    {"path": str(t), "format": "text", "source": "bad-text"}],
         "output": str(tmp_path / "out"), "runner": "local", "chunk_files": 2,
         "quality": {"enabled": []}})

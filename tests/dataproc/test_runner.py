@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(inp: Path, out: Path, **kw) -> PipelineConfig:
-    data = {"inputs": [{"path": str(inp / "*.jsonl"), "format": "jsonl", "source": "test"}],
+    data = {"input": [{"path": str(inp / "*.jsonl"), "format": "jsonl", "source": "test"}],
             "output": str(out), "runner": "local", "chunk_files": 2,
             "quality": {"enabled": []}, **kw}   # one-sentence docs: Gopher's 50-word minimum would drop all
     return PipelineConfig.model_validate(data)
@@ -117,7 +117,7 @@ def test_read_failures_become_rejected_rows(tmp_path):
     inp.mkdir()
     (inp / "good.jsonl").write_text(json.dumps({"text": TEXTS["eng_Latn"][0]}) + "\n")
     (inp / "gone.jsonl").write_text(json.dumps({"text": TEXTS["deu_Latn"][0]}) + "\n")
-    cfg = PipelineConfig.model_validate({"inputs": [{"path": str(inp / "*.jsonl"), "format": "jsonl"}],
+    cfg = PipelineConfig.model_validate({"input": [{"path": str(inp / "*.jsonl"), "format": "jsonl"}],
                                          "output": str(tmp_path / "out"), "runner": "local"})
     items = runner.plan(cfg)
     (inp / "gone.jsonl").unlink()        # vanished between listing and reading (e.g. a cleaned-up shard)
@@ -130,10 +130,10 @@ def test_read_failures_become_rejected_rows(tmp_path):
 
 
 def test_config_errors_are_clear(tmp_path):
-    with pytest.raises(ConfigError, match="no `inputs`"):
+    with pytest.raises(ConfigError, match="no `input`"):
         runner.run(PipelineConfig(output=str(tmp_path / "o")))
     with pytest.raises(ConfigError, match="matches no files"):
-        runner.plan(PipelineConfig.model_validate({"inputs": [{"path": str(tmp_path / "nothing*.jsonl")}]}))
+        runner.plan(PipelineConfig.model_validate({"input": [{"path": str(tmp_path / "nothing*.jsonl")}]}))
     with pytest.raises(ConfigError, match="chunk_files"):
         load_config(PipelineConfig, "pipeline", None, ["chunk_files=0"])
     with pytest.raises(ConfigError, match="runner"):
@@ -146,5 +146,5 @@ def test_paths_expand_q3_data(monkeypatch, tmp_path):
     monkeypatch.setenv("Q3_DATA", str(tmp_path))
     cfg = load_config(PipelineConfig, "pipeline", "demo")
     resolved = runner.resolve_paths(cfg)
-    assert resolved.inputs[0].path == f"{tmp_path}/sample/raw"
+    assert resolved.input[0].path == f"{tmp_path}/sample/raw"
     assert resolved.output == f"{tmp_path}/pipeline-demo"

@@ -19,7 +19,7 @@ from q3.paths import CONF_DIR, ROOT
 @pytest.mark.slow
 def test_spark_submit_standalone_equals_local(tmp_path):
     inp = write_corpus(tmp_path / "in", n_files=4)
-    base = {"inputs": [{"path": str(inp / "*.jsonl"), "format": "jsonl", "source": "test"}], "chunk_files": 4}
+    base = {"input": [{"path": str(inp / "*.jsonl"), "format": "jsonl", "source": "test"}], "chunk_files": 4}
     cfg_file = tmp_path / "pipeline.yaml"
     cfg_file.write_text(yaml.safe_dump(base))
     local_out = tmp_path / "local"

@@ -6,11 +6,13 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from labeling.config import LabelConfig
 from labeling.io import read_docs
 from labeling.judge import run_judge, stratified_sample
 from labeling.rule_judge import MODEL, RuleJudgeServer
+from q3.errors import RunFailed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm_fault_server import FaultServer  # noqa: E402
@@ -29,7 +31,7 @@ def test_stratified_sample_is_deterministic_and_covers_strata(sample_parquet):
 
 def test_judge_with_rule_judge_and_invalid_answers_kept(sample_parquet, tmp_path):
     with RuleJudgeServer() as srv:
-        cfg = LabelConfig(input=str(sample_parquet), workdir=str(tmp_path / "w"), dimensions=["edu", "safety"],
+        cfg = LabelConfig(input=str(sample_parquet), output=str(tmp_path / "w"), dimensions=["edu", "safety"],
                           endpoint={"base_url": srv.base_url, "model": MODEL, "concurrency": 4},
                           judge={"sample_size": 30})
         out = run_judge(cfg)
@@ -38,12 +40,16 @@ def test_judge_with_rule_judge_and_invalid_answers_kept(sample_parquet, tmp_path
     assert {r["dimension"] for r in t} == {"edu", "safety"}
     assert all(r["text"] and r["lang"] for r in t)
 
-    # a server whose answers do not match the schema: every row is kept, with the reason
+    # a server whose answers do not match the schema: a failed run (exit 1, nothing committed) ...
     with FaultServer(models=("test-model",)) as bad:
-        cfg2 = cfg.model_copy(update={"workdir": str(tmp_path / "w2"),
+        cfg2 = cfg.model_copy(update={"output": str(tmp_path / "w2"),
                                       "endpoint": cfg.endpoint.model_copy(update={"base_url": bad.base_url,
                                                                                   "model": "test-model"})})
-        out2 = run_judge(cfg2)
+        with pytest.raises(RunFailed, match="0 of 60 judgements valid.*schema_mismatch=60"):
+            run_judge(cfg2)
+        assert not (tmp_path / "w2" / "judgements").exists()
+        # ... unless allow_empty: then every row is kept, with the reason
+        out2 = run_judge(cfg2.model_copy(update={"allow_empty": True}))
     t2 = pq.read_table(out2 / "judgements.parquet").to_pylist()
     assert len(t2) == 60 and not any(r["ok"] for r in t2)
     assert all(r["error"].startswith("schema_mismatch") for r in t2)

@@ -24,10 +24,10 @@ from q3.atomic import read_marker
 def test_judge_train_apply_in_spark_on_real_sample(spark, sample_parquet, tmp_path):
     work = tmp_path / "labeling"
     with RuleJudgeServer() as srv:
-        cfg = LabelConfig(input=str(sample_parquet), workdir=str(work),
+        cfg = LabelConfig(input=str(sample_parquet), output=str(work),
                           dimensions=["edu", "domain", "safety", "code", "math"],
                           endpoint={"base_url": srv.base_url, "model": MODEL, "concurrency": 4},
-                          judge={"sample_size": 240}, run={"runner": "spark", "partitions": 2})
+                          judge={"sample_size": 240}, runner="spark", run={"partitions": 2})
         run_judge(cfg)
     models = run_train(cfg)
     metrics = json.loads((models / "metrics.json").read_text())
@@ -68,9 +68,9 @@ def test_judge_train_apply_in_spark_on_real_sample(spark, sample_parquet, tmp_pa
 
 def test_linear_head_and_local_runner(sample_parquet, tmp_path):
     with RuleJudgeServer() as srv:
-        cfg = LabelConfig(input=str(sample_parquet), workdir=str(tmp_path / "w"), dimensions=["reasoning", "code"],
+        cfg = LabelConfig(input=str(sample_parquet), output=str(tmp_path / "w"), dimensions=["reasoning", "code"],
                           endpoint={"base_url": srv.base_url, "model": MODEL, "concurrency": 4},
-                          judge={"sample_size": 160}, train={"classifier": "linear"}, run={"runner": "local"})
+                          judge={"sample_size": 160}, train={"classifier": "linear"}, runner="local")
         run_judge(cfg)
     models = run_train(cfg)
     m = json.loads((models / "metrics.json").read_text())["reasoning_score"]

@@ -23,7 +23,7 @@ def test_fit_and_predict_recover_known_optimum():
 
 def test_ngram_proxies_move_weight_to_validation_language(demo_mix, tmp_path):
     _, paths = demo_mix
-    cfg = OptimizeConfig(manifest=str(paths["demo_s1"]), validation=["web_multi"], n_runs=12,
+    cfg = OptimizeConfig(input=str(paths["demo_s1"]), validation=["web_multi"], n_runs=12,
                          proxy_tokens=60_000, work_dir=str(tmp_path / "runs"), output=str(tmp_path / "opt.yaml"))
     out, report = optimize(cfg)
     m = load_manifest(out)
@@ -45,7 +45,7 @@ def test_trainer_proxies_score_a_fixed_validation_set(demo_mix, tmp_path):
     import json
 
     _, paths = demo_mix
-    cfg = OptimizeConfig(manifest=str(paths["demo_s1"]), validation=["web_multi"], n_runs=3, proxy="trainer",
+    cfg = OptimizeConfig(input=str(paths["demo_s1"]), validation=["web_multi"], n_runs=3, proxy="trainer",
                          proxy_steps=4, proxy_split="90,10,0",
                          proxy_overrides=["seq_length=64", "micro_batch_size=2", "global_batch_size=4",
                                           "validation_batches=1"],

@@ -40,7 +40,7 @@ def test_predictions_written_per_stage(demo_mix, tmp_path):
     sweep.write_text(json.dumps(_sweep()))
     man = tmp_path / "s2.yaml"
     man.write_bytes(paths["demo_s2"].read_bytes())
-    res = run_scaling(ScalingConfig(sweep=str(sweep), n_params=6e8, stages=["demo_s1", "demo_s2"],
+    res = run_scaling(ScalingConfig(input=str(sweep), n_params=6e8, stages=["demo_s1", "demo_s2"],
                                     manifests=[str(man)], output=str(tmp_path / "scaling.json")))
     s1, s2 = res["stages"]["demo_S1"], res["stages"]["demo_S2"]
     assert s1["compute"] == 6 * 6e8 * 2_000_000
@@ -56,7 +56,7 @@ def test_sweep_of_real_trainer_runs_feeds_the_fit(demo_mix, tmp_path):
     from dataproc.mix.sweep import SweepConfig, run_sweep
 
     _, paths = demo_mix
-    cfg = SweepConfig(manifest=str(paths["demo_s1"]), validation=["web_multi"], seq_length=32,
+    cfg = SweepConfig(input=str(paths["demo_s1"]), validation=["web_multi"], seq_length=32,
                       budgets=[1024, 4096], lrs=[3e-3, 1e-2], batch_sizes=[2, 4], validation_batches=1,
                       work_dir=str(tmp_path / "runs"), output=str(tmp_path / "sweep.json"))
     runs = run_sweep(cfg)

@@ -33,7 +33,7 @@ def test_coldstart_filters_and_qwen3_sft_format(tmp_path):
     by_query = {it["query"]: it for it in items}
     order = [it["query"] for it in items]
     with FaultServer(models=("test-model",), responder=lambda b: reply(b, by_query, order)) as server:
-        cfg = ColdStartConfig(queries=str(queries), validation=str(val), output=str(tmp_path / "cs"),
+        cfg = ColdStartConfig(input=str(queries), validation=str(val), output=str(tmp_path / "cs"),
                               endpoint={"base_url": server.base_url, "model": "test-model", "concurrency": 4,
                                         "cache_dir": str(tmp_path / "cache")},
                               candidates={"n": len(CANDIDATE_KINDS), "temperature": 0.6, "top_p": 0.95},

@@ -38,5 +38,5 @@ def test_cli_writes_n_unique_items_in_one_schema(tmp_path):
     assert {r["verifier_type"] for r in rows} == {"math", "code", "logic"}
     first = (out / "pairs.jsonl").read_bytes()
     # rerun: committed output with the same config is kept; force=true regenerates identical bytes
-    write_pairs(VerifiableConfig(out=str(out), n=30, seed=1, force=True))
+    write_pairs(VerifiableConfig(output=str(out), n=30, seed=1, force=True))
     assert (out / "pairs.jsonl").read_bytes() == first
