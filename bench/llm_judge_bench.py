@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from labeling.judge import run_judge
 from labeling.rule_judge import MODEL as RULE_MODEL
 from labeling.rule_judge import RuleJudgeServer
 from q3.config import load_config
+from q3.judge_agreement import agreement, examples, judgements
 from q3.llm_server import smollm_folder, transformers_served
 from q3.paths import data_dir
 
@@ -61,44 +61,6 @@ def speed(url: str, model: str, max_tokens: int = 64) -> dict[str, float]:
     t4, s4 = asyncio.run(run(4))
     return {"single_tokens": t1, "single_s": round(s1, 2), "single_tok_s": round(t1 / s1, 1),
             "concurrent4_tokens": t4, "concurrent4_s": round(s4, 2), "concurrent4_tok_s": round(t4 / s4, 1)}
-
-
-def judgements(work: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    t = pq.read_table(work / "judgements" / "judgements.parquet").to_pylist()
-    return {(r["id"], r["dimension"]): r for r in t}
-
-
-def agreement(rule: dict, llm: dict) -> dict[str, Any]:
-    """Per dimension: LLM valid-JSON rate, exact agreement with the rule judge where both are
-    valid; for scores also within +-1 and the mean absolute difference; and the LLM's answer spread."""
-    out: dict[str, Any] = {}
-    for dim in sorted({d for _, d in llm}):
-        keys = [k for k in llm if k[1] == dim and k in rule]
-        valid = [k for k in keys if llm[k]["ok"] and rule[k]["ok"]]
-        field = {"edu": "score", "domain": "domain", "safety": "category"}.get(dim)
-        pairs = []
-        for k in valid:
-            a, b = json.loads(rule[k]["answer"]), json.loads(llm[k]["answer"])
-            fa = field if field in a else next(x for x in a if x != "reason")
-            pairs.append((a.get(fa), b.get(fa)))
-        row: dict[str, Any] = {"requests": len(keys), "valid_json": sum(llm[k]["ok"] for k in keys),
-                               "errors": dict(Counter((llm[k]["error"] or "").split(":")[0]
-                                                      for k in keys if not llm[k]["ok"])),
-                               "exact": round(sum(a == b for a, b in pairs) / len(pairs), 3) if pairs else None,
-                               "llm_answers": dict(Counter(str(b) for _, b in pairs).most_common(6)),
-                               "rule_answers": dict(Counter(str(a) for a, _ in pairs).most_common(6))}
-        nums = [(a, b) for a, b in pairs if isinstance(a, int | float) and isinstance(b, int | float)]
-        if nums:
-            row["within_1"] = round(sum(abs(a - b) <= 1 for a, b in nums) / len(nums), 3)
-            row["mean_abs_diff"] = round(sum(abs(a - b) for a, b in nums) / len(nums), 2)
-        out[dim] = row
-    return out
-
-
-def examples(rule: dict, llm: dict, n: int = 3) -> list[dict[str, str]]:
-    picked = [k for k in sorted(llm) if llm[k]["ok"]][:n] + [k for k in sorted(llm) if not llm[k]["ok"]][:1]
-    return [{"dimension": k[1], "doc": llm[k]["text"][:100].replace("\n", " "), "llm": llm[k]["answer"][:300],
-             "rule": rule.get(k, {}).get("answer", "")[:200], "error": llm[k]["error"] or ""} for k in picked]
 
 
 def synth(url: str, model: str, seeds: str, out: Path, max_docs: int) -> dict[str, Any]:
