@@ -79,3 +79,14 @@ def examples(ref: dict, llm: dict, n: int = 3) -> list[dict[str, str]]:
     return [{"dimension": k[1], "lang": llm[k]["lang"], "doc": (llm[k]["text"] or "")[:100].replace("\n", " "),
              "llm": (llm[k]["answer"] or "")[:300], "ref": (ref.get(k, {}).get("answer") or "")[:200],
              "error": llm[k]["error"] or ""} for k in ok + bad]
+
+
+def summary(ref_workdir: Path, llm_workdir: Path) -> str:
+    """The demo report's line for the LLM judge step: its model, documents, valid answers and
+    agreement with the reference (rule-based) judge; "" when the LLM judge wrote nothing."""
+    llm = judgements(llm_workdir)
+    if not llm:
+        return ""
+    model = Path(next(iter(llm.values()))["model"]).name
+    docs = len({k[0] for k in llm})
+    return f"{model}: {docs} documents; " + agreement_line(agreement(judgements(ref_workdir), llm))

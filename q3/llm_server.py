@@ -141,3 +141,12 @@ def transformers_served(model: str | Path, logfile: Path, *, port: int = 0, star
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def served_smollm(logfile: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
+    """SmolLM2-135M-Instruct behind `transformers serve` for the duration of a demo step:
+    yields (base_url, model) for `endpoint.base_url=` / `endpoint.model=`. The first call converts
+    the wheel's GGUF once (minutes); later ones start in ~40 s on a busy 2-core VM."""
+    with transformers_served(smollm_folder(), logfile, env=env) as served:
+        yield served

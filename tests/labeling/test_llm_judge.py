@@ -50,3 +50,44 @@ def test_smollm_weights_come_from_the_wheel():
     with path.open("rb") as f:
         assert f.read(4) == b"GGUF"
     assert path.stat().st_size > 50 << 20
+
+
+def test_agreement_from_committed_judgements(sample_parquet, tmp_path):
+    """Agreement figures are read back from what `q3 label judge` committed: a judge agrees with
+    itself exactly; a copy with changed answers agrees less, and its failures are counted."""
+    import pyarrow as pa
+
+    from labeling.rule_judge import MODEL, RuleJudgeServer
+    from q3 import judge_agreement as ja
+
+    cfg = load_config(LabelConfig, "labeling", "demo_llm", [
+        f"input={sample_parquet}", f"workdir={tmp_path / 'rule'}", "judge.sample_size=8"])
+    with RuleJudgeServer() as srv:
+        run_judge(cfg.model_copy(update={"endpoint": cfg.endpoint.model_copy(
+            update={"base_url": srv.base_url, "model": MODEL})}))
+    ref = ja.judgements(tmp_path / "rule")
+    same = ja.agreement(ref, ref)
+    assert set(same) == {"edu", "domain", "safety"}
+    assert all(r["exact"] == 1.0 and r["valid"] == r["requests"] == 8 for r in same.values())
+    assert same["edu"]["within_1"] == 1.0 and same["edu"]["mean_abs_diff"] == 0
+
+    # another "judge": every edu score + 2 (capped at 5), one domain answer lost as invalid JSON
+    rows = pq.read_table(tmp_path / "rule" / "judgements" / "judgements.parquet").to_pylist()
+    first_domain = next(i for i, r in enumerate(rows) if r["dimension"] == "domain")
+    for i, r in enumerate(rows):
+        if r["dimension"] == "edu":
+            a = json.loads(r["answer"])
+            r["answer"] = json.dumps({**a, "score": min(5, a["score"] + 2)})
+        if i == first_domain:
+            r.update(ok=False, error="invalid_json: truncated", answer="{\"dom")
+    other = tmp_path / "other" / "judgements"
+    other.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(
+        tmp_path / "rule" / "judgements" / "judgements.parquet")), other / "judgements.parquet")
+    got = ja.agreement(ref, ja.judgements(other.parent))
+    changed = sum(json.loads(ref[k]["answer"])["score"] < 5 for k in ref if k[1] == "edu")
+    assert got["edu"]["exact"] == round(1 - changed / 8, 3)
+    assert got["domain"]["valid"] == 7 and got["domain"]["errors"] == {"invalid_json": 1}
+    line = ja.summary(tmp_path / "rule", other.parent)
+    assert line.startswith("rule-judge-v1: 8 documents; domain: 7/8 valid, agrees 1.00") and "edu: 8/8 valid" in line
+    assert ja.summary(tmp_path / "rule", tmp_path / "nothing") == ""
