@@ -90,6 +90,17 @@ def smollm_folder(cache: Path | None = None) -> Path:
     return out
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL, so a
+    killed demo or test never leaves a model server behind (elsewhere: best effort, no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,7 +135,7 @@ def transformers_served(model: str | Path, logfile: Path, *, port: int = 0, star
     with logfile.open("w") as fh:
         fh.write("$ " + " ".join(argv) + "\n")
         fh.flush()
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=run_env)
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=run_env, preexec_fn=_die_with_parent)
         try:
             deadline = time.time() + startup_timeout
             while not _ready(url):
