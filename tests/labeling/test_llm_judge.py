@@ -91,3 +91,28 @@ def test_agreement_from_committed_judgements(sample_parquet, tmp_path):
     line = ja.summary(tmp_path / "rule", other.parent)
     assert line.startswith("rule-judge-v1: 8 documents; domain: 7/8 valid, agrees 1.00") and "edu: 8/8 valid" in line
     assert ja.summary(tmp_path / "rule", tmp_path / "nothing") == ""
+
+
+def test_small_judge_dimensions_send_few_shot_turns(tmp_path, monkeypatch):
+    """demo_llm's short dimensions (a relative dimensions_dir, from any working directory): each
+    request is system, (user, assistant) per example, then the document; the examples' answers
+    follow the dimension's own schema, so they teach the format the answer is checked against."""
+    import jsonschema
+
+    from labeling.dimensions import load_dimensions
+    from labeling.judge import build_request
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(LabelConfig, "labeling", "demo_llm", [])
+    dims = load_dimensions(cfg.dimensions_dir, cfg.dimensions)
+    assert [d.name for d in dims] == ["domain", "edu", "safety"]
+    for d in dims:
+        req = build_request(d, "Das ist ein Test. " * 100, "deu_Latn", cfg)
+        roles = [m["role"] for m in req.messages]
+        assert roles == ["system"] + ["user", "assistant"] * len(d.examples) + ["user"] and d.examples
+        for ex, m in zip(d.examples, req.messages[2::2], strict=False):
+            jsonschema.validate(ex.answer, d.schema_)
+            assert json.loads(m["content"]) == ex.answer
+        last = req.messages[-1]["content"]
+        assert "Das ist ein Test." in last and len(last) < 400 + 600       # the extract is cut at max_doc_chars
+        assert req.schema == d.schema_ and req.params["max_tokens"] == 16
