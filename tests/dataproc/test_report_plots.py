@@ -17,14 +17,18 @@ def chain(sample_dir):
     return build_chain(sample_dir, data_dir() / "test-corpus-chain-v1")
 
 
+@pytest.fixture(scope="module")
+def pngs(chain, tmp_path_factory):
+    return rp.corpus_plots(chain, tmp_path_factory.mktemp("plots"))
+
+
 def _png_size(path) -> tuple[int, int]:
     head = path.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     return struct.unpack(">II", head[16:24])
 
 
-def test_corpus_plots_from_committed_steps(chain, tmp_path):
-    pngs = rp.corpus_plots(chain, tmp_path / "plots")
+def test_corpus_plots_from_committed_steps(chain, pngs):
     assert [p.name for p in pngs] == ["pipeline.png", "languages.png", "dedup.png", "labels.png", "stage_mix.png"]
     for p in pngs:
         w, h = _png_size(p)
@@ -50,8 +54,7 @@ def test_missing_steps_are_skipped(chain, tmp_path):
     assert [p.name for p in rp.corpus_plots(only.parent, tmp_path / "p2")] == ["dedup.png"]
 
 
-def test_html_report_embeds_table_and_images(chain, tmp_path):
-    pngs = rp.corpus_plots(chain, tmp_path)
+def test_html_report_embeds_table_and_images(pngs, tmp_path):
     rows = [("pipeline", "ingest -> filters", "ok", 12.5, "998 in, 814 kept"),
             ("s1", "pretrain <S1>", "FAILED (rc=1)", 3.0, "")]
     out = rp.html_report(rows, pngs, tmp_path / "REPORT.html", notes=["TensorBoard: tensorboard --logdir runs/demo"])
@@ -60,5 +63,5 @@ def test_html_report_embeds_table_and_images(chain, tmp_path):
     first = page.split("data:image/png;base64,")[1].split('"')[0]
     assert base64.b64decode(first) == pngs[0].read_bytes()
     assert "998 in, 814 kept" in page and "pretrain &lt;S1&gt;" in page and '<tr class="fail">' in page
-    md = rp.markdown_images(pngs, tmp_path)
+    md = rp.markdown_images(pngs, pngs[0].parent)
     assert "![documents kept and rejected per stage and reason](pipeline.png)" in md
