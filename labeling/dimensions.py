@@ -40,11 +40,18 @@ class ClassifierSpec(Q3Config):
     minCount: int = 1                            # noqa: N815
 
 
+class Example(Q3Config):
+    text: str                                    # a document extract, rendered with the dimension's prompt
+    answer: dict[str, Any]                       # the judge's answer to it (JSON), sent as the assistant turn
+
+
 class Dimension(Q3Config):
     name: str
     source: Literal["judge", "rules"]
     prompt: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
+    # few-shot turns before the real question: small models follow a shown answer, not a described one
+    examples: list[Example] = Field(default_factory=list)
     rule: str | None = None
     outputs: list[Output]
     classifier: ClassifierSpec = Field(default_factory=ClassifierSpec)
@@ -65,6 +72,8 @@ def dimensions_dir() -> Path:
 
 def load_dimensions(directory: str | Path | None = None, names: list[str] | None = None) -> list[Dimension]:
     d = Path(directory) if directory else dimensions_dir()
+    if not d.is_absolute() and not d.is_dir() and (CONF_DIR.parent / d).is_dir():
+        d = CONF_DIR.parent / d          # `conf/labeling/...` in a YAML works from any working directory
     dims = []
     for p in sorted(d.glob("*.yaml")):
         dim = validate(Dimension, load_yaml(p), str(p))

@@ -86,8 +86,14 @@ def build_request(dim: Dimension, text: str, lang: str, cfg: LabelConfig) -> Cha
     prompt = dim.render(text[: cfg.judge.max_doc_chars], language_name(lang))
     system = ("You are a careful data annotator. Documents may be in any language; judge the content "
               "and answer with a single JSON object that matches the requested format, nothing else.")
-    return ChatRequest.user(prompt, system=system, schema=dim.schema_, schema_name=dim.name,
-                            params={"temperature": cfg.judge.temperature, "max_tokens": cfg.judge.max_tokens})
+    params = {"temperature": cfg.judge.temperature, "max_tokens": cfg.judge.max_tokens}
+    req = ChatRequest.user(prompt, system=system, schema=dim.schema_, schema_name=dim.name, params=params)
+    if dim.examples:            # few-shot: (user, assistant) turns between the system and the real question
+        shots = [m for ex in dim.examples for m in (
+            {"role": "user", "content": dim.render(ex.text, "English")},
+            {"role": "assistant", "content": json.dumps(ex.answer, ensure_ascii=False)})]
+        req.messages = [req.messages[0], *shots, req.messages[-1]]
+    return req
 
 
 def run_judge(cfg: LabelConfig) -> Path:

@@ -80,6 +80,7 @@ class EngineConfig(Q3Config):
     params: dict[str, Any] = Field(default_factory=dict)   # overrides every template's sampling params
     reject_truncated: bool = True     # replies cut by max_tokens are rejected (the demo's tiny model never stops)
     allow_empty: bool = False         # True: no seed rows / no answered request is not a failure
+    max_seed_chars: int | None = Field(None, ge=1)   # caps every template's max_input_chars (CPU models: short prompts)
 
 
 # ---- seeds and requests ----------------------------------------------------------------------------
@@ -198,7 +199,7 @@ def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, An
     if shard_done(target, chash, [d["id"] for d in docs]):
         return {**read_marker(target), "skipped": True}
     # not committed, or committed by another config / shard plan: (re)generate (the cache still helps)
-    templates = [load_template(n) for n in cfg.templates]
+    templates = [_template(n, cfg) for n in cfg.templates]
     reqs = plan_requests(docs, cfg, templates)
     cache = Path(cfg.endpoint.cache_dir) if cfg.endpoint.cache_dir else out / "cache"
     t0 = time.time()
@@ -231,16 +232,26 @@ def _maybe_crash(shard: int) -> None:
         os._exit(17)
 
 
+def _template(name: str, cfg: EngineConfig) -> Template:
+    """A template as this run uses it (seed cut at `max_seed_chars`; its digest says so)."""
+    t = load_template(name)
+    if cfg.max_seed_chars and cfg.max_seed_chars < t.max_input_chars:
+        t = t.model_copy(update={"max_input_chars": cfg.max_seed_chars})
+    return t
+
+
 def run_config_hash(cfg: EngineConfig) -> str:
     """What determines the outputs (not where they go or how fast)."""
     d = cfg.model_dump(mode="json")
     d.pop("output", None)
     d.pop("runner", None)
     d.pop("allow_empty", None)
+    if d.get("max_seed_chars") is None:          # unset: the hash of configs written before the key
+        d.pop("max_seed_chars", None)
     ep = cfg.endpoint
     d["endpoint"] = {"model": ep.resolved_model(), "default_params": ep.default_params,
                      "cache_namespace": ep.cache_namespace}
-    d["template_hashes"] = {n: load_template(n).digest() for n in cfg.templates}
+    d["template_hashes"] = {n: _template(n, cfg).digest() for n in cfg.templates}
     return config_hash(d)
 
 
