@@ -158,7 +158,7 @@ def canonical_json(obj: Any) -> str:
 class LLMClient:
     """Async client; one instance may serve many `acomplete_many` calls (stats accumulate)."""
 
-    progress_interval_s = 10.0       # a progress line at least this often (and every 10%) in log files
+    progress_interval_s = 10.0       # a progress line this often in log files (a bar on a terminal)
 
     def __init__(self, cfg: EndpointConfig):
         self.cfg = cfg
@@ -208,9 +208,10 @@ class LLMClient:
         first: dict[str, int] = {}
         for i, r in enumerate(reqs):
             first.setdefault(self.key(self.body(r)), i)
-        # a long batch (the demo's synth step: minutes) shows done/total and the rate as it goes
+        # a long batch (the labeling judge, the demo's synth step: minutes) logs done/total and the
+        # rate every progress_interval_s; a batch done sooner (one small synth shard) logs nothing
         prog = Progress(f"LLM requests to {self.cfg.resolved_model() or 'endpoint'}", len(first), "req",
-                        interval=self.progress_interval_s, log=log)
+                        interval=self.progress_interval_s, log=log, pct_step=None, quiet_s=self.progress_interval_s)
 
         async def one(req: ChatRequest) -> Result:
             try:

@@ -93,11 +93,15 @@ class Progress:
     per refresh). Silent when Q3_PROGRESS=0 (tests)."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "it", interval: float = 30.0,
-                 log: logging.Logger | None = None, tty: bool | None = None):
+                 log: logging.Logger | None = None, tty: bool | None = None, pct_step: int | None = 10,
+                 quiet_s: float = 0.0):
+        """`pct_step`: a line each time another pct_step % is done (None: by time only); `quiet_s`:
+        no final line for work that finished sooner than this without any line (many small batches)."""
         self.desc, self.total, self.unit, self.interval = desc, total, unit, interval
+        self.pct_step, self.quiet_s = pct_step, quiet_s
         self.log = log or get_logger("q3.progress")
         self.n, self.t0 = 0, time.time()
-        self._last_t, self._last_pct = self.t0, 0
+        self._last_t, self._last_pct, self._last_n = self.t0, 0, 0
         self.enabled = progress_enabled()
         tty = sys.stderr.isatty() if tty is None else tty
         self.bar = (tqdm(desc=desc, total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
@@ -112,7 +116,8 @@ class Progress:
         if not self.enabled:
             return
         now = time.time()
-        pct = int(100 * self.n / self.total) // 10 * 10 if self.total else 0
+        step = self.pct_step or 0
+        pct = int(100 * self.n / self.total) // step * step if self.total and step else 0
         if (pct > self._last_pct and self.n < (self.total or 0)) or now - self._last_t >= self.interval:
             self._emit(now)
             self._last_pct = pct
@@ -128,12 +133,12 @@ class Progress:
             msg = f"{self.desc}: {self.n:,} {self.unit}, {rate:.3g} {self.unit}/s, {dt:.0f}s elapsed"
         self.log.info(msg)
         self.lines += 1
-        self._last_t = now
+        self._last_t, self._last_n = now, self.n
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled and self.n:
+        elif self.enabled and self.n != self._last_n and (self.lines or time.time() - self.t0 >= self.quiet_s):
             self._emit(time.time())
 
     def __enter__(self) -> Progress:

@@ -80,4 +80,24 @@ def test_progress_logs_every_interval_without_total(caplog):
         p.close()
     finally:
         os.environ["Q3_PROGRESS"] = "0"
-    assert p.lines == 4 and "requests: 3 req" in caplog.records[-1].getMessage()
+    assert p.lines == 3 and "requests: 3 req" in caplog.records[-1].getMessage()   # no repeated final line
+
+
+def test_progress_by_time_only_and_quiet_for_short_work(caplog):
+    from q3.log import Progress
+
+    caplog.set_level(logging.INFO, logger="q3.progress")
+    os.environ["Q3_PROGRESS"] = "1"
+    try:
+        short = Progress("batch", 10, "req", interval=60, tty=False, pct_step=None, quiet_s=60)
+        for _ in range(10):
+            short.update()
+        short.close()
+        by_time = Progress("batch", 10, "req", interval=0.0, tty=False, pct_step=None, quiet_s=60)
+        for _ in range(10):
+            by_time.update()
+        by_time.close()
+    finally:
+        os.environ["Q3_PROGRESS"] = "0"
+    assert short.lines == 0                              # finished fast: no line at all
+    assert by_time.lines == 10 and "10/10 req (100%)" in caplog.records[-1].getMessage()
