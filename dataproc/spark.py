@@ -125,7 +125,9 @@ class StageProgress(threading.Thread):
             if self.seen.get(sid) == done:
                 continue
             self.seen[sid] = done
-            out.append(f"spark stage {sid} ({info.name.split(' at ')[0]}): {done}/{info.numTasks} tasks "
+            what = info.name.split(" at ")[0]                # "parquet at ...", "$anonfun$... at ..."
+            what = "" if what.startswith("$") else f" ({what})"
+            out.append(f"spark stage {sid}{what}: {done}/{info.numTasks} tasks "
                        f"({100 * done / info.numTasks:.0f}%), {info.numActiveTasks} running, "
                        f"{info.numFailedTasks} failed")
         return out
