@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 
-.PHONY: venv demo test test-fast lint sample clean
+.PHONY: venv demo test test-fast lint sample clean q3.zip
 
 venv: $(STAMP)
 
@@ -39,8 +39,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The project's packages for `spark-submit --py-files q3.zip` (docs/dataproc.md).
+q3.zip: $(STAMP)
+	$(BIN)/python -m dataproc.standalone q3.zip
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) data runs out .pytest_cache
+	rm -rf $(VENV) data runs out .pytest_cache q3.zip

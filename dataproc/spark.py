@@ -4,18 +4,28 @@ Under `spark-submit` the master and resources come from the submit command (spar
 already set in the JVM's conf), so we only add what the code needs (Arrow, batch sizes). Run
 directly, we start `local[*]` with driver memory sized for the machine. Profiles in conf/cluster/
 add settings per cluster kind.
+
+Spark's web UI is off for local runs and tests (no port to bind, no thread pool) and on in the
+cluster profiles (`spark.ui.enabled: true` in conf/cluster/standalone|yarn|k8s.yaml); when it is on
+its URL is logged. Long jobs log their progress per stage (tasks done/total) every
+`Q3_SPARK_PROGRESS_S` seconds (default 10; Spark's own console bar is off: it writes a line per
+refresh into log files).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Any
 
 import psutil
 from pydantic import Field
 
 from q3.config import Q3Config, load_config
+from q3.log import get_logger, progress_enabled
+
+log = get_logger("q3.spark")
 
 
 class ClusterProfile(Q3Config):
@@ -86,4 +96,50 @@ def get_spark(app: str = "q3", conf: dict[str, Any] | None = None, master: str |
             builder = builder.config(k, str(v))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("Q3_SPARK_LOG", "WARN"))
+    if spark.sparkContext.uiWebUrl:
+        log.info("Spark UI: %s", spark.sparkContext.uiWebUrl)
+    if progress_enabled():
+        StageProgress(spark.sparkContext, float(os.environ.get("Q3_SPARK_PROGRESS_S", "10"))).start()
     return spark
+
+
+class StageProgress(threading.Thread):
+    """Logs the tasks done/total of each running Spark stage every `interval` s while it advances
+    (the jobs are otherwise silent for minutes). A daemon thread; ends when the context stops."""
+
+    def __init__(self, sc, interval: float = 10.0):
+        super().__init__(name="q3-spark-progress", daemon=True)
+        self.sc, self.interval = sc, interval
+        self.seen: dict[int, int] = {}       # stage id -> tasks done at the last line
+        self.lines: list[str] = []           # what was logged (tests)
+        self.stopped = threading.Event()
+
+    def poll(self) -> list[str]:
+        """One look at the active stages: a line for each whose done count changed."""
+        tracker, out = self.sc.statusTracker(), []
+        for sid in sorted(tracker.getActiveStageIds()):
+            info = tracker.getStageInfo(sid)
+            if info is None or info.numTasks == 0:
+                continue
+            done = info.numCompletedTasks
+            if self.seen.get(sid) == done:
+                continue
+            self.seen[sid] = done
+            what = info.name.split(" at ")[0]                # "parquet at ...", "$anonfun$... at ..."
+            what = "" if what.startswith("$") else f" ({what})"
+            out.append(f"spark stage {sid}{what}: {done}/{info.numTasks} tasks "
+                       f"({100 * done / info.numTasks:.0f}%), {info.numActiveTasks} running, "
+                       f"{info.numFailedTasks} failed")
+        return out
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                if self.sc._jsc is None:                  # the context was stopped
+                    return
+                lines = self.poll()
+            except Exception:  # noqa: BLE001 - the JVM went away mid-call: stop quietly
+                return
+            for line in lines:
+                log.info(line)
+            self.lines += lines

@@ -4,6 +4,10 @@ cluster-mode run on one machine:
 
     with StandaloneCluster(worker_memory="1g", worker_cores=1) as cluster:
         subprocess.run(submit_command(cluster.master_url, zip_path, "dataproc/jobs/pipeline.py", [...]))
+
+Build the zip for `spark-submit --py-files q3.zip` (docs/cli.md, docs/dataproc.md):
+
+    make q3.zip                                   # = python -m dataproc.standalone q3.zip
 """
 
 from __future__ import annotations
@@ -34,7 +38,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_project_zip(dest: Path, packages: tuple[str, ...] = ("q3", "dataproc")) -> Path:
+# what Spark executors import: the shared core, the corpus jobs, and the labeling / synth code that
+# runs inside mapInArrow (`q3 label run runner=spark`, `q3 synth run runner=spark`)
+ZIP_PACKAGES = ("q3", "dataproc", "labeling", "synth")
+
+
+def make_project_zip(dest: Path, packages: tuple[str, ...] = ZIP_PACKAGES) -> Path:
     """Zip the project's packages (sources only) for --py-files."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -117,3 +126,20 @@ class StandaloneCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dataproc.standalone [DEST]`: write the --py-files zip (default q3.zip)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) > 1 or args[:1] in (["-h"], ["--help"]):
+        print("usage: python -m dataproc.standalone [DEST.zip]   (the project zip for spark-submit --py-files)")
+        return 0 if args[:1] in (["-h"], ["--help"]) else 2
+    dest = make_project_zip(Path(args[0] if args else "q3.zip").resolve())
+    with zipfile.ZipFile(dest) as zf:
+        n = len(zf.namelist())
+    print(f"{dest}: {n} files from {', '.join(ZIP_PACKAGES)} (spark-submit --py-files {dest.name} ...)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -39,11 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 from pydantic import Field
 
 from q3.config import Q3Config
+from q3.log import Progress, get_logger
 
 logging.getLogger("httpx").setLevel(logging.WARNING)   # one INFO line per request drowns progress
+log = get_logger("q3.llm")
 
 # ----------------------------------------------------------------------------------------- config
 
@@ -154,6 +158,8 @@ def canonical_json(obj: Any) -> str:
 class LLMClient:
     """Async client; one instance may serve many `acomplete_many` calls (stats accumulate)."""
 
+    progress_interval_s = 10.0       # a progress line this often in log files (a bar on a terminal)
+
     def __init__(self, cfg: EndpointConfig):
         self.cfg = cfg
         self.stats = Stats()
@@ -202,12 +208,25 @@ class LLMClient:
         first: dict[str, int] = {}
         for i, r in enumerate(reqs):
             first.setdefault(self.key(self.body(r)), i)
+        # a long batch (the labeling judge, the demo's synth step: minutes) logs done/total and the
+        # rate every progress_interval_s; a batch done sooner (one small synth shard) logs nothing
+        prog = Progress(f"LLM requests to {self.cfg.resolved_model() or 'endpoint'}", len(first), "req",
+                        interval=self.progress_interval_s, log=log, pct_step=None, quiet_s=self.progress_interval_s)
+
+        async def one(req: ChatRequest) -> Result:
+            try:
+                return await self._one(http, sem, req)
+            finally:
+                prog.update()
+
         async with httpx.AsyncClient(limits=limits, timeout=self.cfg.timeout_s, headers=self._headers()) as http:
             try:
                 async with asyncio.TaskGroup() as tg:   # a config error in one cancels the rest
-                    tasks = {k: tg.create_task(self._one(http, sem, reqs[i])) for k, i in first.items()}
+                    tasks = {k: tg.create_task(one(reqs[i])) for k, i in first.items()}
             except BaseExceptionGroup as eg:           # surface the first real error, not the group
                 raise eg.exceptions[0] from None
+            finally:
+                prog.close()
         out = []
         for r in reqs:
             res = tasks[self.key(self.body(r))].result()
@@ -430,64 +449,14 @@ def parse_structured(text: str, schema: dict[str, Any]) -> tuple[Any, str | None
     return data, None
 
 
-_TYPES: dict[str, Any] = {
-    "object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),
-    "integer": int, "number": (int, float),
-}
+@functools.lru_cache(maxsize=64)
+def _validator(schema_json: str) -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(json.loads(schema_json))
 
 
-def validate_schema(data: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
-    """A small JSON-schema validator: type, enum, const, properties, required,
-    additionalProperties, items, minimum/maximum, minLength/maxLength, minItems/maxItems, anyOf."""
-    errs: list[str] = []
-    if "anyOf" in schema:
-        if all(validate_schema(data, s, path) for s in schema["anyOf"]):
-            errs.append(f"{path}: matches none of anyOf")
-        return errs
-    t = schema.get("type")
-    if t is not None:
-        types = t if isinstance(t, list) else [t]
-        ok = False
-        for name in types:
-            py = _TYPES.get(name)
-            if py is None:
-                continue
-            if isinstance(data, bool) and name in ("integer", "number"):
-                continue
-            if name == "integer" and isinstance(data, float) and data.is_integer() or isinstance(data, py):
-                ok = True
-        if not ok:
-            return [f"{path}: expected {t}, got {type(data).__name__}"]
-    if "enum" in schema and data not in schema["enum"]:
-        errs.append(f"{path}: {data!r} not in {schema['enum']}")
-    if "const" in schema and data != schema["const"]:
-        errs.append(f"{path}: expected {schema['const']!r}")
-    if isinstance(data, int | float) and not isinstance(data, bool):
-        if "minimum" in schema and data < schema["minimum"]:
-            errs.append(f"{path}: {data} < minimum {schema['minimum']}")
-        if "maximum" in schema and data > schema["maximum"]:
-            errs.append(f"{path}: {data} > maximum {schema['maximum']}")
-    if isinstance(data, str):
-        if "minLength" in schema and len(data) < schema["minLength"]:
-            errs.append(f"{path}: shorter than {schema['minLength']}")
-        if "maxLength" in schema and len(data) > schema["maxLength"]:
-            errs.append(f"{path}: longer than {schema['maxLength']}")
-    if isinstance(data, dict):
-        props = schema.get("properties", {})
-        for req in schema.get("required", []):
-            if req not in data:
-                errs.append(f"{path}: missing required {req!r}")
-        for k, v in data.items():
-            if k in props:
-                errs += validate_schema(v, props[k], f"{path}.{k}")
-            elif schema.get("additionalProperties") is False:
-                errs.append(f"{path}: unexpected key {k!r}")
-    if isinstance(data, list):
-        if "minItems" in schema and len(data) < schema["minItems"]:
-            errs.append(f"{path}: fewer than {schema['minItems']} items")
-        if "maxItems" in schema and len(data) > schema["maxItems"]:
-            errs.append(f"{path}: more than {schema['maxItems']} items")
-        if "items" in schema:
-            for i, v in enumerate(data):
-                errs += validate_schema(v, schema["items"], f"{path}[{i}]")
-    return errs
+def validate_schema(data: Any, schema: dict[str, Any]) -> list[str]:
+    """Problems of `data` under the JSON `schema` (empty = valid), each `$.path: what`, by the
+    `jsonschema` library (draft 2020-12: an integral float such as 3.0 is an integer, a bool is not)."""
+    errors = _validator(canonical_json(schema)).iter_errors(data)
+    # a message quotes the offending value: keep it short (a model may answer a whole document)
+    return [f"{e.json_path}: {e.message[:200]}" for e in sorted(errors, key=lambda e: e.json_path)]

@@ -143,6 +143,7 @@ class CoreConfig(Q3Config):
     save_interval: int = 0               # 0: save only at the end
     log_interval: int = 1
     tensorboard: bool = True
+    verbose: bool = False                # True: megatron-core's INFO lines and TE/APEX warnings (also Q3_VERBOSE=1)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)

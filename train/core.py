@@ -39,7 +39,7 @@ import torch
 
 from q3.atomic import atomic_write_text
 from q3.config import ConfigError
-from q3.log import get_logger
+from q3.log import get_logger, set_verbose
 from train import checkpoint as ckpt
 from train.config import CoreConfig, ModelConfig
 from train.schedule import LRSchedule
@@ -187,6 +187,8 @@ class Trainer:
     def __init__(self, cfg: CoreConfig, mcfg: ModelConfig, seq_length: int, rope_base: float,
                  schedule: LRSchedule, out_dir: Path, meta: dict | None = None,
                  extend_model: Callable[[torch.nn.Module], None] | None = None):
+        if cfg.verbose:                  # before megatron's imports log their INFO lines
+            set_verbose(True)
         from megatron.core import parallel_state as ps
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads

@@ -10,7 +10,8 @@ al., "Connected Components in MapReduce and Beyond", 2014) on an edge DataFrame;
 materialised to Parquet (lineage stays short, memory bounded); nothing is collected to the driver.
 It stops as soon as the edges form stars whose centre is the component's smallest node.
 
-Local: the same edges in numpy, then a union-find. Both give the same partition of the nodes.
+Local: the same edges in numpy, then scipy's sparse connected_components. Both give the same
+partition of the nodes.
 """
 
 from __future__ import annotations
@@ -68,24 +69,24 @@ def verify_edges_np(edges: np.ndarray, sig_of: dict[int, int], sigs: np.ndarray,
     return edges[matches >= need]
 
 
-def union_find(nodes: np.ndarray, edges: np.ndarray) -> dict[int, int]:
-    """node -> smallest node of its component (pure Python union-find, path halving)."""
-    parent: dict[int, int] = {int(x): int(x) for x in nodes}
+def local_components(nodes: np.ndarray, edges: np.ndarray) -> dict[int, int]:
+    """node -> smallest node of its component, by scipy's connected_components on a sparse graph
+    (replaced a pure-Python union-find: same partition, bench/RESULTS.md "local connected components")."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as cc
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for u, v in edges.tolist():
-        ru, rv = find(u), find(v)
-        if ru != rv:
-            if ru < rv:
-                parent[rv] = ru
-            else:
-                parent[ru] = rv
-    return {x: find(x) for x in parent}
+    ids = np.unique(np.asarray(nodes, np.int64))          # sorted: index order is node order
+    if len(ids) == 0:
+        return {}
+    e = np.asarray(edges, np.int64).reshape(-1, 2)
+    u, v = np.searchsorted(ids, e[:, 0]), np.searchsorted(ids, e[:, 1])
+    if len(e) and (u.max() >= len(ids) or v.max() >= len(ids) or (ids[u] != e[:, 0]).any()
+                   or (ids[v] != e[:, 1]).any()):
+        raise ValueError("an edge names a node that is not in `nodes`")
+    graph = coo_matrix((np.ones(len(e), np.int8), (u, v)), shape=(len(ids), len(ids))).tocsr()
+    _, labels = cc(graph, directed=False)
+    _, first = np.unique(labels, return_index=True)        # first (smallest) node index of each label
+    return dict(zip(ids.tolist(), ids[first[labels]].tolist(), strict=True))
 
 
 # --- Spark --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The local runner: the same dedup on an in-memory Arrow table (numpy + union-find).
+"""The local runner: the same dedup on an in-memory Arrow table (numpy + scipy connected components).
 
 Same per-batch function as Spark (`Annotator`), same edge rule, same survivor order; the test
 suite checks both runners give identical clusters.
@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataproc.dedup.annotate import Annotator
-from dataproc.dedup.components import bucket_edges_np, exact_edge_filter, union_find, verify_edges_np
+from dataproc.dedup.components import bucket_edges_np, exact_edge_filter, local_components, verify_edges_np
 from dataproc.dedup.config import DedupConfig
 from dataproc.dedup.lsh import min_matches
 
@@ -87,7 +87,7 @@ def dedup_meta(meta: pa.Table, cfg: DedupConfig, texts: list | None = None) -> p
                     "tv": [texts[v] for v in edges[:, 1]], "lv": [lang[v] for v in edges[:, 1]]})
                 kept = exact_edge_filter(batch, mh)
                 edges = np.stack([kept.column("u").to_numpy(), kept.column("v").to_numpy()], axis=1).astype(np.int64)
-            root = union_find(rks, edges)
+            root = local_components(rks, edges)
             comp_rep = {r: root.get(r, r) for r in df["rk"][reps]}
             comp = {rk: comp_rep[rep] for rk, rep in zip(df["rk"], df["rep"], strict=True)}
     df["comp"] = df["rk"].map(comp)

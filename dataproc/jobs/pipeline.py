@@ -2,7 +2,7 @@
 
 The same module is a spark-submit application:
 
-    spark-submit --master spark://HOST:7077 --py-files q3_project.zip \\
+    spark-submit --master spark://HOST:7077 --py-files q3.zip \\
         dataproc/jobs/pipeline.py --config demo output=/shared/q3/pipeline
 
 (`--config` and key=value overrides exactly as for `q3 data run`.)

@@ -1,7 +1,8 @@
 """WARC and WET files (warcio): one document per response/resource/conversion record.
 
 WET `conversion` records are plain text already; WARC `response` records are HTML (or text) and
-go through a small tag stripper (block tags become line breaks; script/style are dropped).
+go through resiliparse's main-content extractor, as datatrove/FineWeb-style pipelines do (menus,
+footers, scripts, styles and forms dropped; block tags become line breaks).
 Control records (warcinfo, request, metadata) are not documents and are skipped.
 """
 
@@ -10,8 +11,6 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterator
-from html import unescape
-from html.parser import HTMLParser
 
 import pyarrow as pa
 
@@ -19,44 +18,19 @@ from dataproc.config import InputSpec
 from dataproc.readers.common import Rows, hex_prefix
 
 _DOC_TYPES = {"response", "resource", "conversion"}
-_BLOCK = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6",
-          "section", "article", "header", "footer", "pre", "blockquote", "title", "dd", "dt"}
-_SKIP = {"script", "style", "noscript", "template", "svg", "head"}
 _CHARSET = re.compile(r"charset=[\"']?([\w.:-]+)", re.I)
 
 
-class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag in _SKIP:
-            self.skip += 1
-        elif tag in _BLOCK:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP:
-            self.skip = max(0, self.skip - 1)
-        elif tag in _BLOCK:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self.skip:
-            self.parts.append(data)
-
-
 def html_to_text(html: str) -> str:
-    p = _TextExtractor()
-    try:
-        p.feed(html)
-        p.close()
-    except Exception:   # noqa: BLE001 - malformed markup: fall back to a crude strip
-        return unescape(re.sub(r"<[^>]+>", " ", html))
-    lines = (re.sub(r"[ \t\r\f\v]+", " ", ln).strip() for ln in "".join(p.parts).split("\n"))
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    """Main content of a page as text (resiliparse, the options datatrove uses); a page whose main
+    content the heuristics find empty (a short page without an article) keeps all of its text."""
+    from resiliparse.extract.html2text import extract_plain_text
+
+    opts = dict(preserve_formatting=True, alt_texts=False, links=False, form_fields=False, noscript=False)
+    text = extract_plain_text(html, main_content=True, **opts)
+    if not text.strip():
+        text = extract_plain_text(html, main_content=False, **opts)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
 def _charset(content_type: str | None) -> str:

@@ -14,7 +14,7 @@ import pytest
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 
-from dataproc.dedup.components import bucket_edges_np, connected_components, union_find
+from dataproc.dedup.components import bucket_edges_np, connected_components, local_components
 from dataproc.dedup.config import DedupConfig, MinHashConfig
 from dataproc.dedup.local import dedup_table
 from dataproc.dedup.lsh import bands_rows, optimal_params
@@ -148,8 +148,20 @@ def test_precision_recall_planted_cjk(cjk_docs):
     assert m["precision"] >= 0.95 and m["recall"] >= 0.90
 
 
+def test_local_components_same_partition_as_union_find():
+    """scipy's connected_components replaced a hand-written union-find: identical node -> root."""
+    from bench.components_bench import graph, union_find
+
+    nodes, edges = graph(5000, 7000, seed=3)
+    got = local_components(nodes, edges)
+    assert got == union_find(nodes, edges) and len(set(got.values())) > 100
+    assert local_components(np.array([7, 3]), np.empty((0, 2), np.int64)) == {3: 3, 7: 7}
+    with pytest.raises(ValueError, match="not in"):
+        local_components(np.array([1, 2]), np.array([[1, 5]]))
+
+
 @pytest.mark.slow          # ~25 large/small-star rounds; the default set covers CC via Spark == local
-def test_spark_connected_components_match_union_find(spark, tmp_path):
+def test_spark_connected_components_match_local_components(spark, tmp_path):
     rng = random.Random(5)
     edges = []
     for start in range(0, 2000, 100):                    # chains (diameter 25) ...
@@ -158,7 +170,7 @@ def test_spark_connected_components_match_union_find(spark, tmp_path):
     e = np.array([(u, v) for u, v in edges if u != v], np.int64)
     df = spark.createDataFrame([(int(u), int(v)) for u, v in e], "u long, v long")
     got = {r["node"]: r["comp"] for r in connected_components(df, str(tmp_path / "cc")).collect()}
-    want = union_find(np.unique(e), e)
+    want = local_components(np.unique(e), e)
     assert got == want
 
 

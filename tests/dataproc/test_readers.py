@@ -208,6 +208,22 @@ def test_wet_and_warc(tmp_path, some_docs):
         assert first in r["text"]
 
 
+def test_html_main_content_by_resiliparse():
+    from dataproc.readers.warc import html_to_text
+
+    article = " ".join(f"Sentence {i} of the article says something about rivers &amp; bridges." for i in range(12))
+    page = ("<html><head><title>Site</title><style>p{color:red}</style><script>var x=1;</script></head><body>"
+            "<nav><ul><li><a href='/'>Home</a></li><li><a href='/about'>About us</a></li></ul></nav>"
+            f"<main><article><h1>Rivers</h1><p>{article}</p><p>Second paragraph.</p></article></main>"
+            "<footer>Copyright 2026 Example Corp. All rights reserved.</footer></body></html>")
+    text = html_to_text(page)
+    assert "rivers & bridges" in text and "Second paragraph." in text
+    assert "\n\nSecond paragraph." in text                 # blocks stay separate lines
+    assert not any(x in text for x in ("var x", "color:red", "About us", "Copyright 2026"))
+    # a short page whose main content the heuristics find empty keeps its text
+    assert html_to_text("<html><body><div>Just one line.</div></body></html>") == "Just one line."
+
+
 def test_truncated_warc(tmp_path, some_docs):
     p = _warc(tmp_path, some_docs, wet=True)
     blob = p.read_bytes()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import zipfile
 
 import pytest
 import yaml
@@ -12,7 +14,7 @@ from lid_corpus import write_corpus
 
 from dataproc import runner
 from dataproc.config import PipelineConfig
-from dataproc.standalone import StandaloneCluster, make_project_zip, submit_command
+from dataproc.standalone import StandaloneCluster, submit_command
 from q3.paths import CONF_DIR, ROOT
 
 
@@ -25,7 +27,15 @@ def test_spark_submit_standalone_equals_local(tmp_path):
     local_out = tmp_path / "local"
     runner.run(PipelineConfig.model_validate({**base, "output": str(local_out), "runner": "local"}))
 
-    zip_path = make_project_zip(tmp_path / "q3_project.zip")
+    # the zip as users build it (`make q3.zip` runs this command)
+    built = subprocess.run([sys.executable, "-m", "dataproc.standalone", "q3.zip"], cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    zip_path = tmp_path / "q3.zip"
+    with zipfile.ZipFile(zip_path) as zf:
+        names = set(zf.namelist())
+    assert {"q3/config.py", "dataproc/jobs/pipeline.py", "labeling/apply.py", "synth/engine.py"} <= names
+    assert all(n.endswith(".py") for n in names)
     sub_out = tmp_path / "submitted"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}   # the code comes from the zip
     env.update({"Q3_CONF": str(CONF_DIR), "Q3_PROGRESS": "0"})
@@ -36,13 +46,14 @@ def test_spark_submit_standalone_equals_local(tmp_path):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=tmp_path, start_new_session=True)
         try:
-            stdout, stderr = proc.communicate(timeout=280)
+            stdout, stderr = proc.communicate(timeout=600)   # 280 s ran out twice at load average ~20
         finally:
             if proc.poll() is None:   # the driver and its Python child, only what we started
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     assert proc.returncode == 0, stdout[-3000:] + stderr[-5000:]
     assert f"output: {sub_out}" in stdout
+    assert "Spark UI: http://" in stdout + stderr     # on in the cluster profile, its URL logged
     for kind in ("kept", "rejected"):
         got, want = runner.read_output(sub_out, kind), runner.read_output(local_out, kind)
         assert got.num_rows == want.num_rows, kind
