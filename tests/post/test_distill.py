@@ -105,6 +105,15 @@ def test_off_policy_then_on_policy(tmp_path, teacher, prompts):
            "micro_batch_size=4", "global_batch_size=4", "keep_truncated=true", f"out_dir={off}")
     assert (off / "teacher_data.jsonl").stat().st_mtime_ns == stamp
 
+    # the off-policy arm continued from a student checkpoint keeps the student's own shape
+    more = tmp_path / "off-more"
+    run_q3("post", "distill", "--config", "distill", "phase=off_policy", f"load={off}", f"teacher={teacher}",
+           f"teacher_data={off / 'teacher_data.jsonl'}", "train_steps=1", "micro_batch_size=4", "global_batch_size=4",
+           "tensorboard=false", f"out_dir={more}")
+    from train import checkpoint as ckpt
+
+    assert ckpt.read_meta(ckpt.latest_checkpoint(more))["model"]["hidden_size"] == 32
+
     run_q3("post", "distill", "--config", "distill", "phase=on_policy", f"load={off}", *common, "rollout_steps=2",
            "prompts_per_step=4", "micro_batch_size=2", "thinking_budget=2", f"out_dir={on}")
     hist = [json.loads(x) for x in (on / "metrics.jsonl").read_text().splitlines()]

@@ -345,7 +345,10 @@ def run_off_policy(cfg: DistillConfig, rows: list[dict], eval_items: list[dict],
         data, stats = Path(cfg.teacher_data), {"reused": cfg.teacher_data}
     else:
         data, stats = write_teacher_data(cfg, rows, out_dir)
-    shared = {k: getattr(cfg, k) for k in sft.SFTConfig.model_fields if k in DistillConfig.model_fields}
+    # every shared field carries the distill config's value, but the student's shape only when set:
+    # a `model` passed on counts as explicit and would override the starting checkpoint's own shape
+    shared = {k: getattr(cfg, k) for k in sft.SFTConfig.model_fields if k in DistillConfig.model_fields
+              and (k not in ("model", "model_overrides") or k in cfg.model_fields_set)}
     scfg = sft.SFTConfig(**{**shared, "data": [str(data)], "out_dir": str(out_dir)})
     teacher = {}
 
