@@ -47,6 +47,11 @@ def _ends(rows: list[dict], key: str, n: int = 2) -> tuple[float, float] | None:
     return sum(v[:n]) / n, sum(v[-n:]) / n
 
 
+def _mean(rows: list[dict], key: str) -> float | None:
+    _, v = _series(rows, key)
+    return sum(v) / len(v) if v else None
+
+
 def _f(x, nd: int = 3) -> str:
     return "?" if x is None else f"{x:.{nd}f}"
 
@@ -120,8 +125,11 @@ def summarise(name: str, data: Path, out: Path) -> str:
         r = _json(out / name / "result.json")
         rows = _rows(out / name / "metrics.jsonl")
         rew, ent = _ends(rows, "rl/reward_mean"), _ends(rows, "rl/entropy")
+        zero, cut = _mean(rows, "rl/zero_std_share"), _mean(rows, "rl/overlong_share")
+        # zero-variance groups and replies cut at max_tokens carry no gradient: say how many there were
         line = r and (f"{r['iterations']} rollout steps, {r['steps']} updates; reward {_f(rew and rew[0])} -> "
-                      f"{_f(rew and rew[1])}, entropy {_f(ent and ent[0], 2)} -> {_f(ent and ent[1], 2)}")
+                      f"{_f(rew and rew[1])}, entropy {_f(ent and ent[0], 2)} -> {_f(ent and ent[1], 2)}, "
+                      f"zero-variance groups {_f(zero, 2)}, cut at max_tokens {_f(cut, 2)}")
         if name == "rl" and rows:
             tasks = sorted({k.split("/", 2)[2] for r_ in rows for k in r_ if k.startswith("rl/reward/")})
             line += "; per task " + ", ".join(
@@ -210,19 +218,25 @@ def plot_post_curves(out: Path) -> Path | None:
               ("on-policy distillation divergence", "distill/divergence", ("distill-on",))]
     drawn = []
     for title, key, stages in panels:
-        lines = {s: _series(_rows(out / s / "metrics.jsonl"), key) for s in stages}
+        # a step whose replies were all cut at max_tokens trains on no token (overlong: mask): its
+        # entropy is logged as 0, which is no measurement
+        lines = {s: _series([r for r in _rows(out / s / "metrics.jsonl")
+                             if key != "rl/entropy" or r.get("rl/overlong_share", 0) < 1], key) for s in stages}
         lines = {s: xy for s, xy in lines.items() if xy[0]}
         if lines:
             drawn.append((title, lines))
     plt = _pyplot()
     if not drawn or plt is None:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, len(drawn), figsize=(4.2 * len(drawn), 3.2), squeeze=False)
     for ax, (title, lines) in zip(axes[0], drawn, strict=True):
         for s, (x, y) in lines.items():
             ax.plot(x, y, marker=".", label=s)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     fig.tight_layout()
     png = out / "post_training_curves.png"

@@ -57,11 +57,15 @@ def serve_check(base_url: str, items: list[dict], *, model: str = "q3-tiny", k: 
     """Ask `items` (RL pairs) at `base_url`; {'asked', 'samples', 'passed', 'pass_rate', 'errors',
     'first_error', 'mean_completion_tokens', 'seconds'}. A failed request counts as an error, not as a
     failed answer."""
+    import logging
+
     import openai
 
     from synth.verifiers import verify_item
     from train.sampling import preset_for
 
+    for name in ("httpx", "httpx2"):          # the openai client logs every request at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     preset = preset_for(mode != "no_think")
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=1, timeout=timeout_s)
     flag = " /think" if mode == "think" else " /no_think"
