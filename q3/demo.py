@@ -70,16 +70,18 @@ def torchrun(nproc: int, module: str, *args: str) -> list[str]:
 # overrides so that `make demo` takes ~30 minutes on 2 cores: few steps, short replies. The long
 # CPU demonstrations are in bench/ (bench/RESULTS.md); drop the overrides for the configs as written.
 SIZES: dict[str, list[str]] = {
-    "cold-start": ["train_steps=20", "global_batch_size=4", "save_interval=10", "log_interval=5"],
+    # global batch 4 as 2 x 2: also valid for nproc=2 (global = micro x data-parallel x microbatches)
+    "cold-start": ["train_steps=20", "global_batch_size=4", "micro_batch_size=2", "save_interval=10",
+                   "log_interval=5"],
     "grpo": ["rollout_steps=4", "prompts_per_step=4", "group_size=4", "updates_per_batch=1", "max_tokens=48",
              "max_sample_rounds=1", "save_interval=2", "eval_limit=16", "eval_k=2"],
-    "fusion": ["train_steps=20", "global_batch_size=4", "save_interval=10", "log_interval=5"],
+    "fusion": ["train_steps=20", "global_batch_size=4", "micro_batch_size=2", "save_interval=10", "log_interval=5"],
     "rl": ["rollout_steps=3", "prompts_per_step=4", "group_size=4", "updates_per_batch=1", "max_tokens=48",
            "tasks=[instruction,format]", "rows_per_task=64", "save_interval=2"],
     "post-eval": ["limit=16", "k=2", "max_tokens=48"],
     "serve": ["limit=16", "k=2", "max_tokens=48"],
     # the demo's teacher rarely stops within max_tokens: keep its cut replies (dropped by default)
-    "distill-off": ["train_steps=20", "global_batch_size=4", "micro_batch_size=4", "save_interval=10",
+    "distill-off": ["train_steps=20", "global_batch_size=4", "micro_batch_size=2", "save_interval=10",
                     "max_tokens=48", "keep_truncated=true", "eval_limit=16", "eval_k=2"],
     "distill-on": ["rollout_steps=4", "prompts_per_step=8", "samples_per_prompt=1", "max_tokens=48",
                    "eval_limit=16", "eval_k=2", "save_interval=2"],

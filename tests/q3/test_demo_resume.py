@@ -96,3 +96,16 @@ def test_chain_order_follows_the_report():
     assert "load=o/cold-start" in steps["grpo"].argv and "load=o/grpo" in steps["fusion"].argv
     assert "load=o/fusion" in steps["rl"].argv and "load=o/rl" in steps["export"].argv
     assert steps["serve"].serve == "o/hf" and "teacher=o/rl" in steps["distill-off"].argv
+
+
+def test_nproc_2_runs_training_under_torchrun_with_divisible_batches():
+    from q3.demo import SIZES
+
+    steps = {s.name: s for s in build_steps(DemoConfig(nproc=2), Path("d"), Path("o"))}
+    for name in ("s1", "cold-start", "grpo", "fusion", "rl", "distill-off", "distill-on"):
+        argv = steps[name].argv
+        assert argv[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=2" in argv, name
+    assert "train.post.distill" in steps["distill-on"].argv
+    for name in ("cold-start", "fusion", "distill-off"):        # SFT: global = micro x dp x microbatches
+        kv = dict(a.split("=", 1) for a in SIZES[name])
+        assert int(kv["global_batch_size"]) % (int(kv["micro_batch_size"]) * 2) == 0, name
