@@ -297,7 +297,9 @@ def main(config: str | None, overrides: list[str]) -> int:
             rows.append(Row(step.name, step.what, "skipped", 0.0, ""))
         elif (m := done_marker(out, data, step.name)) is not None:
             log.info("step %-12s done earlier (%s, %.0f s): skipped", step.name, m.get("finished_at"), m["seconds"])
-            rows.append(Row(step.name, step.what, "done earlier", m["seconds"], m.get("figures", ""), logfile))
+            # figures from the step's files when they are still there (the current summary), else as recorded
+            figures = _figures(step.name, data, out) or m.get("figures", "")
+            rows.append(Row(step.name, step.what, "done earlier", m["seconds"], figures, logfile))
         else:
             try:
                 secs, rc = run_step(step, out / "logs", env)

@@ -96,8 +96,10 @@ def summarise(name: str, data: Path, out: Path) -> str:
     if name == "decontam":
         st = _json(data / "decontam" / "stats.json")
         rejected = sum(st.get("rejected", {}).values())
+        short = st.get("eval_items_too_short", 0)
+        short = sum(short.values()) if isinstance(short, dict) else short      # per benchmark
         return st and (f"{st['docs_in']:,} in, {rejected:,} rejected as overlapping the held-out eval pairs "
-                       f"({st['ngram_index']:,} eval n-grams, {st['eval_items_too_short']} items too short)")
+                       f"({st['ngram_index']:,} eval n-grams, {short} items too short)")
     if name == "label":
         st = _json(data / "labeling" / "labeled" / "distributions.json")
         doms: dict[str, int] = {}
@@ -124,7 +126,8 @@ def summarise(name: str, data: Path, out: Path) -> str:
     if name in ("grpo", "rl"):
         r = _json(out / name / "result.json")
         rows = _rows(out / name / "metrics.jsonl")
-        rew, ent = _ends(rows, "rl/reward_mean"), _ends(rows, "rl/entropy")
+        trained = [x for x in rows if x.get("rl/overlong_share", 0) < 1]   # see plot_post_curves
+        rew, ent = _ends(rows, "rl/reward_mean"), _ends(trained, "rl/entropy")
         zero, cut = _mean(rows, "rl/zero_std_share"), _mean(rows, "rl/overlong_share")
         # zero-variance groups and replies cut at max_tokens carry no gradient: say how many there were
         line = r and (f"{r['iterations']} rollout steps, {r['steps']} updates; reward {_f(rew and rew[0])} -> "
