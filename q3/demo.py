@@ -1,8 +1,17 @@
-"""`q3 demo`: the whole system end to end on the sample corpus, on CPU, with a report.
+"""`q3 demo`: the whole Qwen3 chain end to end on the sample corpus, on CPU, with a report.
+
+Raw text -> pipeline -> dedup -> decontam -> label -> tokenise -> S1 -> S2 -> S3 -> cold-start SFT ->
+GRPO -> fusion SFT -> general RL -> HF export -> post-eval -> the export behind `q3 serve` (checked
+with the `openai` client) -> synthetic data from it -> strong-to-weak distillation (off-, then
+on-policy) -> the student's eval.
 
 Each step is a separate `q3` (or `torchrun`) process, exactly what a user would type, so the demo
 exercises the real entry points and q3/ imports no area. Logs go to <out>/logs/<step>.log; the
-report (<out>/REPORT.md) collects each step's summary and timing.
+report (<out>/REPORT.md, q3/demo_report.py) collects each step's figures and timing.
+
+Resumable: a finished step writes <out>/steps/<step>.json (rc, seconds, figures, finished_at); a
+rerun skips the steps marked done and continues at the first unfinished one (the training verbs
+resume from their own checkpoints when a step was killed midway). `fresh=true` starts over.
 """
 
 from __future__ import annotations
@@ -17,10 +26,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from q3.config import Q3Config, load_config
-from q3.log import get_logger, print_table
+from pydantic import Field
+
+from q3.atomic import atomic_write_text
+from q3.config import ConfigError, Q3Config, load_config
+from q3.demo_report import Row, summarise, write_report
+from q3.log import get_logger
 from q3.paths import ROOT, data_dir, runs_dir
 
 log = get_logger("q3.demo")
@@ -29,9 +43,10 @@ log = get_logger("q3.demo")
 class DemoConfig(Q3Config):
     out: str = ""                  # default: <runs>/demo
     data: str = ""                 # default: <data>/demo
-    fresh: bool = False            # remove previous demo outputs first
-    skip: list[str] = []           # step names to skip
-    nproc: int = 1                 # torchrun processes for training
+    fresh: bool = False            # remove previous demo outputs (and step markers) first
+    skip: list[str] = Field(default_factory=list)   # step names to skip
+    only: list[str] = Field(default_factory=list)   # run only these steps (default: all)
+    nproc: int = Field(default=1, ge=1)             # torchrun processes for training
 
 
 @dataclass
@@ -51,18 +66,51 @@ def torchrun(nproc: int, module: str, *args: str) -> list[str]:
             "-m", module, *args]
 
 
+# CPU sizes. The post-training steps run the production configs (conf/post/<name>.yaml) with these
+# overrides so that `make demo` takes ~30 minutes on 2 cores: few steps, short replies. The long
+# CPU demonstrations are in bench/ (bench/RESULTS.md); drop the overrides for the configs as written.
+SIZES: dict[str, list[str]] = {
+    # global batch 4 as 2 x 2: also valid for nproc=2 (global = micro x data-parallel x microbatches)
+    "cold-start": ["train_steps=20", "global_batch_size=4", "micro_batch_size=2", "save_interval=10",
+                   "log_interval=5"],
+    "grpo": ["rollout_steps=4", "prompts_per_step=4", "group_size=4", "updates_per_batch=1", "max_tokens=48",
+             "max_sample_rounds=1", "save_interval=2", "eval_limit=16", "eval_k=2"],
+    "fusion": ["train_steps=20", "global_batch_size=4", "micro_batch_size=2", "save_interval=10", "log_interval=5"],
+    "rl": ["rollout_steps=3", "prompts_per_step=4", "group_size=4", "updates_per_batch=1", "max_tokens=48",
+           "tasks=[instruction,format]", "rows_per_task=64", "save_interval=2"],
+    "post-eval": ["limit=16", "k=2", "max_tokens=48"],
+    "serve": ["limit=16", "k=2", "max_tokens=48"],
+    # the demo's teacher rarely stops within max_tokens: keep its cut replies (dropped by default)
+    "distill-off": ["train_steps=20", "global_batch_size=4", "micro_batch_size=2", "save_interval=10",
+                    "max_tokens=48", "keep_truncated=true", "eval_limit=16", "eval_k=2"],
+    "distill-on": ["rollout_steps=4", "prompts_per_step=8", "samples_per_prompt=1", "max_tokens=48",
+                   "eval_limit=16", "eval_k=2", "save_interval=2"],
+    "distill-eval": ["limit=16", "max_tokens=48"],
+    # free-text templates only: JSON-schema decoding (qa, instructions) checks the grammar token by
+    # token and took minutes per request on the shared 2-core machine
+    "synth": ["templates=[textbook,code_exercise,multilingual]", "max_docs=2", "n_items=1", "params.max_tokens=64"],
+}
+# The student of strong-to-weak distillation: tiny_dense at half width (the teacher is the demo's tiny MoE).
+STUDENT = ("model=tiny_dense", "model_overrides={hidden_size: 32, ffn_hidden_size: 64}")
+
+
 def build_steps(cfg: DemoConfig, data: Path, out: Path) -> list[Step]:
     """The demo, in order: every step is a command a user could type."""
     sample = data_dir() / "sample"
-    corpus, dedup, labeling, mix = data / "pipeline", data / "dedup", data / "labeling", data / "mix"
-    manifests = mix / "manifests"
+    corpus, dedup, decontam = data / "pipeline", data / "dedup", data / "decontam"
+    labeling, mix, post = data / "labeling", data / "mix", data / "post"
+    manifests, held_out, rl_query = mix / "manifests", post / "eval_pairs.jsonl", data / "rl-query" / "pairs.jsonl"
     inputs = f"inputs=[{{path: '{sample / 'raw'}', format: text, source: debian-manpages, lang_from_path: true}}]"
-    train = [torchrun(cfg.nproc, "train.pretrain")] if cfg.nproc > 1 else []
 
     def pretrain(stage: str, *extra: str) -> list[str]:
-        args = ("--config", f"demo_{stage}", f"manifest={manifests / f'demo_{stage}.yaml'}",
-                f"out_dir={out / stage}", *extra)
-        return [*train[0], *args] if train else q3("train", "pretrain", *args)
+        args = ("--config", f"demo_{stage}", f"manifest={manifests / f'demo_{stage}.yaml'}", f"out_dir={out / stage}",
+                *extra)
+        return torchrun(cfg.nproc, "train.pretrain", *args) if cfg.nproc > 1 else q3("train", "pretrain", *args)
+
+    def post_train(verb: str, config: str, name: str, *extra: str) -> list[str]:
+        """`q3 post <verb>` (or its module under torchrun) with the demo's CPU sizes."""
+        args = ("--config", config, *extra, f"out_dir={out / name}", *SIZES.get(name, []))
+        return torchrun(cfg.nproc, f"train.post.{verb}", *args) if cfg.nproc > 1 else q3("post", verb, *args)
 
     return [
         Step("sample", "real multilingual sample: Debian manpages (25 languages) + Python sources",
@@ -71,8 +119,15 @@ def build_steps(cfg: DemoConfig, data: Path, out: Path) -> list[Step]:
              q3("data", "run", "--config", "demo", inputs, f"output={corpus}")),
         Step("dedup", "exact + MinHash-LSH near-duplicate removal (local runner; Spark gives the same clusters)",
              q3("data", "dedup", f"input={corpus / 'kept'}", f"output={dedup}", "runner=local")),
+        Step("rl-pairs", "programmatic RL query-verifier pairs (math, code, logic), self-verified",
+             q3("synth", "verifiable", "n=200", f"out={data / 'rl'}")),
+        Step("post-data", "cold-start, fusion and held-out eval sets from the verified pairs",
+             q3("post", "prepare", f"pairs={data / 'rl' / 'pairs.jsonl'}", f"out={post}")),
+        Step("decontam", "drop documents sharing 8-grams with the held-out eval queries (local runner)",
+             q3("data", "decontam", f"input={dedup / 'kept'}", f"output={decontam}", "runner=local",
+                f"decontam.evals=[{held_out}]", "decontam.text_fields=[query]", "decontam.ngram=8")),
         Step("label", "annotation: judge a sample, train fastText classifiers, label every doc (Spark)",
-             q3("label", "demo", f"input={dedup / 'kept'}", f"workdir={labeling}")),
+             q3("label", "demo", f"input={decontam / 'kept'}", f"workdir={labeling}")),
         Step("tokenize", "Qwen3 tokenizer -> Megatron .bin/.idx datasets per selection (local runner; Spark: same bytes)",
              q3("mix", "tokenize", "--config", "demo", f"input={labeling / 'labeled' / 'docs'}", f"output={mix}",
                 "runner=local")),
@@ -81,106 +136,83 @@ def build_steps(cfg: DemoConfig, data: Path, out: Path) -> list[Step]:
         Step("s1", "pretrain S1 (general), tiny Qwen3-MoE, megatron-core on CPU", pretrain("s1")),
         Step("s2", "pretrain S2 (reasoning, faster decay) from S1", pretrain("s2", f"load={out / 's1'}")),
         Step("s3", "pretrain S3 (long context, RoPE base 1e6) from S2", pretrain("s3", f"load={out / 's2'}")),
-        Step("export", "Hugging Face Qwen3-MoE export of the S3 checkpoint",
-             q3("train", "export-hf", f"load={out / 's3'}", f"out_dir={out / 'hf'}")),
-        Step("rl-pairs", "programmatic RL query-verifier pairs (math, code, logic), self-verified",
-             q3("synth", "verifiable", "n=200", f"out={data / 'rl'}")),
-        Step("post-data", "cold-start, fusion and held-out eval sets from the verified pairs",
-             q3("post", "prepare", f"pairs={data / 'rl' / 'pairs.jsonl'}", f"out={data / 'post'}")),
         Step("cold-start", "long-CoT cold-start SFT from S3 (packed, assistant-only loss)",
-             q3("post", "sft", "--config", "coldstart", f"load={out / 's3'}",
-                f"data=[{data / 'post' / 'coldstart.jsonl'}]", f"out_dir={out / 'cold-start'}")),
-        Step("fusion", "thinking-mode fusion SFT (/think, /no_think, budget samples) + HF export",
-             q3("post", "sft", "--config", "fusion", f"load={out / 'cold-start'}",
-                f"data=[{data / 'post' / 'fusion.jsonl'}]", f"out_dir={out / 'fusion'}",
-                f"export_hf={out / 'hf-post'}")),
+             post_train("sft", "coldstart", "cold-start", f"load={out / 's3'}", f"data=[{post / 'coldstart.jsonl'}]")),
+        Step("rl-query", "RL query pool: fresh math + logic pairs (another seed; not the held-out set)",
+             q3("synth", "verifiable", "n=32", "seed=1", "domains={math: 0.5, logic: 0.5}",
+                f"out={rl_query.parent}")),
+        Step("grpo", "reasoning RL: GRPO from the cold start (verifier + format reward, clip-higher)",
+             post_train("grpo", "grpo", "grpo", f"load={out / 'cold-start'}", f"pairs=[{rl_query}]",
+                        "rewards=demo_grpo_rewards", f"eval_pairs={held_out}")),
+        Step("fusion", "thinking-mode fusion SFT (/think, /no_think, budget samples) from GRPO",
+             post_train("sft", "fusion", "fusion", f"load={out / 'grpo'}", f"data=[{post / 'fusion.jsonl'}]")),
+        Step("rl", "general RL from fusion: instruction following + mode/format rewards (conf/post/rl_tasks.yaml)",
+             post_train("rl", "rl", "rl", f"load={out / 'fusion'}")),
+        Step("export", "Hugging Face Qwen3-MoE export of the final (general-RL) model",
+             q3("train", "export-hf", f"load={out / 'rl'}", f"out_dir={out / 'hf'}")),
         Step("post-eval", "held-out pass@k (synth's verifiers), ThinkFollow, thinking-budget compliance",
-             q3("post", "eval", "--config", "eval", f"load={out / 'fusion'}",
-                f"pairs={data / 'post' / 'eval_pairs.jsonl'}", f"out={out / 'post-eval'}")),
+             q3("post", "eval", "--config", "eval", f"load={out / 'rl'}", f"pairs={held_out}",
+                f"out={out / 'post-eval'}", *SIZES["post-eval"])),
+        Step("serve", "the export behind `q3 serve`, asked the held-out pairs with the openai client, verified",
+             [sys.executable, "-m", "train.post.serve_check", "base_url={endpoint}", "model=q3-tiny",
+              f"pairs={held_out}", f"compare={out / 'post-eval' / 'eval.json'}", f"out={out / 'serve'}",
+              *SIZES["serve"]],
+             serve=str(out / "hf")),
         Step("synth", "synthetic data from seed documents, generated by our post-trained model behind `q3 serve`",
-             q3("synth", "run", "--config", "demo", f"input={dedup / 'kept'}",
-                "endpoint.base_url={endpoint}", "endpoint.model=q3-tiny", f"output={data / 'synth'}"),
-             serve=str(out / "hf-post")),
+             q3("synth", "run", "--config", "demo", f"input={decontam / 'kept'}",
+                "endpoint.base_url={endpoint}", "endpoint.model=q3-tiny", f"output={data / 'synth'}",
+                *SIZES["synth"]),
+             serve=str(out / "hf")),
+        Step("distill-off", "strong-to-weak distillation, off-policy: teacher replies (/think + /no_think) -> student SFT",
+             post_train("distill", "distill", "distill-off", "phase=off_policy", f"teacher={out / 'rl'}", "load=null",
+                        *STUDENT, f"prompts=[{rl_query}]", f"eval_pairs={held_out}")),
+        Step("distill-on", "on-policy distillation: student samples, per-token reverse KL to the teacher",
+             post_train("distill", "distill", "distill-on", "phase=on_policy", f"teacher={out / 'rl'}",
+                        f"load={out / 'distill-off'}", f"prompts=[{rl_query}]", f"eval_pairs={held_out}")),
+        Step("distill-eval", "the student's ThinkFollow (mode following), next to the teacher's",
+             q3("post", "eval", "--config", "eval", f"load={out / 'distill-on'}", f"pairs={held_out}",
+                "evals=[thinkfollow]", f"out={out / 'distill-eval'}", *SIZES["distill-eval"])),
     ]
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+# ------------------------------------------------------------------------------- step markers
+def marker_path(out: Path, name: str) -> Path:
+    return out / "steps" / f"{name}.json"
 
 
-def _eval(run: Path) -> str:
-    lines = (run / "eval.jsonl").read_text().splitlines() if (run / "eval.jsonl").exists() else []
-    rows = [json.loads(x) for x in lines if x.strip()]
-    # a rerun resumes a finished stage and appends only {"step", "end"}: "start" is in the first row
-    start = next((r["start"] for r in rows if "start" in r), None)
-    if not rows or start is None or "end" not in rows[-1]:
-        return ""
-    return f"held-out loss {start:.3f} -> {rows[-1]['end']:.3f} after {rows[-1]['step']} steps"
+def done_marker(out: Path, data: Path, name: str) -> dict | None:
+    """The marker of a step finished earlier for these out/data folders, else None."""
+    p = marker_path(out, name)
+    try:
+        m = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return m if m.get("rc") == 0 and m.get("data") == str(data) else None
 
 
-def summarise(name: str, data: Path, out: Path) -> str:
-    """One line of figures per step, read from the files the step committed (no area imports)."""
-    if name == "sample":
-        rows = (data_dir() / "sample" / "docs.jsonl")
-        return f"{sum(1 for _ in rows.open()):,} documents" if rows.exists() else ""
-    if name == "pipeline":
-        st = _json(data / "pipeline" / "stats.json")
-        langs = len(st.get("kept_by_lang", {}))
-        return st and f"{st['input_docs']:,} in, {st['kept_docs']:,} kept in {langs} languages, {st['rejected_docs']:,} rejected"
-    if name == "dedup":
-        st = _json(data / "dedup" / "stats.json")
-        return st and (f"{st['docs_in']:,} in, {st['exact_duplicate']:,} exact + {st['near_duplicate']:,} near "
-                       f"duplicates removed ({st['bytes_removed']:,} bytes)")
-    if name == "label":
-        st = _json(data / "labeling" / "labeled" / "distributions.json")
-        doms = {}
-        for v in st.get("per_lang", {}).values():
-            for d, n in v.get("domains", {}).items():
-                doms[d] = doms.get(d, 0) + n
-        top = ", ".join(f"{d} {n}" for d, n in sorted(doms.items(), key=lambda x: -x[1])[:3])
-        return st and f"{st['docs']:,} documents labelled; top domains: {top}"
-    if name == "tokenize":
-        ds = _json(data / "mix" / "tokens" / "_Q3_SUCCESS").get("datasets", {})
-        return ds and f"{len(ds)} datasets, {sum(d['n_tokens'] for d in ds.values()):,} tokens"
-    if name == "manifests":
-        return ", ".join(sorted(p.name for p in (data / "mix" / "manifests").glob("demo_s?.yaml")))
-    if name in ("s1", "s2", "s3"):
-        return _eval(out / name)
-    if name == "export":
-        cfg = _json(out / "hf" / "config.json")
-        return cfg and f"{cfg['architectures'][0]}, rope_theta {cfg.get('rope_theta', '?')}, at {out / 'hf'}"
-    if name == "rl-pairs":
-        f = data / "rl" / "pairs.jsonl"
-        return f.exists() and f"{sum(1 for _ in f.open()):,} query-verifier pairs"
-    if name == "post-data":
-        st = _json(data / "post" / "_Q3_SUCCESS")
-        return st and (f"{st['coldstart']:,} cold-start rows, {st['fusion']:,} fusion rows, "
-                       f"{st['held_out']:,} held-out pairs")
-    if name in ("cold-start", "fusion"):
-        r = _json(out / name / "result.json")
-        ev = r.get("eval", {})
-        return r and (f"{r['data']['samples']:,} trained turns in {r['packing']['sequences']:,} packed sequences; "
-                      f"held-out loss {ev.get('start') or float('nan'):.3f} -> {ev.get('end') or float('nan'):.3f}")
-    if name == "post-eval":
-        r = _json(out / "post-eval" / "eval.json")
-        v, tf, b = r.get("verifiable", {}).get("all", {}), r.get("thinkfollow", {}), r.get("budget", {})
-        k = r.get("k", 1)
-        return r and (f"pass@1 {v.get('pass@1', 0):.2f}, pass@{k} {v.get(f'pass@{k}', 0):.2f}; ThinkFollow "
-                      f"{tf.get('accuracy', 0):.2f}; within budget {b.get('within_budget', 0):.2f}")
-    if name == "synth":
-        st = _json(data / "synth" / "final" / "_Q3_SUCCESS")
-        return st and f"{st.get('kept', 0)} rows kept, {st.get('requests', 0)} requests to our model"
-    return ""
+def write_marker(out: Path, data: Path, step: Step, seconds: float, figures: str) -> None:
+    p = marker_path(out, step.name)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(p, json.dumps({"step": step.name, "rc": 0, "seconds": round(seconds, 2), "figures": figures,
+                                     "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                     "data": str(data), "argv": step.argv}, indent=1))
 
 
+# ------------------------------------------------------------------------------- running
 def run_step(step: Step, logs: Path, env: dict[str, str]) -> tuple[float, int]:
     logs.mkdir(parents=True, exist_ok=True)
-    log.info("step %-10s %s", step.name, step.what)
+    log.info("step %-12s %s", step.name, step.what)
     if step.serve is None:
         return _run(step, step.argv, logs / f"{step.name}.log", env)
-    with _served(step.serve, logs / f"{step.name}-serve.log", env) as url:
-        argv = [a.replace("{endpoint}", url) for a in step.argv]
-        return _run(step, argv, logs / f"{step.name}.log", env)
+    t0 = time.time()
+    try:
+        with _served(step.serve, logs / f"{step.name}-serve.log", env) as url:
+            argv = [a.replace("{endpoint}", url) for a in step.argv]
+            _, rc = _run(step, argv, logs / f"{step.name}.log", env)
+    except RuntimeError as e:                    # the server did not come up: the step fails, the demo goes on
+        (logs / f"{step.name}.log").write_text(f"{e}\n")
+        rc = 1
+    return time.time() - t0, rc
 
 
 @contextmanager
@@ -215,86 +247,73 @@ def _run(step: Step, argv: list[str], logfile: Path, env: dict[str, str]) -> tup
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env=env, text=True, bufsize=1)
         assert proc.stdout is not None
-        for line in proc.stdout:
-            fh.write(line)
-            sys.stdout.write(f"  [{step.name}] {line}")
+        try:
+            for line in proc.stdout:
+                fh.write(line)
+                sys.stdout.write(f"  [{step.name}] {line}")
+        except KeyboardInterrupt:
+            # Ctrl-C in a terminal reached the child too; `kill -INT <demo>` did not: pass it on,
+            # so the step stops where a rerun resumes it (training verbs keep their checkpoints)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
         rc = proc.wait()
     return time.time() - t0, rc
 
 
+def _figures(name: str, data: Path, out: Path) -> str:
+    try:
+        return summarise(name, data, out) or ""
+    except (OSError, KeyError, ValueError, TypeError) as e:   # a report line must never fail the demo
+        return f"(no summary: {e})"
+
+
 def main(config: str | None, overrides: list[str]) -> int:
-    """Run the whole system end to end on the sample corpus (CPU), then print the report."""
+    """Run the whole chain end to end on the sample corpus (CPU), resumably, then print the report."""
     cfg = load_config(DemoConfig, "demo", config, overrides)
     out = Path(cfg.out) if cfg.out else runs_dir() / "demo"
     data = Path(cfg.data) if cfg.data else data_dir() / "demo"
+    steps = build_steps(cfg, data, out)
+    names = [s.name for s in steps]
+    unknown = [n for n in [*cfg.skip, *cfg.only] if n not in names]
+    if unknown:
+        raise ConfigError(f"unknown demo step(s) {unknown}; the steps: {', '.join(names)}")
     if cfg.fresh:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(data, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
                PYTHONUNBUFFERED="1")
-    results = []
-    for step in build_steps(cfg, data, out):
-        if step.name in cfg.skip:
-            results.append((step.name, step.what, "skipped", 0.0, ""))
-            continue
-        secs, rc = run_step(step, out / "logs", env)
-        status = "ok" if rc == 0 else f"FAILED (rc={rc})"
-        try:
-            figures = summarise(step.name, data, out) if rc == 0 else ""
-        except (OSError, KeyError, ValueError) as e:   # a report line must never fail the demo
-            figures = f"(no summary: {e})"
-        results.append((step.name, step.what, status, secs, figures or ""))
-        if rc != 0:
-            log.error("step %s failed; its log: %s", step.name, out / "logs" / f"{step.name}.log")
-            break
-    _report(results, out, data)
-    return 0 if all(r[2] in ("ok", "skipped") for r in results) else 1
-
-
-def plot_training_curves(out: Path, stages: tuple[str, ...] = ("s1", "s2", "s3", "cold-start", "fusion")) -> Path | None:
-    """One PNG with the training loss of every stage that logged metrics (pretraining, then
-    post-training), for the report. None when there is nothing to plot or no matplotlib."""
-    curves = {}
-    for name in stages:
-        f = out / name / "metrics.jsonl"
-        if f.exists():
-            rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-            curves[name] = ([r["step"] for r in rows], [r["loss"] for r in rows])
-    if not curves:
-        return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3), squeeze=False)
-    for ax, (name, (x, y)) in zip(axes[0], curves.items(), strict=True):
-        ax.plot(x, y)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-    axes[0][0].set_ylabel("train loss")
-    fig.suptitle("training loss per stage (pretraining: all tokens; post-training: assistant tokens)")
-    fig.tight_layout()
-    png = out / "training_curves.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
-
-
-def _report(results: list[tuple[str, str, str, float, str]], out: Path, data: Path) -> None:
-    print_table("Q3 demo", ["step", "status", "seconds", "result"],
-                [(n, s, round(t, 1), f) for n, _, s, t, f in results])
-    lines = ["# Q3 demo report", "", f"data: `{data}`  ", f"runs: `{out}`  ", f"logs: `{out / 'logs'}`", "",
-             "| step | what | status | seconds | result |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {n} | {w} | {s} | {t:.1f} | {f} |" for n, w, s, t, f in results]
-    png = plot_training_curves(out)
-    if png is not None:
-        lines += ["", f"![training loss per stage]({png.name})", "",
-                  f"TensorBoard: `tensorboard --logdir {out}` (each stage writes `<stage>/tensorboard`)."]
-    (out / "REPORT.md").write_text("\n".join(lines) + "\n")
-    (out / "report.json").write_text(json.dumps(
-        [{"step": n, "what": w, "status": s, "seconds": t, "result": f} for n, w, s, t, f in results], indent=2))
-    print(f"\nreport: {out / 'REPORT.md'}\ncorpus and token data: {data}\ncheckpoints and exports: {out}")
+    rows: list[Row] = []
+    stopped = False
+    for step in steps:
+        logfile = str(out / "logs" / f"{step.name}.log")
+        if stopped:
+            rows.append(Row(step.name, step.what, "not run", 0.0, ""))
+        elif step.name in cfg.skip or (cfg.only and step.name not in cfg.only):
+            rows.append(Row(step.name, step.what, "skipped", 0.0, ""))
+        elif (m := done_marker(out, data, step.name)) is not None:
+            log.info("step %-12s done earlier (%s, %.0f s): skipped", step.name, m.get("finished_at"), m["seconds"])
+            # figures from the step's files when they are still there (the current summary), else as recorded
+            figures = _figures(step.name, data, out) or m.get("figures", "")
+            rows.append(Row(step.name, step.what, "done earlier", m["seconds"], figures, logfile))
+        else:
+            try:
+                secs, rc = run_step(step, out / "logs", env)
+            except KeyboardInterrupt:
+                rows.append(Row(step.name, step.what, "interrupted", 0.0, "", logfile))
+                stopped = True
+                continue
+            if rc == 0:
+                figures = _figures(step.name, data, out)
+                write_marker(out, data, step, secs, figures)
+                rows.append(Row(step.name, step.what, "ok", secs, figures, logfile))
+            else:
+                log.error("step %s failed (rc=%d); its log: %s", step.name, rc, logfile)
+                rows.append(Row(step.name, step.what, f"FAILED (rc={rc})", secs, "", logfile))
+                stopped = True
+    write_report(rows, out, data)
+    return 0 if all(r.status in ("ok", "done earlier", "skipped") for r in rows) else 1

@@ -3,7 +3,7 @@
 
 import json
 
-from q3.demo import _eval
+from q3.demo_report import _eval
 
 
 def test_stage_summary_first_start_last_end(tmp_path):
