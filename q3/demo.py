@@ -44,6 +44,7 @@ class DemoConfig(Q3Config):
     out: str = ""                  # default: <runs>/demo
     data: str = ""                 # default: <data>/demo
     fresh: bool = False            # remove previous demo outputs (and step markers) first
+    llm: bool = True               # the real-LLM steps (SmolLM2-135M: judge, synth); false leaves them out
     skip: list[str] = Field(default_factory=list)   # step names to skip
     only: list[str] = Field(default_factory=list)   # run only these steps (default: all)
     nproc: int = Field(default=1, ge=1)             # torchrun processes for training
@@ -55,6 +56,7 @@ class Step:
     what: str
     argv: list[str]
     serve: str | None = None      # run with `q3 serve` on this model in the background; {endpoint} = its URL
+    llm: bool = False             # run with the real LLM (SmolLM2 via transformers serve); {endpoint}, {model}
 
 
 def q3(*args: str) -> list[str]:
@@ -100,7 +102,7 @@ def build_steps(cfg: DemoConfig, data: Path, out: Path) -> list[Step]:
     corpus, dedup, decontam = data / "pipeline", data / "dedup", data / "decontam"
     labeling, mix, post = data / "labeling", data / "mix", data / "post"
     manifests, held_out, rl_query = mix / "manifests", post / "eval_pairs.jsonl", data / "rl-query" / "pairs.jsonl"
-    inputs = f"inputs=[{{path: '{sample / 'raw'}', format: text, source: debian-manpages, lang_from_path: true}}]"
+    inputs = f"input=[{{path: '{sample / 'raw'}', format: text, source: debian-manpages, lang_from_path: true}}]"
 
     def pretrain(stage: str, *extra: str) -> list[str]:
         args = ("--config", f"demo_{stage}", f"manifest={manifests / f'demo_{stage}.yaml'}", f"out_dir={out / stage}",
@@ -120,14 +122,19 @@ def build_steps(cfg: DemoConfig, data: Path, out: Path) -> list[Step]:
         Step("dedup", "exact + MinHash-LSH near-duplicate removal (local runner; Spark gives the same clusters)",
              q3("data", "dedup", f"input={corpus / 'kept'}", f"output={dedup}", "runner=local")),
         Step("rl-pairs", "programmatic RL query-verifier pairs (math, code, logic), self-verified",
-             q3("synth", "verifiable", "n=200", f"out={data / 'rl'}")),
+             q3("synth", "verifiable", "n=200", f"output={data / 'rl'}")),
         Step("post-data", "cold-start, fusion and held-out eval sets from the verified pairs",
              q3("post", "prepare", f"pairs={data / 'rl' / 'pairs.jsonl'}", f"out={post}")),
         Step("decontam", "drop documents sharing 8-grams with the held-out eval queries (local runner)",
              q3("data", "decontam", f"input={dedup / 'kept'}", f"output={decontam}", "runner=local",
                 f"decontam.evals=[{held_out}]", "decontam.text_fields=[query]", "decontam.ngram=8")),
         Step("label", "annotation: judge a sample, train fastText classifiers, label every doc (Spark)",
-             q3("label", "demo", f"input={decontam / 'kept'}", f"workdir={labeling}")),
+             q3("label", "demo", f"input={decontam / 'kept'}", f"output={labeling}")),
+        *([Step("judge-llm", "a real LLM judge (SmolLM2-135M-Instruct behind `transformers serve`) on a stratified "
+                "sample; agreement with the rule-based judge",
+                q3("label", "judge", "--config", "demo_llm", f"input={decontam / 'kept'}",
+                   f"output={data / 'labeling-llm'}", "endpoint.base_url={endpoint}", "endpoint.model={model}"),
+                llm=True)] if cfg.llm else []),
         Step("tokenize", "Qwen3 tokenizer -> Megatron .bin/.idx datasets per selection (local runner; Spark: same bytes)",
              q3("mix", "tokenize", "--config", "demo", f"input={labeling / 'labeled' / 'docs'}", f"output={mix}",
                 "runner=local")),
@@ -140,7 +147,7 @@ def build_steps(cfg: DemoConfig, data: Path, out: Path) -> list[Step]:
              post_train("sft", "coldstart", "cold-start", f"load={out / 's3'}", f"data=[{post / 'coldstart.jsonl'}]")),
         Step("rl-query", "RL query pool: fresh math + logic pairs (another seed; not the held-out set)",
              q3("synth", "verifiable", "n=32", "seed=1", "domains={math: 0.5, logic: 0.5}",
-                f"out={rl_query.parent}")),
+                f"output={rl_query.parent}")),
         Step("grpo", "reasoning RL: GRPO from the cold start (verifier + format reward, clip-higher)",
              post_train("grpo", "grpo", "grpo", f"load={out / 'cold-start'}", f"pairs=[{rl_query}]",
                         "rewards=demo_grpo_rewards", f"eval_pairs={held_out}")),
@@ -163,6 +170,10 @@ def build_steps(cfg: DemoConfig, data: Path, out: Path) -> list[Step]:
                 "endpoint.base_url={endpoint}", "endpoint.model=q3-tiny", f"output={data / 'synth'}",
                 *SIZES["synth"]),
              serve=str(out / "hf")),
+        *([Step("synth-llm", "synthetic rows from seed documents written by the real LLM (SmolLM2-135M-Instruct)",
+                q3("synth", "run", "--config", "demo_llm", f"input={decontam / 'kept'}",
+                   f"output={data / 'synth-llm'}", "endpoint.base_url={endpoint}", "endpoint.model={model}"),
+                llm=True)] if cfg.llm else []),
         Step("distill-off", "strong-to-weak distillation, off-policy: teacher replies (/think + /no_think) -> student SFT",
              post_train("distill", "distill", "distill-off", "phase=off_policy", f"teacher={out / 'rl'}", "load=null",
                         *STUDENT, f"prompts=[{rl_query}]", f"eval_pairs={held_out}")),
@@ -202,12 +213,19 @@ def write_marker(out: Path, data: Path, step: Step, seconds: float, figures: str
 def run_step(step: Step, logs: Path, env: dict[str, str]) -> tuple[float, int]:
     logs.mkdir(parents=True, exist_ok=True)
     log.info("step %-12s %s", step.name, step.what)
-    if step.serve is None:
+    if step.serve is None and not step.llm:
         return _run(step, step.argv, logs / f"{step.name}.log", env)
     t0 = time.time()
     try:
-        with _served(step.serve, logs / f"{step.name}-serve.log", env) as url:
-            argv = [a.replace("{endpoint}", url) for a in step.argv]
+        if step.llm:
+            from q3.llm_server import served_smollm
+
+            server = served_smollm(logs / f"{step.name}-serve.log", env)
+        else:
+            server = _served(step.serve, logs / f"{step.name}-serve.log", env)
+        with server as served:
+            url, model = served if step.llm else (served, "")
+            argv = [a.replace("{endpoint}", url).replace("{model}", model) for a in step.argv]
             _, rc = _run(step, argv, logs / f"{step.name}.log", env)
     except RuntimeError as e:                    # the server did not come up: the step fails, the demo goes on
         (logs / f"{step.name}.log").write_text(f"{e}\n")

@@ -7,8 +7,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from q3.log import print_table
+from q3.log import get_logger, print_table
 from q3.paths import data_dir
+
+log = get_logger("q3.demo")
 
 PRETRAIN = ("s1", "s2", "s3")
 SFT = ("cold-start", "fusion", "distill-off")     # stages whose metrics.jsonl `loss` is a cross-entropy
@@ -158,6 +160,13 @@ def summarise(name: str, data: Path, out: Path) -> str:
         r = _json(out / "serve" / "serve_check.json")
         return r and (f"{r['samples']} replies via the openai client: pass rate {r['pass_rate']:.2f} "
                       f"(q3 post eval pass@1 {_f(r.get('eval_pass_rate'), 2)}), {r['errors']} failed requests")
+    if name == "judge-llm":
+        from q3.judge_agreement import summary
+
+        return summary(data / "labeling", data / "labeling-llm")
+    if name == "synth-llm":
+        st = _json(data / "synth-llm" / "final" / "_Q3_SUCCESS")
+        return st and f"{st.get('kept', 0)} rows kept, {st.get('requests', 0)} requests to SmolLM2-135M-Instruct"
     if name == "synth":
         st = _json(data / "synth" / "final" / "_Q3_SUCCESS")
         return st and f"{st.get('kept', 0)} rows kept, {st.get('requests', 0)} requests to our model"
@@ -264,14 +273,19 @@ def write_report(rows: list[Row], out: Path, data: Path) -> Path:
               f"total: {total:.0f} s ({total / 60:.1f} min) over the steps done", "",
               "| step | what | status | seconds | result |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r.step} | {r.what} | {r.status} | {r.seconds:.1f} | {r.result} |" for r in rows]
-    png = plot_training_curves(out)
-    if png is not None:
-        lines += ["", f"![training loss per stage]({png.name})"]
-    png = plot_post_curves(out)
-    if png is not None:
-        lines += ["", f"![post-training: RL reward, entropy, distillation divergence]({png.name})"]
-    lines += ["", f"TensorBoard: `tensorboard --logdir {out}` (each training stage writes `<stage>/tensorboard`)."]
+    from q3.report_plots import corpus_plots, html_report, markdown_images
+
+    try:                                   # a plot must never fail the report
+        pngs = corpus_plots(data, out / "plots")
+    except (OSError, KeyError, ValueError) as e:
+        log.warning("corpus plots skipped: %s", e)
+        pngs = []
+    pngs += [p for p in (plot_training_curves(out), plot_post_curves(out)) if p is not None]
+    tensorboard = f"TensorBoard: `tensorboard --logdir {out}` (each training stage writes `<stage>/tensorboard`)."
+    lines += ["", "## Plots", "", *markdown_images(pngs, out), tensorboard]
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
+    html_report([(r.step, r.what, r.status, round(r.seconds, 1), r.result) for r in rows], pngs, out / "REPORT.html",
+                notes=[tensorboard.replace("`", "")])
     (out / "report.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "total_seconds": total,
                                                  "failed": [asdict(r) for r in failed]}, indent=2))
     print(f"\nreport: {out / 'REPORT.md'}\ncorpus and token data: {data}\ncheckpoints and exports: {out}")

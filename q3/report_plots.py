@@ -366,6 +366,7 @@ CAPTIONS = {
     "labels": "label distributions per dimension",
     "stage_mix": "stage-mixing weights and tokens per dataset",
     "training_curves": "training loss per stage",
+    "post_training_curves": "post-training: RL reward and entropy, distillation divergence",
 }
 
 
