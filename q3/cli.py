@@ -21,7 +21,7 @@ AREAS: dict[str, tuple[str, str]] = {
     "synth": ("synth.cli", "synthetic data: generate, verifiable generators, cold-start builder"),
     "mix": ("dataproc.mix_cli", "tokenise into Megatron datasets, build stage manifests, optimise mixture"),
     "train": ("train.cli", "megatron-core Qwen3 pretraining, export-hf, import-hf, generate"),
-    "post": ("train.post.cli", "post-training: prepare data, chat SFT (cold start, fusion), eval"),
+    "post": ("train.post.cli", "post-training: data, SFT, GRPO, general RL, reward model, distillation, evals"),
     "serve": ("train.serve_cli", "OpenAI-compatible chat server on a checkpoint"),
     "demo": ("q3.demo", "the whole system end to end on the sample corpus, on CPU"),
 }
