@@ -114,7 +114,14 @@ def summarise(name: str, data: Path, out: Path) -> str:
         ds = _json(data / "mix" / "tokens" / "_Q3_SUCCESS").get("datasets", {})
         return ds and f"{len(ds)} datasets, {sum(d['n_tokens'] for d in ds.values()):,} tokens"
     if name == "manifests":
-        return ", ".join(sorted(p.name for p in (data / "mix" / "manifests").glob("demo_s?.yaml")))
+        import yaml
+
+        parts = []
+        for p in sorted((data / "mix" / "manifests").glob("demo_s?.yaml")):
+            empty = (yaml.safe_load(p.read_text()) or {}).get("provenance", {}).get("empty_datasets", [])
+            parts.append(p.name + (f" (WARNING: {len(empty)} dataset(s) with no tokens, weight 0: "
+                                   f"{', '.join(empty)})" if empty else ""))
+        return ", ".join(parts)
     if name in PRETRAIN:
         return _eval(out / name)
     if name in ("cold-start", "fusion"):

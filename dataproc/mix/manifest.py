@@ -12,6 +12,7 @@ Datasets that selected no tokens get weight 0 and the others in their bucket are
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,10 @@ def build_stage_manifest(stage: StageConfig, tokens_dir: Path, mix_hash: str) ->
     if empty_buckets:
         raise ValueError(f"stage {stage.stage}: no tokens selected for length bucket(s) "
                          f"{[stage.length_buckets[b].model_dump() for b in empty_buckets] or 'all'}")
+    for name in sorted(n for n, w in raw.items() if w == 0):     # a silent degradation otherwise
+        sel = next(td.select for td, _ in expanded if td.name == name)
+        log.warning("stage %s: dataset %s selected no tokens (%s): weight 0, its bucket renormalised", stage.stage,
+                    name, json.dumps(sel.model_dump(mode="json", exclude_none=True)))
     datasets = []
     for td, _ in expanded:
         b = _bucket_of(td.name, stage)

@@ -73,3 +73,4 @@ def test_s3_sample_lengths_split_75_25(demo_mix, tmp_path):
             in_bucket["mid"] += 1
     assert in_bucket["long"] + in_bucket["mid"] == n        # every sample is made of one bucket's docs
     assert abs(in_bucket["long"] / n - 0.75) <= 0.03 and abs(in_bucket["mid"] / n - 0.25) <= 0.03
+
