@@ -33,10 +33,11 @@ def verb(target: str, doc: str) -> Callable:
         return getattr(importlib.import_module(module), func)(config, overrides)
 
     run.__doc__ = doc
+    run.target = target  # type: ignore[attr-defined]  # for --help's examples (the module docstring)
     return run
 
 
-USAGE = "usage: q3 <area> <verb> [--config FILE] [key=value ...]"
+USAGE = "usage: q3 <area> <verb> [--config FILE] [key=value ...] [--help | --print-config]"
 
 
 def _usage() -> str:
@@ -54,15 +55,17 @@ def _load_verbs(area: str) -> dict[str, Callable]:
     return verbs
 
 
-def parse_args(args: list[str]) -> tuple[str | None, list[str], bool]:
-    """Split verb arguments into (--config value, key=value overrides, help requested)."""
+def parse_args(args: list[str]) -> tuple[str | None, list[str], str | None]:
+    """Split verb arguments into (--config value, key=value overrides, "help" | "print" | None)."""
     config: str | None = None
     overrides: list[str] = []
-    want_help = False
+    show = None
     it = iter(args)
     for a in it:
         if a in ("-h", "--help"):
-            want_help = True
+            show = "help"
+        elif a == "--print-config":
+            show = show or "print"
         elif a in ("-c", "--config"):
             config = next(it, None)
             if config is None:
@@ -71,18 +74,52 @@ def parse_args(args: list[str]) -> tuple[str | None, list[str], bool]:
             config = a.split("=", 1)[1]
         elif "=" in a and not a.startswith("-"):
             overrides.append(a)
+        elif a.startswith("--") and len(a) > 2:
+            key, _, value = a[2:].partition("=")
+            raise ConfigError(f"unexpected argument {a!r}; overrides are key=value: "
+                              f"{key}={value or next(it, '<value>')}")
         else:
             raise ConfigError(f"unexpected argument {a!r}; overrides are key=value")
-    return config, overrides, want_help
+    return config, overrides, show
+
+
+def examples(fn: Callable, command: str) -> list[str]:
+    """Lines of the verb module's docstring that show the command (`q3 post sft ...`)."""
+    target = getattr(fn, "target", None)
+    if not target:
+        return []
+    doc = importlib.import_module(target.split(":")[0]).__doc__ or ""
+    return [line.strip() for line in doc.splitlines() if line.strip().startswith(command)]
+
+
+def describe(fn: Callable, command: str, config: str | None, overrides: list[str], show: str,
+             doc: str | None = None) -> int:
+    """--help (the verb's keys, types, defaults, meanings and configs) or --print-config (the resolved
+    config): the verb runs only up to loading its config (`q3.describe`)."""
+    from q3.describe import SHOW, ConfigShown
+
+    if show == "help":
+        print(f"{command}: {(doc or fn.__doc__ or '').strip()}\n\nusage: {command} [--config NAME|FILE] [key=value ...] "
+              f"[--print-config]\n")
+    token = SHOW.set(show)
+    try:
+        fn(config, overrides)
+    except ConfigShown:
+        pass
+    finally:
+        SHOW.reset(token)
+    if show == "help":
+        ex = examples(fn, command) or [f"{command} key=value ..."]
+        print("\nexamples:\n" + "\n".join(f"  {x}" for x in [*ex[:3], f"{command} --print-config"]))
+    return 0
 
 
 def script_main(fn: Callable, doc: str | None, argv: list[str] | None = None) -> int:
     """Run a verb as a script (`spark-submit dataproc/jobs/x.py --config X k=v`), same arguments."""
     try:
-        config, overrides, want_help = parse_args(list(sys.argv[1:] if argv is None else argv))
-        if want_help:
-            print((doc or "").strip())
-            return 0
+        config, overrides, show = parse_args(list(sys.argv[1:] if argv is None else argv))
+        if show:
+            return describe(fn, sys.argv[0], config, overrides, show, doc)
         return int(fn(config, overrides) or 0)
     except ConfigError as e:
         print(f"{sys.argv[0]}: {e}", file=sys.stderr)
@@ -114,10 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         fn = verbs[verb]
     try:
-        config, overrides, want_help = parse_args(rest)
-        if want_help:
-            print((fn.__doc__ or "(no help)").strip())
-            return 0
+        config, overrides, show = parse_args(rest)
+        if show:
+            return describe(fn, f"q3 {area} {verb}".rstrip(), config, overrides, show)
         rc = fn(config, overrides)
     except ConfigError as e:
         print(f"q3 {area} {verb}: {e}".rstrip(), file=sys.stderr)

@@ -158,8 +158,18 @@ def load_config(model: type[C], kind: str, ref: str | Path | None = None,
         path = resolve(kind, ref)
         data = load_yaml(path)
         source = str(path)
+    from q3.describe import SHOW, ConfigShown, help_text, print_config
+
+    show = SHOW.get()
+    if show == "help":                      # `q3 <area> <verb> --help`: the keys, not a run
+        print(help_text(model, kind))
+        raise ConfigShown
     data = apply_overrides(data, overrides or [])
-    return validate(model, data, source)
+    cfg = validate(model, data, source)
+    if show == "print":                     # `--print-config`: the resolved config, not a run
+        print(print_config(cfg), end="")
+        raise ConfigShown
+    return cfg
 
 
 def config_hash(cfg: BaseModel | dict) -> str:

@@ -48,10 +48,37 @@ def hidden_states_only(model):
         m.post_process = was
 
 
-def _chunk_stats(hidden: torch.Tensor, labels: torch.Tensor, output_layer, weight) -> torch.Tensor:
+def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """[n, V] float logits of final hidden states [n, h] (the model's output layer, tied or not)."""
+    m = unwrap(model)
+    weight = m.shared_embedding_or_output_weight() if m.share_embeddings_and_output_weights else None
+    logits, _ = m.output_layer(hidden.unsqueeze(1), weight=weight, runtime_gather_output=True)
+    return logits.squeeze(1).float()
+
+
+def response_hidden(model, tokens: torch.Tensor, response_mask: torch.Tensor,
+                    position_ids: torch.Tensor | None = None,
+                    attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """(final hidden states [n, h] at the response positions, their (batch, position) indices):
+    the decoder runs on every token, the output layer on none."""
+    from train.shims import causal_attention_mask
+
+    b, s = tokens.shape
+    if position_ids is None:
+        position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
+    if attention_mask is None:
+        attention_mask = causal_attention_mask(s).to(tokens.device)
+    if unwrap(model).config.sequence_parallel:
+        raise NotImplementedError("sequence-parallel hidden states are not gathered")
+    with hidden_states_only(model):
+        hidden = model(tokens, position_ids, attention_mask)            # [s, b, h]
+    bi, ti = response_mask.bool().nonzero(as_tuple=True)
+    return hidden[ti, bi], (bi, ti)
+
+
+def _chunk_stats(hidden: torch.Tensor, labels: torch.Tensor, model) -> torch.Tensor:
     """[n, 2] = (logprob of label, entropy) for hidden [n, h] at T=1 over the full vocabulary."""
-    logits, _ = output_layer(hidden.unsqueeze(1), weight=weight, runtime_gather_output=True)
-    logits = logits.squeeze(1).float()
+    logits = output_logits(model, hidden)
     lse = torch.logsumexp(logits, dim=-1)
     lp = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse
     probs = torch.softmax(logits, dim=-1)
@@ -67,35 +94,21 @@ def token_logprobs(model, tokens: torch.Tensor, response_mask: torch.Tensor,
     `labels` defaults to tokens shifted left by one (the last position has no label, so
     response_mask must be 0 there). Position ids default to arange, the mask to causal.
     """
-    from train.shims import causal_attention_mask
-
     b, s = tokens.shape
-    mask = response_mask.bool()
     if labels is None:
-        if mask[:, -1].any():
+        if response_mask.bool()[:, -1].any():
             raise ValueError("response_mask marks the last position, which has no next token")
         labels = torch.cat([tokens[:, 1:], tokens.new_zeros(b, 1)], dim=1)
-    if position_ids is None:
-        position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
-    if attention_mask is None:
-        attention_mask = causal_attention_mask(s).to(tokens.device)
-    m = unwrap(model)
-    if m.config.sequence_parallel:
-        raise NotImplementedError("token_logprobs: sequence-parallel hidden states are not gathered")
-    with hidden_states_only(model):
-        hidden = model(tokens, position_ids, attention_mask)            # [s, b, h]
-    bi, ti = mask.nonzero(as_tuple=True)
-    h = hidden[ti, bi]                                                  # [n, h]: response positions only
+    h, (bi, ti) = response_hidden(model, tokens, response_mask, position_ids, attention_mask)
     y = labels[bi, ti]
-    weight = m.shared_embedding_or_output_weight() if m.share_embeddings_and_output_weights else None
     parts = []
     for k in range(0, h.shape[0], max(1, chunk_size)):
-        args = (h[k:k + chunk_size], y[k:k + chunk_size], m.output_layer, weight)
+        args = (h[k:k + chunk_size], y[k:k + chunk_size], model)
         if torch.is_grad_enabled() and h.requires_grad:
             parts.append(checkpoint(_chunk_stats, *args, use_reentrant=False))
         else:
             parts.append(_chunk_stats(*args))
-    stats = torch.cat(parts) if parts else hidden.new_zeros(0, 2, dtype=torch.float32)
+    stats = torch.cat(parts) if parts else h.new_zeros(0, 2, dtype=torch.float32)
     lp = torch.zeros(b, s, dtype=torch.float32, device=tokens.device)
     ent = torch.zeros(b, s, dtype=torch.float32, device=tokens.device)
     lp = lp.index_put((bi, ti), stats[:, 0])

@@ -5,7 +5,8 @@ from q3.cli import main, parse_args
 
 
 def test_parse_args():
-    assert parse_args(["--config", "a.yaml", "x.y=1", "z=t"]) == ("a.yaml", ["x.y=1", "z=t"], False)
+    assert parse_args(["--config", "a.yaml", "x.y=1", "z=t"]) == ("a.yaml", ["x.y=1", "z=t"], None)
+    assert parse_args(["x=1", "--print-config"])[2] == "print" and parse_args(["-h"])[2] == "help"
 
 
 def test_help_lists_areas(capsys):

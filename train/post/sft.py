@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -148,8 +149,12 @@ def start_point(cfg: SFTConfig) -> tuple[ModelConfig, int, float]:
     return mcfg, int(seq), float(rope)
 
 
-def run(cfg: SFTConfig) -> dict:
-    """Train; returns {'losses', 'history', 'eval', 'checkpoint', ...} (on every rank)."""
+def run(cfg: SFTConfig, probe: Callable[[object], dict] | None = None) -> dict:
+    """Train; returns {'losses', 'history', 'eval', 'checkpoint', ...} (on every rank).
+
+    `probe(trainer) -> {metric: value}`, if given, is an extra held-out evaluation of the model being
+    trained (distillation's accuracy and KL to the teacher), run with the held-out loss: before the
+    first step, every `eval_interval` steps and at the end, into eval["probe"]["start" | "step_N" | "end"]."""
     if not cfg.data:
         raise ConfigError("post sft needs data=[chat.jsonl, ...] (OpenAI `messages` rows)")
     for p in [*cfg.data, *cfg.valid_data]:          # before importing megatron (seconds)
@@ -196,8 +201,11 @@ def run(cfg: SFTConfig) -> dict:
             return trainer.forward_only(microbatches(valid_data, 0, batches), n_micro, forward_fn=assistant_ce)["loss"]
 
         evals = trainer.meta["eval"] = dict((meta or {}).get("eval", {})) if own else {}   # checkpointed
+        probes = evals.setdefault("probe", {}) if probe else {}
         if trainer.step == 0 and "start" not in evals:
             evals["start"] = held_out_loss()
+        if probe and trainer.step == 0 and "start" not in probes:
+            probes["start"] = probe(trainer)
         if trainer.rank == 0:
             log.info("SFT of %s: seq %d, RoPE base %g, %d steps, %s", mcfg.name, seq, rope, steps, out_dir)
             print_table("SFT data", ["what", "value"],
@@ -210,11 +218,17 @@ def run(cfg: SFTConfig) -> dict:
             extra = {}
             if cfg.eval_interval and trainer.step % cfg.eval_interval == 0 and trainer.step < steps:
                 extra["eval/loss"] = held_out_loss()
+                if probe:
+                    probes[f"step_{trainer.step}"] = probe(trainer)
+                    extra.update({f"eval/{k}": v for k, v in probes[f"step_{trainer.step}"].items()
+                                  if isinstance(v, int | float)})
             trainer.log_step(res, **extra)
             trainer.maybe_save()
         finished = trainer.step >= steps
         if finished:
             evals["end"] = held_out_loss()
+            if probe and "end" not in probes:
+                probes["end"] = probe(trainer)
         result = {"stage": "SFT", "steps": trainer.step, "train_steps": steps, "seq_length": seq,
                   "rope_base": rope, "model": mcfg.name, "data": counts, "valid": vcounts, "packing": pstats,
                   "final_train_loss": trainer.losses[-1] if trainer.losses else None, "eval": evals,
