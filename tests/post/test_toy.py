@@ -11,7 +11,7 @@ from synth.verifiers import verify_item
 from train.post.chat import read_chat_jsonl, tokenize_rows
 from train.post.toy import scratchpad, two_digit_addition
 
-STEP = re.compile(r"^(\d)\+(\d)=(\d+), write (\d) carry ([01])\. (\d)\+(\d)\+([01])=(\d+)\.$")
+STEP = re.compile(r"^(\d\d)\+(\d\d): (\d)\+(\d)=(\d+), write (\d) carry ([01])\. (\d)\+(\d)\+([01])=(\d+)\.$")
 
 
 def operands(query: str) -> tuple[int, int]:
@@ -24,7 +24,8 @@ def test_scratchpad_arithmetic_is_right_for_every_sum():
         for b in range(10, 100):
             m = STEP.match(scratchpad(a, b))
             assert m, scratchpad(a, b)
-            a0, b0, ones, digit, carry, a1, b1, c, tens = map(int, m.groups())
+            aa, bb, a0, b0, ones, digit, carry, a1, b1, c, tens = map(int, m.groups())
+            assert (aa, bb) == (a, b)
             assert (a0, b0, a1, b1) == (a % 10, b % 10, a // 10, b // 10)
             assert ones == a0 + b0 and digit == ones % 10 and carry == ones // 10 == c
             assert tens == a1 + b1 + carry and int(f"{tens}{digit}") == a + b

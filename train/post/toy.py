@@ -56,12 +56,13 @@ TWO_DIGIT = range(10, 100)
 
 
 def scratchpad(a: int, b: int) -> str:
-    """'7+8=15, write 5 carry 1. 4+3+1=8.' for 47 + 38: ones column, carry, tens column with the
-    carry. Qwen3 tokenizes digits one by one, so every step is a few single-digit tokens."""
+    """'47+38: 7+8=15, write 5 carry 1. 4+3+1=8.' for 47 + 38: the operands restated (so each column
+    reads digits at fixed offsets instead of searching a phrasing), the ones column, the carry, the
+    tens column with the carry. Qwen3 tokenizes digits one by one: every step is a few tokens."""
     a1, a0, b1, b0 = a // 10, a % 10, b // 10, b % 10
     ones = a0 + b0
     carry = ones // 10
-    return f"{a0}+{b0}={ones}, write {ones % 10} carry {carry}. {a1}+{b1}+{carry}={a1 + b1 + carry}."
+    return f"{a}+{b}: {a0}+{b0}={ones}, write {ones % 10} carry {carry}. {a1}+{b1}+{carry}={a1 + b1 + carry}."
 
 
 def sum_pair(a: int, b: int, p: int) -> dict:
