@@ -34,7 +34,7 @@ from pathlib import Path
 from bench.post_bench import q3  # a `q3` command in a child process, its wall time
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER_MODEL = "{hidden_size: 128, ffn_hidden_size: 256, num_attention_heads: 4, num_query_groups: 2, kv_channels: 32}"
+TEACHER_MODEL = "{num_layers: 4, hidden_size: 128, ffn_hidden_size: 256, num_attention_heads: 4, num_query_groups: 2, kv_channels: 32}"
 STUDENT_MODEL = "{hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 2, num_query_groups: 1, kv_channels: 16}"
 TEACHER = ["model=tiny_dense", "load=null", f"model_overrides={TEACHER_MODEL}", "seq_length=128",
            "micro_batch_size=8", "global_batch_size=8", "optim.lr=3e-3", "optim.min_lr=3e-4", "tensorboard=false",
@@ -42,14 +42,26 @@ TEACHER = ["model=tiny_dense", "load=null", f"model_overrides={TEACHER_MODEL}", 
 # both phases: the same student length, batch (16 sequences: packed teacher rows off-policy, one
 # sampled reply each on-policy), reply limit and evaluation
 COMMON = ["--config", "distill", "seq_length=64", "micro_batch_size=16", "max_tokens=48", "tensorboard=false",
-          "log_interval=5", "eval_limit=100", "eval_k=2"]
+          "log_interval=5", "eval_k=1"]
 METRICS = ("greedy_accuracy", "greedy_accuracy/think", "greedy_accuracy/no_think", "pass@1", "kl_to_teacher")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    """Written atomically and only when changed: several bench processes (one per seed) may share `--out`."""
+    from q3.atomic import atomic_write_text
+
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
     return path
+
+
+def teacher_data(out: Path) -> Path | None:
+    """The teacher's replies written by an earlier off-policy run of this bench (greedy, so the same
+    for every seed): generated once, reused by the other seeds."""
+    done = sorted(out.glob("off_seed*/teacher_data.json"))
+    return done[0].with_suffix(".jsonl") if done else None
 
 
 def result(run: Path) -> dict:
@@ -142,14 +154,17 @@ def plot(curves: dict, train: dict, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--teacher-steps", type=int, default=600)
+    ap.add_argument("--teacher-steps", type=int, default=400)
     ap.add_argument("--off-steps", type=int, default=100, help="N: off-policy steps from scratch (shared start)")
     ap.add_argument("--arm-steps", type=int, default=40, help="M: steps of each arm from the N-step checkpoint")
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=10, help="held-out eval interval of the arms")
+    ap.add_argument("--off-eval-every", type=int, default=0, help="... of the shared phase 1 (0: start and end)")
     ap.add_argument("--batch", type=int, default=16, help="sequences (off) / sampled replies (on) per step")
     ap.add_argument("--lr", type=float, default=1e-3, help="both arms, constant")
     ap.add_argument("--off-lr", type=float, default=3e-3, help="phase 1 (from scratch), constant")
-    ap.add_argument("--prompts", type=int, default=256, help="distillation prompts (each answered in both modes)")
+    ap.add_argument("--prompts", type=int, default=512, help="distillation prompts (each answered in both modes)")
+    ap.add_argument("--teacher", default=None, help="an existing teacher checkpoint (default: train one in <out>/teacher)")
+    ap.add_argument("--eval-limit", type=int, default=100, help="held-out items per evaluation")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "distill"))
     a = ap.parse_args()
     out = Path(a.out)
@@ -160,33 +175,37 @@ def main() -> None:
     paths = {name: write_jsonl(d / f"{name}.jsonl", r) for name, r in
              (("prompts", prompts), ("held", held), ("teacher_sft", rows))}
     times: dict[str, float] = {}
-    teacher = out / "teacher"
-    if not (teacher / "result.json").exists():
+    teacher = Path(a.teacher) if a.teacher else out / "teacher"
+    if not a.teacher and not (teacher / "result.json").exists():
         times["teacher"] = q3("post", "sft", *TEACHER, f"data=[{paths['teacher_sft']}]",
                               f"train_steps={a.teacher_steps}", f"out_dir={teacher}")
     summary: dict = {"seeds": a.seeds, "off_steps": a.off_steps, "arm_steps": a.arm_steps, "batch": a.batch,
                      "lr": a.lr, "off_lr": a.off_lr, "teacher_steps": a.teacher_steps, "prompts": a.prompts,
+                     "teacher_checkpoint": str(teacher), "eval_limit": a.eval_limit,
                      "teacher": teacher_report(teacher, paths["held"], out / "teacher_eval"), "wall_s": times}
-    t_data: Path | None = None
+    t_data = teacher_data(out)
     curves: dict = {}
     train: dict = {}
     per_seed: dict = {}
     for seed in a.seeds:
         tag = f"seed{seed}"
         base = [*COMMON, f"teacher={teacher}", f"prompts=[{paths['prompts']}]", f"eval_pairs={paths['held']}",
-                f"eval_interval={a.eval_every}", f"seed={seed}"]
+                f"seed={seed}", f"eval_limit={a.eval_limit}"]
         off = out / f"off_{tag}"
         if not (off / "result.json").exists():
             reuse = [f"teacher_data={t_data}"] if t_data else []
             times[f"off_{tag}"] = q3("post", "distill", *base, "phase=off_policy", "load=null", "model=tiny_dense",
+                                     f"eval_interval={a.off_eval_every}",
                                      f"model_overrides={STUDENT_MODEL}", f"global_batch_size={a.batch}",
                                      f"train_steps={a.off_steps}", f"optim.lr={a.off_lr}", f"optim.min_lr={a.off_lr}",
                                      f"out_dir={off}", *reuse)
         t_data = t_data or Path(result(off)["teacher_data"])
         arms = {"off_policy": out / f"arm_off_{tag}", "on_policy": out / f"arm_on_{tag}"}
-        lr = [f"optim.lr={a.lr}", f"optim.min_lr={a.lr}", f"load={off}"]
+        lr = [f"optim.lr={a.lr}", f"optim.min_lr={a.lr}", f"load={off}", f"eval_interval={a.eval_every}"]
         if not (arms["off_policy"] / "result.json").exists():
+            # model= restated: the off-policy phase takes the config's model over load's (see RESULTS.md)
             times[f"arm_off_{tag}"] = q3("post", "distill", *base, *lr, "phase=off_policy", f"teacher_data={t_data}",
+                                         "model=tiny_dense", f"model_overrides={STUDENT_MODEL}",
                                          f"global_batch_size={a.batch}", f"train_steps={a.arm_steps}",
                                          f"out_dir={arms['off_policy']}")
         if not (arms["on_policy"] / "result.json").exists():
@@ -200,7 +219,7 @@ def main() -> None:
                           **{arm: {"end": result(run)["eval"]["end"], "thinkfollow": thinkfollow(run, paths["held"])}
                              for arm, run in arms.items()}}
     summary["teacher_data"] = str(t_data)
-    summary["teacher_data_stats"] = result(out / f"off_seed{a.seeds[0]}").get("teacher_stats")
+    summary["teacher_data_stats"] = json.loads(t_data.with_suffix(".json").read_text()) if t_data else None
     summary["per_seed"] = per_seed
     summary["curves"] = {s: {arm: [[st, e] for st, e in pts] for arm, pts in arms.items()} for s, arms in curves.items()}
     summary["table"] = {arm: {k: spread([per_seed[s][arm]["end"][k] for s in a.seeds])
