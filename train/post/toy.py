@@ -47,3 +47,63 @@ def addition_task(noise: float = 0.5, seed: int = 0, copies: int = 2,
                                 "source": "toy.addition:noisy", "correct": ans == a + b})
     rng.shuffle(sft)
     return rl, held, sft
+
+
+# ------------------------------------------------------------------ two-digit addition (distillation)
+# a + b with a, b in 10..99, answered in thinking mode with a short column-wise scratchpad whose
+# steps compound: a wrong ones digit or carry makes the tens column, and so the answer, wrong.
+TWO_DIGIT = range(10, 100)
+
+
+def scratchpad(a: int, b: int) -> str:
+    """'47+38: 7+8=15, write 5 carry 1. 4+3+1=8.' for 47 + 38: the operands restated (so each column
+    reads digits at fixed offsets instead of searching a phrasing), the ones column, the carry, the
+    tens column with the carry. Qwen3 tokenizes digits one by one: every step is a few tokens."""
+    a1, a0, b1, b0 = a // 10, a % 10, b // 10, b % 10
+    ones = a0 + b0
+    carry = ones // 10
+    return f"{a}+{b}: {a0}+{b0}={ones}, write {ones % 10} carry {carry}. {a1}+{b1}+{carry}={a1 + b1 + carry}."
+
+
+def sum_pair(a: int, b: int, p: int) -> dict:
+    """An RL pair (`exact` verifier on the text after the think block) for a + b in phrasing p."""
+    q = PHRASINGS[p].format(a=a, b=b)
+    item = RLPair(query=q, verifier_type="exact", verifier_data={"answer": str(a + b)}, domain="math",
+                  subdomain="addition2", difficulty=2, source="toy.two_digit_addition:v1", reference=str(a + b),
+                  perturbed=str(a + b + 10))
+    return {**item.__dict__}
+
+
+def teacher_rows(a: int, b: int, p: int, unflagged: bool) -> list[dict]:
+    """The teacher's SFT rows for one query: thinking (flag `/think`, or no flag: thinking is the
+    default) with the scratchpad as reasoning, and `/no_think` with an empty reasoning block."""
+    q = PHRASINGS[p].format(a=a, b=b)
+    src = {"source": "toy.two_digit_addition:teacher", "a": a, "b": b}
+    return [{"messages": [{"role": "user", "content": q + ("" if unflagged else " /think")},
+                          {"role": "assistant", "reasoning_content": scratchpad(a, b), "content": str(a + b)}],
+             "mode": "think", **src},
+            {"messages": [{"role": "user", "content": q + " /no_think"},
+                          {"role": "assistant", "reasoning_content": "", "content": str(a + b)}],
+             "mode": "no_think", **src}]
+
+
+def two_digit_addition(seed: int = 0, n_prompts: int = 512, n_held: int = 200,
+                       unflagged: float = 0.25) -> tuple[list[dict], list[dict], list[dict]]:
+    """(distillation prompt pairs, held-out pairs, teacher SFT rows).
+
+    The 8,100 (a, b) are shuffled by `seed`: the first `n_held` are held out (never in the prompts
+    nor the teacher's rows), the next `n_prompts` are the distillation prompts; the teacher's rows
+    cover every non-held (a, b) once in both modes, each query in a random phrasing (the held-out
+    split is by operands, so no phrasing of a held-out sum is ever trained on). `unflagged`: share
+    of thinking rows without a `/think` flag."""
+    rng = random.Random(f"two_digit_addition:{seed}")
+    ab = [(a, b) for a in TWO_DIGIT for b in TWO_DIGIT]
+    rng.shuffle(ab)
+    if n_held + n_prompts > len(ab):
+        raise ValueError(f"n_held + n_prompts must be <= {len(ab)}")
+    held = [sum_pair(a, b, rng.randrange(len(PHRASINGS))) for a, b in ab[:n_held]]
+    prompts = [sum_pair(a, b, rng.randrange(len(PHRASINGS))) for a, b in ab[n_held:n_held + n_prompts]]
+    rows = [r for a, b in ab[n_held:]
+            for r in teacher_rows(a, b, rng.randrange(len(PHRASINGS)), rng.random() < unflagged)]
+    rng.shuffle(rows)
+    return prompts, held, rows
