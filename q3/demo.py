@@ -36,6 +36,7 @@ from q3.config import ConfigError, Q3Config, load_config
 from q3.demo_report import Row, summarise, write_report
 from q3.log import get_logger
 from q3.paths import ROOT, data_dir, runs_dir
+from q3.proc import stop
 
 log = get_logger("q3.demo")
 
@@ -250,11 +251,7 @@ def _served(model: str, logfile: Path, env: dict[str, str]) -> Iterator[str]:
                 time.sleep(0.5)
             yield f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
 
 def _run(step: Step, argv: list[str], logfile: Path, env: dict[str, str]) -> tuple[float, int]:

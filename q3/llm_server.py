@@ -34,6 +34,7 @@ import httpx
 from q3.config import ConfigError
 from q3.log import get_logger
 from q3.paths import data_dir
+from q3.proc import stop
 
 log = get_logger("q3.llm_server")
 
@@ -146,12 +147,7 @@ def transformers_served(model: str | Path, logfile: Path, *, port: int = 0, star
                 time.sleep(1.0)
             yield f"{url}/v1", str(model)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 @contextmanager

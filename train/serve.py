@@ -44,6 +44,7 @@ from pydantic import Field
 
 from q3.config import Q3Config, load_config
 from q3.log import get_logger
+from q3.proc import stop
 from train.generate import LM, Completion, SchemaError, Tokenizer, chat, completion, load_lm, thinking_mode
 from train.rollout import Rollout
 from train.sampling import THINK_ID, preset_for
@@ -694,10 +695,4 @@ def background(load: str | Path, *overrides: str, startup_timeout: float = 300) 
                 time.sleep(0.2)
             yield f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
