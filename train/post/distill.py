@@ -285,9 +285,9 @@ def teacher_replies(cfg: DistillConfig, teacher, rows: list[dict], rank: int = 0
     return out, counts
 
 
-def write_teacher_data(cfg: DistillConfig, rows: list[dict], out_dir: Path) -> tuple[Path, dict]:
+def write_teacher_data(cfg: DistillConfig, rows: list[dict], out_dir: Path, get_teacher) -> tuple[Path, dict]:
     """`<out_dir>/teacher_data.jsonl` (+ .json counts), generated on every rank's share and written
-    once by rank 0; an existing complete file is reused."""
+    once by rank 0; an existing complete file is reused. `get_teacher() -> (model, ModelConfig)`."""
     from train.model import init_parallel
 
     path = out_dir / "teacher_data.jsonl"
@@ -298,11 +298,7 @@ def write_teacher_data(cfg: DistillConfig, rows: list[dict], out_dir: Path) -> t
     init_parallel(tp=par.tensor_model_parallel_size, pp=par.pipeline_model_parallel_size,
                   ep=par.expert_model_parallel_size, seed=cfg.seed)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    from train import checkpoint as ckpt
-    from train.config import ModelConfig
-
-    student_vocab = _student_vocab(cfg, ckpt, ModelConfig)
-    teacher, tcfg = load_teacher(cfg, student_vocab)
+    teacher, tcfg = get_teacher()
     t0 = time.time()
     mine, counts = teacher_replies(cfg, teacher, rows, rank, world)
     parts: list = [None] * world
@@ -321,41 +317,37 @@ def write_teacher_data(cfg: DistillConfig, rows: list[dict], out_dir: Path) -> t
         log.info("teacher replies: %d kept of %d (%d cut at max_tokens) in %.0f s -> %s", stats["kept"],
                  stats["replies"], stats["truncated"], stats["seconds"], path)
     torch.distributed.barrier()
-    del teacher
     return path, stats
-
-
-def _student_vocab(cfg: DistillConfig, ckpt, model_config) -> int:
-    from train.config import load_model_config
-
-    src = ckpt.latest_checkpoint(cfg.load) if cfg.load else None
-    if cfg.load and src is None:
-        raise ConfigError(f"load={cfg.load}: no complete checkpoint there")
-    if src is not None and "model" not in cfg.model_fields_set:
-        return model_config.model_validate(ckpt.read_meta(src)["model"]).padded_vocab_size
-    return load_model_config(cfg.model, cfg.model_overrides).padded_vocab_size
 
 
 def run_off_policy(cfg: DistillConfig, rows: list[dict], eval_items: list[dict], out_dir: Path) -> dict:
     from train.post import sft
+
+    student_vocab = sft.start_point(cfg)[0].padded_vocab_size   # the shape SFT will build
+    teacher: dict = {}
+
+    def get_teacher():
+        """Loaded once, for the replies and the held-out probes alike."""
+        if not teacher:
+            teacher["model"], teacher["cfg"] = load_teacher(cfg, student_vocab)
+        return teacher["model"], teacher["cfg"]
 
     if cfg.teacher_data:
         if not Path(cfg.teacher_data).is_file():
             raise ConfigError(f"teacher_data={cfg.teacher_data}: no such file")
         data, stats = Path(cfg.teacher_data), {"reused": cfg.teacher_data}
     else:
-        data, stats = write_teacher_data(cfg, rows, out_dir)
+        data, stats = write_teacher_data(cfg, rows, out_dir, get_teacher)
+        if not eval_items:
+            teacher.clear()                  # no probe needs it: free it before the student trains
     # every shared field carries the distill config's value, but the student's shape only when set:
     # a `model` passed on counts as explicit and would override the starting checkpoint's own shape
     shared = {k: getattr(cfg, k) for k in sft.SFTConfig.model_fields if k in DistillConfig.model_fields
               and (k not in ("model", "model_overrides") or k in cfg.model_fields_set)}
     scfg = sft.SFTConfig(**{**shared, "data": [str(data)], "out_dir": str(out_dir)})
-    teacher = {}
 
     def probe(trainer) -> dict:
-        if "model" not in teacher:
-            teacher["model"] = load_teacher(cfg, trainer.mcfg.padded_vocab_size)[0]
-        return evaluate(cfg, trainer.model, teacher["model"], eval_items)
+        return evaluate(cfg, trainer.model, get_teacher()[0], eval_items)
 
     res = sft.run(scfg, probe=probe if eval_items else None)
     res["eval"] = res["eval"].get("probe", {}) | {"loss": {k: v for k, v in res["eval"].items() if k != "probe"}}
