@@ -9,19 +9,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from q3.atomic import atomic_dir, is_committed, read_marker
-from q3.config import ConfigError
-from q3.jsonl import read_jsonl
+from q3.jsonl import read_text_rows
 from q3.schemas import DOC_SCHEMA, content_id
 
 
 def jsonl_to_table(path: str | Path) -> pa.Table:
     """Sample JSONL (text, url, source, lang_hint) -> DOC_SCHEMA, lang = lang_hint."""
-    rows = []
-    for where, r in read_jsonl(path, "input"):       # a bad line: file:line, no traceback
-        if not isinstance(r.get("text"), str):
-            raise ConfigError(f"{where}: no string field 'text' (the row has fields: {', '.join(r) or '(none)'}); "
-                              f"rename the field, or run `q3 data run` (its input text_field= selects one) first")
-        rows.append(r)
+    rows = read_text_rows(path, "input", "rename the field, or run `q3 data run` (its input text_field= "
+                          "selects one) first")
     cols = {
         "id": [content_id(r["text"]) for r in rows],
         "text": [r["text"] for r in rows],

@@ -26,3 +26,15 @@ def read_jsonl(path: str | Path, what: str = "input") -> Iterator[tuple[str, dic
             if not isinstance(row, dict):
                 raise ConfigError(f"{p}:{n}: not a JSON object")
             yield f"{p}:{n}", row
+
+
+def read_text_rows(path: str | Path, what: str, hint: str) -> list[dict]:
+    """The rows of a JSONL of documents: each must carry a string `text`; a row without one is a
+    one-line error naming `file:line`, the fields the row has, and `hint` (how to fix it)."""
+    rows = []
+    for where, row in read_jsonl(path, what):
+        if not isinstance(row.get("text"), str):
+            raise ConfigError(f"{where}: no string field 'text' (the row has fields: "
+                              f"{', '.join(row) or '(none)'}); {hint}")
+        rows.append(row)
+    return rows

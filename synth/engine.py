@@ -33,7 +33,7 @@ from dataproc.dedup.config import DecontamConfig
 from dataproc.dedup.decontam import Decontaminator
 from dataproc.dedup.exact import exact_normalise
 from q3.atomic import atomic_dir, is_committed, read_marker
-from q3.config import ConfigError, Q3Config, config_hash, load_config
+from q3.config import Q3Config, config_hash, load_config
 from q3.errors import InputMissing, require_nonempty
 from q3.llm import extract_json
 from q3.log import get_logger, print_table, progress
@@ -92,14 +92,9 @@ def read_seeds(path: str, max_docs: int | None = None) -> pa.Table:
     if not path or not p.exists():
         raise InputMissing(f"seed input not found: {path!r}")
     if p.suffix in (".jsonl", ".json"):
-        from q3.jsonl import read_jsonl
+        from q3.jsonl import read_text_rows
 
-        rows = []
-        for where, r in read_jsonl(p, "seed input"):   # a bad line: file:line, no traceback
-            if not isinstance(r.get("text"), str):
-                raise ConfigError(f"{where}: no string field 'text' (the row has fields: "
-                                  f"{', '.join(r) or '(none)'}); seed rows need text (optional: id, lang, source)")
-            rows.append(r)
+        rows = read_text_rows(p, "seed input", "seed rows need text (optional: id, lang, source)")
         table = pa.table({
             "id": [r.get("id") or content_id(r["text"]) for r in rows],
             "text": [r["text"] for r in rows],
