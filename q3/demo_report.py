@@ -177,17 +177,12 @@ def summarise(name: str, data: Path, out: Path) -> str:
     if name == "synth":
         st = _json(data / "synth" / "final" / "_Q3_SUCCESS")
         return st and f"{st.get('kept', 0)} rows kept, {st.get('requests', 0)} requests to our model"
-    if name == "distill-off":
+    if name in ("distill-off", "distill-on"):        # off: SFT on teacher replies; on: the logit divergence
+        key, label = ("loss", "student SFT loss") if name == "distill-off" else ("distill/divergence", "divergence")
         r = _json(out / name / "result.json")
-        loss = _ends(_rows(out / name / "metrics.jsonl"), "loss")
+        ends = _ends(_rows(out / name / "metrics.jsonl"), key)
         held = _held_out(r.get("eval", {}), ("kl_to_teacher", "greedy_accuracy"))
-        return r and (f"student SFT loss {_f(loss and loss[0])} -> {_f(loss and loss[1])}"
-                      + (f"; held-out {held}" if held else ""))
-    if name == "distill-on":
-        r = _json(out / name / "result.json")
-        div = _ends(_rows(out / name / "metrics.jsonl"), "distill/divergence")
-        held = _held_out(r.get("eval", {}), ("kl_to_teacher", "greedy_accuracy"))
-        return r and (f"divergence {_f(div and div[0])} -> {_f(div and div[1])}"
+        return r and (f"{label} {_f(ends and ends[0])} -> {_f(ends and ends[1])}"
                       + (f"; held-out {held}" if held else ""))
     return ""
 
