@@ -89,6 +89,14 @@ def _score(code, run, rows):
 
 
 @pytest.mark.slow
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Nested eval dicts -> {"a/b": number} for one approx comparison."""
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def test_rm_from_lm_checkpoint_resumes_identically(pairs, tmp_path):
     """~60 s: an LM checkpoint (no head) -> RM; stopped at 2 of 4 steps and resumed == uninterrupted."""
     rows = build_preferences(_read(pairs)[:40], ["truncated"])
@@ -104,14 +112,16 @@ def test_rm_from_lm_checkpoint_resumes_identically(pairs, tmp_path):
     q3("post", "rm", *common, f"out_dir={tmp_path / 'b'}", "stop_after=2")
     q3("post", "rm", *common, f"out_dir={tmp_path / 'b'}")
     la, lb = (json.loads((tmp_path / x / "result.json").read_text()) for x in "ab")
-    assert la["steps"] == lb["steps"] == 4 and la["eval"] == lb["eval"]
+    # not bit-for-bit: MKL's sgemm may take a different path with a different buffer alignment (its
+    # "conditional numerical reproducibility"); a CI run saw the step-0 eval loss 1 float32 ulp apart in
+    # two fresh processes. A resume bug (data order, optimizer or RNG state) moves these by far more.
+    assert la["steps"] == lb["steps"] == 4 and _flat(la["eval"]) == pytest.approx(_flat(lb["eval"]), rel=1e-5)
     ma, mb = ([json.loads(x)["loss"] for x in (tmp_path / x / "metrics.jsonl").read_text().splitlines()] for x in "ab")
-    assert ma == mb and len(ma) == 4
+    assert ma == pytest.approx(mb, rel=1e-5) and len(ma) == 4
     code = ("import json,sys; from train.post.reward_model import RewardModelScorer as S; rows=json.load(sys.stdin); "
             "print(json.dumps(S(sys.argv[1]).score([(r['messages'], r['chosen']) for r in rows])))")
     sa, sb = _score(code, tmp_path / "a", rows[:12]), _score(code, tmp_path / "b", rows[:12])
-    # losses and evals above match exactly; the final weights' scores matched exactly in 3 of 4 runs
-    # and differed by ~2e-5 once (a loaded CI run): an unexplained last-step difference, see issue 18's note
+    # the final weights' scores matched exactly in 3 of 4 runs and differed by ~2e-5 once (the same MKL effect)
     assert sa == pytest.approx(sb, rel=1e-4, abs=1e-4) and len(set(sa)) > 1
     p = subprocess.run([sys.executable, "-c", "import sys; from train.post.reward_model import RewardModelScorer as S; "
                         "S(sys.argv[1])", str(tmp_path / "lm")], cwd=ROOT, env=_env(), capture_output=True, text=True)
