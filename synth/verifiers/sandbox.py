@@ -160,8 +160,7 @@ def isolation_plan(limits: SandboxLimits | None = None) -> list[str]:
     limits = limits or SandboxLimits()
     setup = _strong_setup()
     if isinstance(setup, tuple):
-        plan = STRONG if setup[1] and limits.seccomp else [x for x in STRONG if x != "seccomp"]
-        return plan if limits.audit_hook else [x for x in plan if x != "audit"]
+        return _strong_plan(setup[1] is not None, limits)
     if not _weak_allowed(limits):
         raise _refusal(setup)
     weak = ["netns", "pidns", "uid", "rlimit", "audit"] if _can_unshare() and _interpreter(True) else \
@@ -212,6 +211,7 @@ def _memfd(name: str, data: bytes) -> int:
 def run_python(code: str, limits: SandboxLimits | None = None, stdin: str = "",
                base_dir: str | None = None) -> SandboxResult:
     """Run `code` as a Python program in the sandbox; never raises for anything the code does.
+    `stdin` is piped to it; `base_dir` only places the weak mode's host work directory.
     Raises SandboxUnavailable when the isolation cannot be had and weak mode is not allowed."""
     limits = limits or SandboxLimits()
     setup = _strong_setup()
@@ -246,9 +246,14 @@ def run_python(code: str, limits: SandboxLimits | None = None, stdin: str = "",
     reason = "output_limit" if over else _classify(rc, se, timed_out, cpu_used, limits)
     if reason == "error" and se.startswith("bwrap:"):
         reason = "sandbox_error"
-    plan = STRONG if bpf else [x for x in STRONG if x != "seccomp"]
-    plan = plan if limits.audit_hook else [x for x in plan if x != "audit"]
-    return SandboxResult(reason == "ok", reason, rc, so, se, round(wall, 3), plan)
+    return SandboxResult(reason == "ok", reason, rc, so, se, round(wall, 3), _strong_plan(bpf is not None, limits))
+
+
+def _strong_plan(have_seccomp: bool, limits: SandboxLimits) -> list[str]:
+    drop = {"seccomp"} if not (have_seccomp and limits.seccomp) else set()
+    drop |= set() if limits.audit_hook else {"audit"}
+    drop |= set() if os.geteuid() == 0 else {"uid"}   # unprivileged: the caller's uid, namespaced
+    return [x for x in STRONG if x not in drop]
 
 
 def _world_executable(path: str) -> bool:

@@ -121,6 +121,7 @@ def test_proc_dir_fd_cannot_read_parent_environment(user):
     r = run_as(user, code)
     assert SECRET not in r.stdout + r.stderr and not r.ok, r
     assert "FileNotFoundError" in r.stderr, r   # there is no /proc in the sandbox at all
+    assert "mntns" in r.isolation and "seccomp" in r.isolation and ("uid" in r.isolation) == (user == "root")
 
 
 @pytest.mark.parametrize("user", USERS)
