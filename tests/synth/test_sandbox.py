@@ -5,8 +5,6 @@ import socket
 import threading
 from pathlib import Path
 
-import pytest
-
 from synth.verifiers.sandbox import SandboxLimits, isolation_plan, run_python
 
 # small limits keep the tests fast and harmless; a generous wall clock because the CI machine is shared
