@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGES = ("bubblewrap", "python3-seccomp")
+_FAILED: set[str] = set()   # optional packages whose fetch failed in this process
 
 
 class ToolsUnavailable(RuntimeError):
@@ -72,35 +73,49 @@ def _world_readable(top: Path) -> None:
 
 
 def ensure_tools(fetch: bool = True) -> Tools:
-    """The sandbox tools, fetched into the cache on first use. Raises ToolsUnavailable."""
+    """The sandbox tools, fetched into the cache on first use. Raises ToolsUnavailable when there is
+    no bwrap; the seccomp bindings are optional (the sandbox then runs without that layer)."""
     override = os.environ.get("Q3_SANDBOX_BWRAP")
     cache = cache_dir()
     seccomp_dir = cache / "python3-seccomp" / "usr/lib/python3/dist-packages"
-    bwrap = Path(override) if override else None
-    if bwrap is None and shutil.which("bwrap"):
-        bwrap = Path(shutil.which("bwrap"))
-    missing = [p for p in PACKAGES if not (cache / p).is_dir()
+    bwrap = Path(override) if override else (Path(shutil.which("bwrap")) if shutil.which("bwrap") else None)
+    missing = [p for p in PACKAGES if not (cache / p).is_dir() and p not in _FAILED
                and not (p == "bubblewrap" and bwrap is not None)]
     if missing and fetch:
-        for tool in ("apt-get", "dpkg-deb"):
-            if shutil.which(tool) is None:
-                raise ToolsUnavailable(f"cannot fetch {', '.join(missing)}: no {tool} (install bubblewrap)")
-        cache.mkdir(parents=True, exist_ok=True)
-        for d in (cache, *cache.parents[:2]):
-            if os.access(d, os.W_OK) and d.stat().st_uid == os.geteuid():
-                d.chmod(0o755)   # the sandbox uid must reach bwrap
-        debs = cache / "debs"
-        debs.mkdir(exist_ok=True)
-        with open(cache / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)   # concurrent first runs fetch once
-            for pkg in missing:
-                if not (cache / pkg).is_dir():
-                    _fetch(pkg, cache / pkg, debs)
+        try:
+            _fetch_missing(cache, missing)
+        except (OSError, ToolsUnavailable) as e:
+            if "bubblewrap" in missing:
+                raise ToolsUnavailable(f"cannot fetch {', '.join(missing)} into {cache}: {e}") from e
+            _FAILED.update(missing)   # optional bindings: do not retry on every run of this process
     if bwrap is None:
         bwrap = cache / "bubblewrap" / "usr/bin/bwrap"
     if not bwrap.is_file() or not os.access(bwrap, os.X_OK):
         raise ToolsUnavailable(f"no bubblewrap: {bwrap} is not an executable file")
     return Tools(bwrap=bwrap, seccomp_path=seccomp_dir if seccomp_dir.is_dir() else None)
+
+
+def _fetch_missing(cache: Path, missing: list[str]) -> None:
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            raise ToolsUnavailable(f"no {tool} (install bubblewrap yourself)")
+    cache.mkdir(parents=True, exist_ok=True)
+    for d in (cache, *cache.parents[:2]):
+        if d.stat().st_uid == os.geteuid():
+            d.chmod(0o755)   # the sandbox uid must reach bwrap
+    debs = cache / "debs"
+    debs.mkdir(exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # concurrent first runs fetch once
+        for pkg in missing:
+            if (cache / pkg).is_dir():
+                continue
+            try:
+                _fetch(pkg, cache / pkg, debs)
+            except ToolsUnavailable:
+                if pkg == "bubblewrap":
+                    raise
+                _FAILED.add(pkg)
 
 
 def main() -> int:
