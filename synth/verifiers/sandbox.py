@@ -203,7 +203,9 @@ def _sandbox_python() -> str | None:
 
 def _memfd(name: str, data: bytes) -> int:
     fd = os.memfd_create(name, 0)
-    os.write(fd, data)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
