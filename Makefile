@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(BIN)/python
 
-.PHONY: venv demo test test-fast lint sample clean q3.zip
+.PHONY: venv demo test test-fast lint sample sandbox-tools clean q3.zip
 
 venv: $(STAMP)
 
@@ -26,12 +26,18 @@ $(STAMP): pyproject.toml
 sample: $(STAMP)
 	$(BIN)/q3 data sample
 
+# bubblewrap + libseccomp's Python bindings for the code sandbox (docs/security.md), fetched with
+# apt-get download into $Q3_DATA/cache/sandbox (no root install). The first sandbox run does it too.
+sandbox-tools: $(STAMP)
+	$(BIN)/python -m q3.sandbox_tools
+
 demo: $(STAMP)
 	$(BIN)/q3 demo
 
 # The whole suite, slow tests included (CI runs this).
 test: $(STAMP)
 	$(BIN)/q3 data sample
+	$(BIN)/python -m q3.sandbox_tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "slow or not slow" -v --durations=25
 

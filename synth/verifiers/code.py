@@ -2,7 +2,9 @@
 
 The expected outputs never enter the sandbox: the harness only prints what the function returned
 for each hidden input (behind a per-run random marker), and the parent compares. So code that reads
-its own files, prints fake results or exits early cannot pass tests it does not solve.
+its own files, prints fake results or exits early cannot pass tests it does not solve. The program
+text (candidate + harness + test inputs) is the only file copied into the sandbox; nothing else of
+the project (reference solutions, other tests) is on its filesystem (docs/security.md).
 """
 
 from __future__ import annotations
