@@ -158,10 +158,10 @@ def run_judge(cfg: LabelConfig) -> Path:
     print_table(f"judgements ({model}): {out}", ["dimension", "judged", "valid", "invalid (reasons)"],
                 [(k, v["n"], v["ok"], ", ".join(f"{e}={c}" for e, c in sorted(v["errors"].items())) or "-")
                  for k, v in sorted(per_dim.items())])
-    print_table("LLM client", ["requests", "sent", "retries", "cache hits", "prompt tok", "completion tok",
-                               "cost", "seconds"],
-                [(st.requests, st.sent, st.retries, st.cache_hits, st.prompt_tokens, st.completion_tokens,
-                  round(st.cost, 4), round(time.time() - t0, 1))])
+    print_table("LLM client", ["requests", "sent", "retries", "malformed", "dup sends", "cache hits",
+                               "prompt tok", "completion tok", "cost", "seconds"],
+                [(st.requests, st.sent, st.retries, st.malformed, st.duplicate_sends, st.cache_hits,
+                  st.prompt_tokens, st.completion_tokens, round(st.cost, 4), round(time.time() - t0, 1))])
     return out
 
 

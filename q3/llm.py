@@ -9,16 +9,24 @@ Used by labeling (LLM judge), synth (generators) and post-training (reward model
 
 What it guarantees (tests/q3/test_llm.py drives it against a real faulty HTTP server):
 - at most `concurrency` requests in flight; a total per-attempt deadline of `timeout_s`;
-- retries with exponential backoff + jitter on 429 (honouring Retry-After), 5xx, timeouts,
-  connection errors and malformed bodies; never on auth/model errors, which raise at once with
-  a message saying what to fix (`LLMConfigError` and subclasses);
+- retries with exponential backoff + jitter on 429 (honouring Retry-After, but never waiting
+  longer than `backoff_max_s`), 5xx, timeouts, connection errors and malformed bodies; never on
+  auth/model errors, which raise at once with a message saying what to fix (`LLMConfigError`);
+- a 200 whose body is not a chat/completions response of the expected shape (not JSON, no
+  choices, `choices: ["x"]`, `usage: [1, 2]`, ...) is malformed: retried like a 5xx, counted in
+  `Stats.malformed`, and never cached (a cached entry of the wrong shape is a miss), so a rerun
+  asks the server again instead of failing the same way;
+- one bad request never costs the batch: anything unexpected while handling it becomes that
+  request's `Result.error` (`client_error: ...`);
 - other per-request failures (4xx such as context too long, retries exhausted, output that does
   not parse or does not match the JSON schema, refusals) come back as a `Result` with `error` set,
   never as an exception, so callers keep the row with a reason;
 - an on-disk cache keyed by sha256 of the canonical request (model + messages + params + schema):
   one file per key, written atomically after a successful response, so a rerun sends nothing and a
   request that once succeeded is never sent again;
-- token and cost accounting from the responses' `usage` and the configured prices.
+- token and cost accounting from the responses' `usage` and the configured prices; `Stats` counts
+  what happened on the wire (see its field comments), including `duplicate_sends`: resends of a
+  request whose previous attempt may already have been processed by the server.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -62,7 +71,7 @@ class EndpointConfig(Q3Config):
     timeout_s: float = Field(60.0, gt=0)          # total deadline of one attempt
     max_retries: int = Field(5, ge=0)             # retries after the first attempt
     backoff_base_s: float = Field(0.5, ge=0)
-    backoff_max_s: float = Field(30.0, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)     # longest wait between attempts, Retry-After included
     cache_dir: str | None = None         # None: no cache
     cache_namespace: str = ""            # part of the key: bump it to force fresh answers
     price_prompt_per_1k: float = 0.0     # currency units per 1,000 prompt tokens
@@ -137,9 +146,12 @@ class Result:
 class Stats:
     requests: int = 0        # logical requests handled
     sent: int = 0            # HTTP attempts made
-    retries: int = 0
+    retries: int = 0         # attempts after the first one of a request (any retryable failure)
+    malformed: int = 0       # HTTP 200 answers whose body was not a usable response (retried, not cached)
+    duplicate_sends: int = 0  # resends after an attempt whose outcome is unknown (client-side timeout,
+    #                           connection lost after sending): the server may have done (and billed) it twice
     cache_hits: int = 0
-    errors: int = 0
+    errors: int = 0          # requests that ended with Result.error set
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0        # of responses fetched in this run (cache hits cost nothing)
@@ -250,18 +262,34 @@ class LLMClient:
         body = self.body(req)
         key = self.key(body)
         self.stats.requests += 1
+        try:
+            return await self._attempts(http, sem, req, body, key)
+        except (LLMConfigError, asyncio.CancelledError):
+            raise                     # no request can succeed / the batch is being torn down
+        except Exception as e:        # a bug or a peer we did not foresee: fail this request only
+            log.warning("request %s failed in the client: %s: %s", key[:12], type(e).__name__, e)
+            self.stats.errors += 1
+            return Result(key=key, error=f"client_error: {type(e).__name__}: {str(e)[:200]}", meta=req.meta)
+
+    async def _attempts(self, http: httpx.AsyncClient, sem: asyncio.Semaphore, req: ChatRequest,
+                        body: dict[str, Any], key: str) -> Result:
+        completions = req.prompt is not None
         if self.cache is not None:
             raw = self.cache.get(key)
-            if raw is not None:
+            # an entry of the wrong shape (written by an older client) is a miss: ask again, overwrite it
+            if raw is not None and response_problem(raw, completions) is None:
                 self.stats.cache_hits += 1
-                res = self._result(key, raw, req, attempts=0, cached=True)
-                return res
-        url = self._require_endpoint() + ("/completions" if req.prompt is not None else "/chat/completions")
+                return self._result(key, raw, req, attempts=0, cached=True)
+        url = self._require_endpoint() + ("/completions" if completions else "/chat/completions")
         last = "no attempt"
+        unknown_outcome = False      # the previous attempt may have reached the server and run there
         for attempt in range(self.cfg.max_retries + 1):
             retry_after: float | None = None
             async with sem:
                 self.stats.sent += 1
+                if unknown_outcome:
+                    self.stats.duplicate_sends += 1
+                unknown_outcome = False
                 try:
                     async with asyncio.timeout(self.cfg.timeout_s):
                         resp = await http.post(url, content=canonical_json(body).encode())
@@ -269,22 +297,29 @@ class LLMClient:
                 except (TimeoutError, httpx.TimeoutException) as e:
                     last = f"timeout after {self.cfg.timeout_s}s ({type(e).__name__})"
                     resp = None
+                    unknown_outcome = not isinstance(e, httpx.ConnectTimeout | httpx.PoolTimeout)
                 except httpx.TransportError as e:   # connect errors, drops mid-response
                     last = f"connection error: {type(e).__name__}: {e}"
                     resp = None
+                    unknown_outcome = not isinstance(e, httpx.ConnectError)
             if resp is not None:
                 status = resp.status_code
                 if status == 200:
                     try:
                         raw = json.loads(content)
-                        if not isinstance(raw, dict) or not raw.get("choices"):
-                            raise ValueError("no choices in response")
                     except ValueError as e:
-                        last = f"malformed response body: {e}"
+                        raw, problem = None, f"not JSON: {e}"
                     else:
-                        if self.cache is not None:
+                        problem = response_problem(raw, completions)
+                    if problem is not None:      # retryable, and never cached
+                        self.stats.malformed += 1
+                        last = f"malformed response body: {problem}"
+                        log.warning("malformed response (attempt %d) for %s: %s", attempt + 1, key[:12], problem)
+                    else:
+                        res = self._result(key, raw, req, attempts=attempt + 1, cached=False)
+                        if self.cache is not None:   # only after the answer was read without fault
                             self.cache.put(key, raw)
-                        return self._result(key, raw, req, attempts=attempt + 1, cached=False)
+                        return res
                 elif status in (401, 403):
                     raise LLMAuthError(self._auth_msg(url, status))
                 elif status == 429 or status >= 500:
@@ -298,11 +333,13 @@ class LLMClient:
                     return Result(key=key, error=f"http_{status}: {msg}", attempts=attempt + 1, meta=req.meta)
             if attempt < self.cfg.max_retries:
                 self.stats.retries += 1
-                delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** attempt)
+                delay = self.cfg.backoff_base_s * 2 ** attempt
                 delay *= 0.5 + random.random()          # jitter: desynchronise many clients
                 if retry_after is not None:
                     delay = max(delay, retry_after)
-                await asyncio.sleep(delay)
+                # a server asking for an hour (Retry-After: 3600) must not stall a batch beyond the
+                # user's cap; if it is still overloaded, the retries run out and the result says so
+                await asyncio.sleep(min(delay, self.cfg.backoff_max_s))
         self.stats.errors += 1
         return Result(key=key, error=f"gave_up after {self.cfg.max_retries + 1} attempts: {last}",
                       attempts=self.cfg.max_retries + 1, meta=req.meta)
@@ -331,7 +368,8 @@ class LLMClient:
         choice = raw["choices"][0] if raw.get("choices") else {}
         msg = choice.get("message") or {}
         text = msg.get("content") if req.prompt is None else choice.get("text")
-        usage = {k: int(v) for k, v in (raw.get("usage") or {}).items() if isinstance(v, int | float)}
+        usage = {k: int(v) for k, v in (raw.get("usage") or {}).items()
+                 if isinstance(v, int | float) and math.isfinite(v)}   # json.loads accepts NaN/Infinity
         res = Result(key=key, text=text, finish_reason=choice.get("finish_reason"), usage=usage,
                      cached=cached, attempts=attempts, meta=req.meta, choice=choice)
         if not cached:
@@ -349,6 +387,35 @@ class LLMClient:
         if res.error:
             self.stats.errors += 1
         return res
+
+
+def response_problem(raw: Any, completions: bool = False) -> str | None:
+    """Why a decoded 200 body is not a usable (chat) completions response; None when it is.
+    Checks exactly what `_result` reads, so a body that passes cannot crash it."""
+    if not isinstance(raw, dict):
+        return f"body is a JSON {type(raw).__name__}, not an object"
+    choices = raw.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "no choices" if not choices else f"choices is a {type(choices).__name__}, not a list"
+    c = choices[0]
+    if not isinstance(c, dict):
+        return f"choices[0] is a {type(c).__name__}, not an object"
+    if completions:
+        if not isinstance(c.get("text"), str):
+            return "choices[0].text is not a string"
+    else:
+        msg = c.get("message")
+        if not isinstance(msg, dict):
+            return "choices[0].message is not an object"
+        for k in ("content", "refusal"):
+            if not isinstance(msg.get(k), str | None):
+                return f"choices[0].message.{k} is a {type(msg.get(k)).__name__}, not a string"
+    if not isinstance(c.get("finish_reason"), str | None):
+        return "choices[0].finish_reason is not a string"
+    usage = raw.get("usage")
+    if not isinstance(usage, dict | None):
+        return f"usage is a {type(usage).__name__}, not an object"
+    return None
 
 
 def complete_many(cfg: EndpointConfig, reqs: Sequence[ChatRequest]) -> list[Result]:

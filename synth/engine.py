@@ -185,6 +185,10 @@ def shard_done(target: Path, chash: str, seed_ids: list[str]) -> bool:
     return m.get("config_hash") == chash and m.get("seed_ids") == seed_ids
 
 
+# q3.llm.Stats counters kept per shard and summed in final/ (what happened on the wire)
+CLIENT_COUNTERS = ("retries", "malformed", "duplicate_sends")
+
+
 def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, Any], output: str) -> dict[str, Any]:
     """Generate one shard and commit it atomically; a committed shard is skipped. Returns its stats."""
     cfg = EngineConfig.model_validate(cfg_json)
@@ -199,7 +203,8 @@ def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, An
     cache = Path(cfg.endpoint.cache_dir) if cfg.endpoint.cache_dir else out / "cache"
     t0 = time.time()
 
-    results = ask_sync(cfg.endpoint, cache, [r["request"] for r in reqs])
+    client: dict[str, Any] = {}
+    results = ask_sync(cfg.endpoint, cache, [r["request"] for r in reqs], stats=client)
     transient = [r["error"] for r in results if (r.get("error") or "").startswith("gave_up")]
     if transient:   # endpoint down or overloaded: commit nothing, so a rerun retries (answers are cached)
         raise EndpointUnavailable(f"shard {shard}: {len(transient)} of {len(reqs)} requests failed after "
@@ -213,6 +218,7 @@ def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, An
              "failed": sum(r.get("error") is not None for r in results),
              "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in results),
              "completion_tokens": sum(r.get("completion_tokens") or 0 for r in results),
+             **{k: client.get(k, 0) for k in CLIENT_COUNTERS},
              "rows": len(rows), "seconds": round(time.time() - t0, 3), "config_hash": chash,
              "seed_ids": [d["id"] for d in docs]}
     with atomic_dir(target, dict(stats)) as tmp:
@@ -353,7 +359,7 @@ def finalize(cfg: EngineConfig, output: Path, n_shards: int) -> dict[str, Any]:
     rejected = [r for r in rows if r["reason"] is not None]
     shard_stats = [read_marker(shard_dir(output, k)) for k in range(n_shards)]
     totals = {k: sum(s.get(k, 0) for s in shard_stats)
-              for k in ("requests", "cache_hits", "failed", "prompt_tokens", "completion_tokens")}
+              for k in ("requests", "cache_hits", "failed", "prompt_tokens", "completion_tokens", *CLIENT_COUNTERS)}
     by_template: dict[str, dict[str, int]] = {}
     for r in rows:
         d = by_template.setdefault(r["provenance"]["template"], {"kept": 0, "rejected": 0, "completion_tokens": 0})
@@ -381,10 +387,11 @@ def run(cfg: EngineConfig, spark=None) -> dict[str, Any]:
     print_table(f"synthetic generation -> {output}/final ({meta['seconds']}s)",
                 ["template", "kept", "rejected"],
                 [(k, v["kept"], v["rejected"]) for k, v in sorted(meta["by_template"].items())])
-    print_table("requests and tokens", ["requests", "cache hits", "failed", "prompt tokens", "completion tokens",
-                                        "shards skipped"],
-                [(meta["requests"], meta["cache_hits"], meta["failed"], meta["prompt_tokens"],
-                  meta["completion_tokens"], sum(bool(s.get("skipped")) for s in shards))])
+    print_table("requests and tokens", ["requests", "cache hits", "failed", "retries", "malformed", "dup sends",
+                                        "prompt tokens", "completion tokens", "shards skipped"],
+                [(meta["requests"], meta["cache_hits"], meta["failed"], meta["retries"], meta["malformed"],
+                  meta["duplicate_sends"], meta["prompt_tokens"], meta["completion_tokens"],
+                  sum(bool(s.get("skipped")) for s in shards))])
     if meta["requests"]:   # the empty-run rule (q3.errors): an endpoint that answered nothing failed
         require_nonempty(meta["requests"] - meta["failed"], f"0 of {meta['requests']} requests answered",
                          f"every request to {cfg.endpoint.resolved_base_url()} failed; check endpoint.base_url "

@@ -32,17 +32,23 @@ def to_dict(r: Result) -> dict[str, Any]:
             "completion_tokens": r.usage.get("completion_tokens", 0), "cached": r.cached, "key": r.key}
 
 
-def ask_sync(ep: EndpointConfig, cache_dir: Path, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def ask_sync(ep: EndpointConfig, cache_dir: Path, requests: list[dict[str, Any]],
+             stats: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Send `requests` (at most ep.concurrency in flight, retries, on-disk cache) and return one result
     dict per request, in order. A request that fails for good comes back with `error` set (the
-    caller keeps it as a rejected row); endpoint misconfiguration raises LLMConfigError."""
+    caller keeps it as a rejected row); endpoint misconfiguration raises LLMConfigError. `stats`,
+    if given, receives the client's counters (q3.llm.Stats: retries, malformed, duplicate_sends, ...)."""
     if not requests:
         return []
     cfg = ep if ep.cache_dir else ep.model_copy(update={"cache_dir": str(cache_dir)})
     reqs = [ChatRequest(messages=r["messages"], params=dict(r.get("params") or {}), schema=r.get("schema"),
                         schema_name=r.get("schema_name", "output")) for r in requests]
     client = LLMClient(cfg)
-    return [to_dict(r) for r in asyncio.run(client.acomplete_many(reqs))]
+    try:
+        return [to_dict(r) for r in asyncio.run(client.acomplete_many(reqs))]
+    finally:
+        if stats is not None:
+            stats.update(client.stats.as_dict())
 
 
 def run_cli_job(job: Callable[[], dict[str, Any]], log: logging.Logger) -> dict[str, Any] | None:

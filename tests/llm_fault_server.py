@@ -10,6 +10,9 @@ fault i of the list; later attempts succeed. Faults:
     slow       sleep `slow_s` before answering (the client should time out and retry)
     500 / 503  a server error                     429  Too Many Requests with Retry-After
     malformed  HTTP 200 with a truncated JSON body
+    choices_str  HTTP 200, valid JSON of the wrong shape: `"choices": ["x"]`
+    usage_list   HTTP 200, a normal completion but `"usage": [1, 2]`
+    429long    429 with `Retry-After: 3600` (a client must cap its wait)
     drop       headers + half the body, then the connection is closed mid-response
 Other markers: `[delay:0.2]` (sleep before every answer), `[bad_json]` (content is not JSON),
 `[schema_bad]` (JSON that violates any schema with required keys), `[refuse]` (a refusal).
@@ -188,6 +191,13 @@ class FaultServer:
                 elif fault == "429":
                     self._json(429, {"error": {"message": "rate limited (injected)"}},
                                {"Retry-After": str(srv.retry_after)})
+                elif fault == "429long":
+                    self._json(429, {"error": {"message": "rate limited for an hour (injected)"}},
+                               {"Retry-After": "3600"})
+                elif fault == "choices_str":
+                    self._json(200, {**self._completion(body), "choices": ["x"]})
+                elif fault == "usage_list":
+                    self._json(200, {**self._completion(body), "usage": [1, 2]})
                 elif fault == "malformed":
                     data = json.dumps(self._completion(body)).encode()[:25]
                     self.send_response(200)

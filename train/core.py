@@ -303,11 +303,20 @@ class Trainer:
         return meta
 
     def _truncate_metrics(self) -> None:
+        """Keep the rows up to the resumed step (tmp + rename): the replayed steps are logged again.
+        A torn last line (killed mid-write) is dropped too, instead of failing the resume."""
         path = self.out_dir / METRICS
         if not path.exists():
             return
         lines = path.read_text(encoding="utf-8").splitlines()
-        keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("step", 0) <= self.step:
+                keep.append(line)
         if len(keep) != len(lines):
             log.info("%s: dropping %d metrics rows after step %d (replayed on resume)",
                      path, len(lines) - len(keep), self.step)

@@ -71,14 +71,16 @@ def run(cfg: TrainConfig) -> dict:
         return trainer.forward_only(mbs, plan.num_microbatches)
 
     # resume (or start from the previous stage), then the held-out loss before training -------
+    own = ckpt.latest_checkpoint(trainer.ckpt_root) is not None      # resuming this run, not starting it
     resumed = trainer.resume()
     evals: dict[str, float] = {}
-    if cfg.eval_batches and trainer.step == 0:
+    if cfg.eval_batches and own:
+        if resumed and "eval_start" in resumed:
+            evals["start"] = resumed["eval_start"]         # scored by the invocation this one resumes
+    elif cfg.eval_batches:     # a fresh start, or `load=` (another run's eval_start is not this run's)
         evals["start"] = score(dataset, eval_start, cfg.eval_batches)["loss"]
         if trainer.rank == 0:
             log.info("%s eval loss before training: %.4f", stage, evals["start"])
-    elif cfg.eval_batches and resumed and "eval_start" in resumed:
-        evals["start"] = resumed["eval_start"]             # scored by the run this one resumes
     if "start" in evals:
         trainer.meta["eval_start"] = evals["start"]
 

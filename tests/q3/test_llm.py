@@ -46,7 +46,8 @@ FAULT_PLANS = ["", "slow", "500", "429", "malformed", "drop", "500,503", "drop,m
 def test_faults_no_request_lost_none_sent_twice_then_cache(server, tmp_path):
     reqs = [ChatRequest.user(f"[faults:{plan}] doc {i}" if plan else f"doc {i}", meta={"i": i})
             for i, plan in enumerate(FAULT_PLANS)]
-    client = LLMClient(_cfg(server, tmp_path))
+    # backoff_max_s above the server's Retry-After (0.4 s): waits are capped at backoff_max_s
+    client = LLMClient(_cfg(server, tmp_path, backoff_max_s=0.5))
     results = client.complete_many(reqs)
 
     # every request answered, in order, with its own answer
@@ -61,6 +62,10 @@ def test_faults_no_request_lost_none_sent_twice_then_cache(server, tmp_path):
         k = request_key(client.body(r))
         assert server.attempts[k] == (len(plan.split(",")) if plan else 0) + 1
     assert client.stats.retries == sum(len(p.split(",")) for p in FAULT_PLANS if p)
+    joined = ",".join(FAULT_PLANS).split(",")
+    assert client.stats.malformed == joined.count("malformed")
+    # resends after an unknown outcome (client timeout, connection lost after sending)
+    assert client.stats.duplicate_sends == joined.count("slow") + joined.count("drop")
     # Retry-After was honoured: the retry of a 429 came no sooner than 0.4 s later
     k429 = request_key(client.body(reqs[3]))
     t = server.times[k429]
