@@ -16,6 +16,7 @@ Megatron-LM's formula (bench/gpu/flops.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -63,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         ap.error(f"--precisions: unknown {sorted(unknown)}; choose from {sorted(PRECISIONS)}")
     if a.steps is None:
-        a.steps = 2 if a.dry_run else 6
+        a.steps = 1 if a.dry_run else 6
     if a.loss_steps is None:
-        a.loss_steps = 3 if a.dry_run else 120
+        a.loss_steps = 2 if a.dry_run else 120
     return a
 
 
@@ -96,13 +97,16 @@ def device_info() -> dict:
         import platform
         info.update(device=f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
                     capability=None)
-    for mod in ("transformer_engine", "triton", "megatron.core"):
-        try:
-            m = __import__(mod, fromlist=["__version__"])
-            info[mod.split(".")[0]] = getattr(m, "__version__", "present")
-        except Exception as e:                   # noqa: BLE001 -- record why it is unusable
-            info[mod.split(".")[0]] = None
-            info[f"{mod.split('.')[0]}_error"] = f"{type(e).__name__}: {str(e)[:160]}"
+    import importlib.metadata as md
+
+    for key, dists in (("transformer_engine", ("transformer-engine", "transformer-engine-cu13",
+                                               "transformer-engine-cu12", "transformer-engine-torch")),
+                       ("triton", ("triton",)), ("megatron", ("megatron-core",))):
+        found = {}
+        for d in dists:                           # metadata only: importing triton/TE costs seconds
+            with contextlib.suppress(md.PackageNotFoundError):
+                found[d] = md.version(d)
+        info[key] = found or None
     return info
 
 
