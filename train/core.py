@@ -196,6 +196,9 @@ class Trainer:
 
         from train.model import build_model, init_parallel, moe_routers, needs_attention_mask
 
+        if cfg.use_distributed_optimizer and not torch.cuda.is_available():
+            raise ConfigError("use_distributed_optimizer needs CUDA: megatron's DistributedOptimizer "
+                              "accepts CUDA parameters only (leave it off on CPU)")
         par = cfg.parallel
         init_parallel(tp=par.tensor_model_parallel_size, pp=par.pipeline_model_parallel_size,
                       ep=par.expert_model_parallel_size, seed=cfg.seed)

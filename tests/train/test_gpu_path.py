@@ -228,3 +228,17 @@ def test_scale_features_are_config_and_the_30b_recipe_uses_them():
     assert run.use_distributed_optimizer and m.recompute_granularity == "selective" and m.permute_fusion
     assert m.fp8_format == "hybrid" and not m.gradient_accumulation_fusion
     assert run.parallel.expert_model_parallel_size == 8
+
+
+def test_distributed_optimizer_is_wired_and_refused_on_cpu(tmp_path):
+    """megatron's DistributedOptimizer wraps CUDA parameters only: on CPU a one-line ConfigError
+    instead of its TypeError deep inside; on CUDA the flag reaches DDP and the optimizer config."""
+    import inspect
+
+    from train.core import Trainer, schedule_from_config
+
+    cfg = CoreConfig.model_validate({"model": "tiny_dense", "use_distributed_optimizer": True, "optim": {"lr": 1e-3},
+                                     "tensorboard": False})
+    with pytest.raises(ConfigError, match="use_distributed_optimizer needs CUDA"):
+        Trainer(cfg, load_model_config("tiny_dense"), 16, 10000.0, schedule_from_config(cfg), tmp_path)
+    assert inspect.getsource(Trainer.__init__).count("use_distributed_optimizer=cfg.use_distributed_optimizer") == 2
