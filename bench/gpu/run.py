@@ -230,6 +230,10 @@ def throughput(name: str, model: str, overrides: dict, mbs: int, seq: int, preci
 
     from bench.gpu.flops import megatron_flops_per_token, peak_flops
 
+    if not te and torch.cuda.is_available():
+        # megatron's local attention materialises [mb, heads, s, s] scores (and keeps them for the
+        # backward): at 4 x 4096 x 16 layers that is ~100 GiB. One sequence per microbatch instead.
+        mbs = 1
     row = {"model": name, "conf": model, "overrides": overrides, "precision": precision,
            "micro_batch": mbs, "seq": seq, "spec": "transformer_engine" if te else "local"}
     if precision != "bf16" and not te:
