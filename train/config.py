@@ -63,14 +63,14 @@ class ModelConfig(Q3Config):
     # ---- GPU path at scale (issue 16). All off by default: CPU behaviour is unchanged.
     # Fused wgrad accumulation into fp32 main grads. Separate from `fusions`: the non-TE LM head
     # needs APEX's fused_weight_gradient_mlp_cuda for it, which no package registry ships.
-    gradient_accumulation_fusion: bool = False
+    gradient_accumulation_fusion: bool = False   # fused wgrad into fp32 main grads (TE linears; non-TE head needs APEX)
     # activation recompute: "selective" (attention core only, cheap) or "full" (whole layers;
     # with recompute_method uniform|block and recompute_num_layers)
-    recompute_granularity: Literal["selective", "full"] | None = None
-    recompute_method: Literal["uniform", "block"] | None = None
-    recompute_num_layers: int | None = Field(None, ge=1)
+    recompute_granularity: Literal["selective", "full"] | None = None   # activation recompute; None: off
+    recompute_method: Literal["uniform", "block"] | None = None       # full recompute only: layer grouping
+    recompute_num_layers: int | None = Field(None, ge=1)             # full recompute only: layers per group/block
     # fused MoE token permute/unpermute (TE kernels). None: on with transformer_engine, off otherwise
-    moe_permute_fusion: bool | None = None
+    moe_permute_fusion: bool | None = None    # TE's fused token permute; None: on exactly with transformer_engine
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -181,7 +181,7 @@ class CoreConfig(Q3Config):
     per_token_loss: bool = True
     # ZeRO-1 style sharding of the fp32 master weights and Adam moments over the data-parallel
     # ranks (megatron's DistributedOptimizer): 30B-A3B at EP=8 needs ~87 GiB/GPU of optimizer state without it
-    use_distributed_optimizer: bool = False
+    use_distributed_optimizer: bool = False   # shard fp32 masters + Adam moments over DP ranks (CUDA only)
 
 
 class TrainConfig(CoreConfig):
