@@ -117,12 +117,14 @@ def load(ckpt: str | Path, model, optimizer=None, load_rng: bool = True) -> dict
 def load_model(ckpt: str | Path, rope_base: float | None = None, seq_length: int | None = None):
     """A GPTModel with the checkpoint's weights, built single-process (EP=TP=PP=1), eval mode.
 
-    For export and generation: returns (model, ModelConfig, meta). Calls `init_parallel()` if
-    megatron's parallel state is not set up yet.
+    For export, generation and frozen reference/teacher models: returns (model, ModelConfig, meta).
+    Built in the local spec (`train.model.inference_config`) whatever the checkpoint was trained
+    with (TE, FP8, fusions): the keys are the same and no TE is needed to read it. Calls
+    `init_parallel()` if megatron's parallel state is not set up yet.
     """
     from megatron.core import parallel_state as ps
 
-    from train.model import build_model, init_parallel
+    from train.model import build_model, inference_config, init_parallel
 
     path = latest_checkpoint(ckpt)
     if path is None:
@@ -130,7 +132,7 @@ def load_model(ckpt: str | Path, rope_base: float | None = None, seq_length: int
     meta = read_meta(path)
     if not ps.model_parallel_is_initialized():
         init_parallel()
-    mcfg = ModelConfig.model_validate(meta["model"])
+    mcfg = inference_config(ModelConfig.model_validate(meta["model"]))
     model = build_model(mcfg, seq_length=seq_length or meta["seq_length"],
                         rope_base=rope_base or meta["rope_base"])
     load(path, model, optimizer=None, load_rng=False)

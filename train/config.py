@@ -59,7 +59,18 @@ class ModelConfig(Q3Config):
     fp8_amax_history_len: int = 1024
     fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
     use_cpu_initialization: bool = True
-    fusions: bool = False                  # bias/rope/softmax/grad-accum fusions (GPU only)
+    fusions: bool = False                  # bias/rope/softmax/layernorm fusions (GPU only)
+    # ---- GPU path at scale (issue 16). All off by default: CPU behaviour is unchanged.
+    # Fused wgrad accumulation into fp32 main grads. Separate from `fusions`: the non-TE LM head
+    # needs APEX's fused_weight_gradient_mlp_cuda for it, which no package registry ships.
+    gradient_accumulation_fusion: bool = False   # fused wgrad into fp32 main grads (TE linears; non-TE head needs APEX)
+    # activation recompute: "selective" (attention core only, cheap) or "full" (whole layers;
+    # with recompute_method uniform|block and recompute_num_layers)
+    recompute_granularity: Literal["selective", "full"] | None = None   # activation recompute; None: off
+    recompute_method: Literal["uniform", "block"] | None = None       # full recompute only: layer grouping
+    recompute_num_layers: int | None = Field(None, ge=1)             # full recompute only: layers per group/block
+    # fused MoE token permute/unpermute (TE kernels). None: on with transformer_engine, off otherwise
+    moe_permute_fusion: bool | None = None    # TE's fused token permute; None: on exactly with transformer_engine
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -71,7 +82,20 @@ class ModelConfig(Q3Config):
             raise ValueError("padded_vocab_size must be >= vocab_size")
         if self.fp8_format is not None and self.transformer_impl != "transformer_engine":
             raise ValueError("fp8_format needs transformer_impl: transformer_engine")
+        if self.moe_permute_fusion and self.transformer_impl != "transformer_engine":
+            raise ValueError("moe_permute_fusion needs transformer_impl: transformer_engine (TE's permute kernels)")
+        full = self.recompute_granularity == "full"
+        if full != (self.recompute_method is not None) or full != (self.recompute_num_layers is not None):
+            raise ValueError("recompute_granularity: full needs recompute_method and recompute_num_layers "
+                             "(and only full takes them)")
         return self
+
+    @property
+    def permute_fusion(self) -> bool:
+        """moe_permute_fusion resolved: on by default exactly when TE provides the kernels."""
+        if self.moe_permute_fusion is not None:
+            return self.moe_permute_fusion
+        return self.transformer_impl == "transformer_engine"
 
     @property
     def is_moe(self) -> bool:
@@ -155,6 +179,9 @@ class CoreConfig(Q3Config):
     # microbatch's token mean (megatron's default); the same when every microbatch has the same
     # token count, as pretraining's packed windows do.
     per_token_loss: bool = True
+    # ZeRO-1 style sharding of the fp32 master weights and Adam moments over the data-parallel
+    # ranks (megatron's DistributedOptimizer): 30B-A3B at EP=8 needs ~87 GiB/GPU of optimizer state without it
+    use_distributed_optimizer: bool = False   # shard fp32 masters + Adam moments over DP ranks (CUDA only)
 
 
 class TrainConfig(CoreConfig):

@@ -194,8 +194,11 @@ class Trainer:
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-        from train.model import build_model, init_parallel, moe_routers
+        from train.model import build_model, init_parallel, moe_routers, needs_attention_mask
 
+        if cfg.use_distributed_optimizer and not torch.cuda.is_available():
+            raise ConfigError("use_distributed_optimizer needs CUDA: megatron's DistributedOptimizer "
+                              "accepts CUDA parameters only (leave it off on CPU)")
         par = cfg.parallel
         init_parallel(tp=par.tensor_model_parallel_size, pp=par.pipeline_model_parallel_size,
                       ep=par.expert_model_parallel_size, seed=cfg.seed)
@@ -216,18 +219,20 @@ class Trainer:
         # model, DDP, optimizer ----------------------------------------------------------
         self.model = build_model(mcfg, seq_length=seq_length, rope_base=rope_base,
                                  tp=par.tensor_model_parallel_size, ep=par.expert_model_parallel_size,
-                                 dp=self.dp, per_token_loss=cfg.per_token_loss)
+                                 dp=self.dp, per_token_loss=cfg.per_token_loss, device=self.device)
         if extend_model is not None:     # extra modules (a reward head) join DDP, the optimizer and checkpoints
             extend_model(self.model)
         self.tcfg = tcfg = self.model.config
         self.ddp = DistributedDataParallel(
-            config=tcfg, ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True), module=self.model)
+            config=tcfg, module=self.model,
+            ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True,
+                                                     use_distributed_optimizer=cfg.use_distributed_optimizer))
         o = cfg.optim
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(optimizer="adam", lr=schedule.lr, min_lr=schedule.min_lr, weight_decay=o.weight_decay,
                             adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps,
                             clip_grad=o.clip_grad, bf16=mcfg.params_dtype == "bfloat16",
-                            params_dtype=tcfg.params_dtype),
+                            params_dtype=tcfg.params_dtype, use_distributed_optimizer=cfg.use_distributed_optimizer),
             [self.ddp])
 
         # hooks megatron's schedule calls: DP grad sync, global-LBL counters read then reset ------
@@ -250,6 +255,7 @@ class Trainer:
         self.peak_flops = cfg.peak_flops or default_peak_flops()
         self.tokens_per_step = cfg.global_batch_size * seq_length
         self._masks: dict[int, torch.Tensor] = {}
+        self._explicit_mask = needs_attention_mask(mcfg.transformer_impl)   # TE: causal kernels, no mask
         self.writer = None
         if cfg.tensorboard and self.rank == 0:
             try:
@@ -361,10 +367,13 @@ class Trainer:
         if batch.get("position_ids") is None:
             batch["position_ids"] = torch.arange(s, device=self.device).unsqueeze(0).expand_as(batch["tokens"])
         if batch.get("attention_mask") is None:
-            if s not in self._masks:
-                from train.shims import causal_attention_mask
-                self._masks[s] = causal_attention_mask(s).to(self.device)
-            batch["attention_mask"] = self._masks[s]
+            if not self._explicit_mask:              # TE: causal kernels, a mask would be ignored
+                batch["attention_mask"] = None
+            else:
+                if s not in self._masks:
+                    from train.shims import causal_attention_mask
+                    self._masks[s] = causal_attention_mask(s).to(self.device)
+                batch["attention_mask"] = self._masks[s]
         return batch
 
     def _run_schedule(self, microbatches, num_microbatches: int, forward_only: bool,
@@ -397,6 +406,7 @@ class Trainer:
             g["lr"] = lr
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
+        self._sync()
         t0 = time.time()
         tot, metrics = self._run_schedule(microbatches, num_microbatches, False, loss_fn, forward_fn)
         torch.distributed.all_reduce(tot, group=self.dp_group)
@@ -414,11 +424,19 @@ class Trainer:
             grad_norm = float("nan")
             self.guard.skipped += 1
             log.warning("step %d: %s -> update skipped", self.step + 1, why)
+        self._sync()
+        seconds = time.time() - t0
         self.step += 1
         self.consumed += self.cfg.global_batch_size
         self.losses.append(loss)
         return StepResult(loss=loss, grad_norm=float(grad_norm or 0.0), skipped=why is not None, metrics=sums,
-                          step=self.step, lr=lr, seconds=time.time() - t0, n_tokens=float(tot[1]), reason=why)
+                          step=self.step, lr=lr, seconds=seconds, n_tokens=float(tot[1]), reason=why)
+
+    def _sync(self) -> None:
+        """Step timing waits for the device: CUDA kernels run asynchronously, so without this a step's
+        seconds (tokens/s, MFU) would measure the launch queue, not the work."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def forward_only(self, microbatches: Iterable[Batch], num_microbatches: int,
                      loss_fn: LossFn | None = None, forward_fn: ForwardFn | None = None) -> dict[str, float]:
@@ -428,7 +446,7 @@ class Trainer:
         from megatron.core.distributed.finalize_model_grads import reset_model_temporary_tensors
 
         it = iter(microbatches)
-        tot, metrics = torch.zeros(2), {}
+        tot, metrics = torch.zeros(2, device=self.device), {}   # all-reduced below: NCCL needs it on the GPU
         with torch.no_grad():                                   # megatron's schedule would keep the graph
             while chunk := list(itertools.islice(it, num_microbatches)):
                 t, m = self._run_schedule(chunk, len(chunk), True, loss_fn, forward_fn)

@@ -269,15 +269,19 @@ def _key_prefix(ckpt: Path) -> str:
     raise ConfigError(f"{ckpt}: no embedding.word_embeddings.weight among checkpoint keys")
 
 
-def load_megatron(ckpt_dir: str | Path, cfg: ModelConfig | None = None, rope_base: float | None = None):
+def load_megatron(ckpt_dir: str | Path, cfg: ModelConfig | None = None, rope_base: float | None = None,
+                  device: str = "cpu"):
     """(model, cfg, rope_base): a 1-rank megatron GPTModel with the weights of a dist checkpoint.
+
+    Always built in the local spec (`train.model.inference_config`): a checkpoint trained with
+    Transformer Engine / FP8 has the same keys, and loads here on a machine without TE.
 
     The checkpoint may have been saved with any expert-parallel size: each expert is a slice of a
     global tensor [layers, experts, ...] in the checkpoint, so loading it with EP=1 gathers all.
     """
     from megatron.core import dist_checkpointing
 
-    from train.model import build_model, init_parallel
+    from train.model import build_model, inference_config, init_parallel
 
     ckpt = find_dist_checkpoint(ckpt_dir)
     side = read_sidecar(ckpt)
@@ -288,8 +292,9 @@ def load_megatron(ckpt_dir: str | Path, cfg: ModelConfig | None = None, rope_bas
             else load_model_config(side["model"])
     if rope_base is None:
         rope_base = side.get("rope_base") or cfg.rope_base
+    cfg = inference_config(cfg)
     init_parallel()
-    model = build_model(cfg, seq_length=cfg.max_position_embeddings, rope_base=rope_base)
+    model = build_model(cfg, seq_length=cfg.max_position_embeddings, rope_base=rope_base, device=device)
     prefix = _key_prefix(ckpt)
     sharded = model.sharded_state_dict(prefix=prefix)
     loaded = dist_checkpointing.load(sharded, str(ckpt))

@@ -61,13 +61,13 @@ def response_hidden(model, tokens: torch.Tensor, response_mask: torch.Tensor,
                     attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """(final hidden states [n, h] at the response positions, their (batch, position) indices):
     the decoder runs on every token, the output layer on none."""
-    from train.shims import causal_attention_mask
+    from train.model import attention_mask as default_mask
 
     b, s = tokens.shape
     if position_ids is None:
         position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
-    if attention_mask is None:
-        attention_mask = causal_attention_mask(s).to(tokens.device)
+    if attention_mask is None:              # None for TE (causal kernels), the causal mask for local
+        attention_mask = default_mask(unwrap(model).config.transformer_impl, s, tokens.device)
     if unwrap(model).config.sequence_parallel:
         raise NotImplementedError("sequence-parallel hidden states are not gathered")
     with hidden_states_only(model):
