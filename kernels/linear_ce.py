@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import block_size, tl, triton  # Triton, set up for this machine
+from kernels._triton import block_size, row_max, row_sum, tl, triton
 
 BLOCK_V = 4096
 
@@ -44,8 +44,8 @@ def _ce_rows(LOGITS, TARGETS, SCALE, LOSS, V, ignore_index, BLOCK: tl.constexpr,
     for b in range(NUM_BLOCKS):
         v0 = b * BLOCK
         x = tl.load(base + v0 + cols, mask=v0 + cols < V, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+        m_new = tl.maximum(m, row_max(x))
+        s = s * tl.exp(m - m_new) + row_sum(tl.exp(x - m_new))
         m = m_new
     lse = m + tl.log(s)
     valid = target != ignore_index

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import block_size, tl, triton  # Triton, set up for this machine
+from kernels._triton import block_size, row_sum, tl, triton
 
 BLOCK_H = 1024
 
@@ -72,7 +72,7 @@ def _sum_slots(Y, SLOTS, SCALE, OUT, H, K: tl.constexpr, HAS_SCALE: tl.constexpr
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < H
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.full([BLOCK], 0.0, tl.float32)
     for j in range(K):
         slot = tl.load(SLOTS + t * K + j)
         ok = slot >= 0
@@ -95,7 +95,7 @@ def _row_dot(G, IDX, Y, OUT, H, BLOCK: tl.constexpr, NUM_BLOCKS: tl.constexpr):
         m = cols < H
         g = tl.load(G + src * H + cols, mask=m, other=0.0).to(tl.float32)
         y = tl.load(Y + i * H + cols, mask=m, other=0.0).to(tl.float32)
-        acc += tl.sum(g * y, axis=0)
+        acc += row_sum(g * y)
     tl.store(OUT + i, acc)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import block_size, num_row_programs, tl, triton  # Triton, set up for this machine
+from kernels._triton import block_size, num_row_programs, row_sum, tl, triton
 
 ROWS_PER_PROGRAM = 16
 
@@ -48,7 +48,7 @@ def _fwd(X, W, COS, SIN, Y, RSTD, rows, per_pos, half, eps, ROWS: tl.constexpr, 
             pos = row // per_pos
             x1 = tl.load(X + row * d + cols, mask=m, other=0.0).to(tl.float32)
             x2 = tl.load(X + row * d + half + cols, mask=m, other=0.0).to(tl.float32)
-            rstd = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / d + eps)
+            rstd = 1.0 / tl.sqrt((row_sum(x1 * x1) + row_sum(x2 * x2)) / d + eps)
             tl.store(RSTD + row, rstd)
             y1 = x1 * rstd * w1
             y2 = x2 * rstd * w2
@@ -69,8 +69,8 @@ def _bwd(G, X, W, COS, SIN, RSTD, DX, DW_PART, rows, per_pos, half,
     d = 2 * half
     w1 = tl.load(W + cols, mask=m, other=0.0).to(tl.float32)
     w2 = tl.load(W + half + cols, mask=m, other=0.0).to(tl.float32)
-    dw1 = tl.zeros([BLOCK], dtype=tl.float32)
-    dw2 = tl.zeros([BLOCK], dtype=tl.float32)
+    dw1 = tl.full([BLOCK], 0.0, tl.float32)
+    dw2 = tl.full([BLOCK], 0.0, tl.float32)
     for i in range(ROWS):
         row = pid * ROWS + i
         if row < rows:
@@ -90,7 +90,7 @@ def _bwd(G, X, W, COS, SIN, RSTD, DX, DW_PART, rows, per_pos, half,
             dw2 += dy2 * xh2
             h1 = dy1 * w1
             h2 = dy2 * w2
-            mean = (tl.sum(h1 * xh1, axis=0) + tl.sum(h2 * xh2, axis=0)) / d
+            mean = (row_sum(h1 * xh1) + row_sum(h2 * xh2)) / d
             tl.store(DX + row * d + cols, (rstd * (h1 - xh1 * mean)).to(DX.dtype.element_ty), mask=m)
             tl.store(DX + row * d + half + cols, (rstd * (h2 - xh2 * mean)).to(DX.dtype.element_ty),
                      mask=m)

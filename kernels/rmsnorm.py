@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import block_size, num_row_programs, tl, triton  # Triton, set up for this machine
+from kernels._triton import block_size, num_row_programs, row_sum, tl, triton
 
 ROWS_PER_PROGRAM = 16
 
@@ -32,7 +32,7 @@ def _rmsnorm_fwd(X, W, Y, RSTD, rows, n, eps, ROWS: tl.constexpr, BLOCK: tl.cons
         row = pid * ROWS + i
         if row < rows:
             x = tl.load(X + row * n + cols, mask=cmask, other=0.0).to(tl.float32)
-            rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n + eps)
+            rstd = 1.0 / tl.sqrt(row_sum(x * x) / n + eps)
             tl.store(RSTD + row, rstd)
             tl.store(Y + row * n + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=cmask)
 
@@ -43,7 +43,7 @@ def _rmsnorm_bwd(DY, X, W, RSTD, DX, DW_PART, rows, n, ROWS: tl.constexpr, BLOCK
     cols = tl.arange(0, BLOCK)
     cmask = cols < n
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK], dtype=tl.float32)
+    dw = tl.full([BLOCK], 0.0, tl.float32)
     for i in range(ROWS):
         row = pid * ROWS + i
         if row < rows:
@@ -52,7 +52,7 @@ def _rmsnorm_bwd(DY, X, W, RSTD, DX, DW_PART, rows, n, ROWS: tl.constexpr, BLOCK
             rstd = tl.load(RSTD + row)
             xhat = x * rstd
             g = dy * w
-            dx = rstd * (g - xhat * (tl.sum(g * xhat, axis=0) / n))
+            dx = rstd * (g - xhat * (row_sum(g * xhat) / n))
             tl.store(DX + row * n + cols, dx.to(DX.dtype.element_ty), mask=cmask)
             dw += dy * xhat
     tl.store(DW_PART + pid * n + cols, dw, mask=cmask)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton import block_size, tl, triton  # Triton, set up for this machine
+from kernels._triton import block_size, sigmoid, tl, triton
 
 BLOCK_COLS = 1024
 
@@ -26,7 +26,7 @@ def _swiglu_fwd(X, Y, f, BLOCK: tl.constexpr):
     m = cols < f
     a = tl.load(X + row * 2 * f + cols, mask=m, other=0.0).to(tl.float32)
     b = tl.load(X + row * 2 * f + f + cols, mask=m, other=0.0).to(tl.float32)
-    y = a * tl.sigmoid(a) * b
+    y = a * sigmoid(a) * b
     tl.store(Y + row * f + cols, y.to(Y.dtype.element_ty), mask=m)
 
 
@@ -38,7 +38,7 @@ def _swiglu_bwd(DY, X, DX, f, BLOCK: tl.constexpr):
     a = tl.load(X + row * 2 * f + cols, mask=m, other=0.0).to(tl.float32)
     b = tl.load(X + row * 2 * f + f + cols, mask=m, other=0.0).to(tl.float32)
     dy = tl.load(DY + row * f + cols, mask=m, other=0.0).to(tl.float32)
-    s = tl.sigmoid(a)
+    s = sigmoid(a)
     da = dy * b * s * (1.0 + a * (1.0 - s))
     db = dy * a * s
     tl.store(DX + row * 2 * f + cols, da.to(DX.dtype.element_ty), mask=m)
@@ -58,7 +58,8 @@ class _SwiGLU(torch.autograd.Function):
         x2 = x.reshape(-1, 2 * f).contiguous()
         y = torch.empty(x2.shape[0], f, dtype=x.dtype, device=x.device)
         grid, blk = _grid(x2.shape[0], f)
-        _swiglu_fwd[grid](x2, y, f, BLOCK=blk)
+        if x2.shape[0]:                       # an expert that got no tokens: nothing to launch
+            _swiglu_fwd[grid](x2, y, f, BLOCK=blk)
         ctx.save_for_backward(x2)
         ctx.shape = shape
         return y.reshape(*shape[:-1], f)
@@ -69,7 +70,8 @@ class _SwiGLU(torch.autograd.Function):
         f = x2.shape[1] // 2
         dx = torch.empty_like(x2)
         grid, blk = _grid(x2.shape[0], f)
-        _swiglu_bwd[grid](dy.reshape(-1, f).contiguous(), x2, dx, f, BLOCK=blk)
+        if x2.shape[0]:
+            _swiglu_bwd[grid](dy.reshape(-1, f).contiguous(), x2, dx, f, BLOCK=blk)
         return dx.reshape(ctx.shape)
 
 

@@ -60,6 +60,8 @@ class ModelConfig(Q3Config):
     fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
     use_cpu_initialization: bool = True
     fusions: bool = False                  # bias/rope/softmax/grad-accum fusions (GPU only)
+    # Triton kernels (kernels/, issue 16) in the local spec, for GPUs without TE; CPU: interpreter, tests only
+    triton_kernels: list[Literal["rmsnorm", "swiglu", "qk_norm_rope"]] = Field(default_factory=list)  # any of rmsnorm, swiglu, qk_norm_rope (transformer_impl: local)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -71,6 +73,8 @@ class ModelConfig(Q3Config):
             raise ValueError("padded_vocab_size must be >= vocab_size")
         if self.fp8_format is not None and self.transformer_impl != "transformer_engine":
             raise ValueError("fp8_format needs transformer_impl: transformer_engine")
+        if self.triton_kernels and self.transformer_impl != "local":
+            raise ValueError("triton_kernels are for transformer_impl: local (Transformer Engine fuses these ops)")
         return self
 
     @property

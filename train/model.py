@@ -156,9 +156,11 @@ def layer_spec(cfg: ModelConfig):
         # Untested here (no GPU, TE not installed): the spec megatron ships for TE kernels.
         return specs.get_gpt_layer_with_transformer_engine_spec(
             num_experts=num_experts, moe_grouped_gemm=cfg.moe_grouped_gemm, qk_layernorm=True)
-    return specs.get_gpt_layer_local_spec(
+    from train.kernel_spec import use_kernels
+
+    return use_kernels(specs.get_gpt_layer_local_spec(
         num_experts=num_experts, moe_grouped_gemm=cfg.moe_grouped_gemm, qk_layernorm=True,
-        normalization="RMSNorm")
+        normalization="RMSNorm"), cfg.triton_kernels)
 
 
 def build_model(cfg: ModelConfig, seq_length: int = 4096, rope_base: float | None = None,

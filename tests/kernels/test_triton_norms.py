@@ -113,3 +113,11 @@ def test_qk_norm_rope_rejects_wrong_tables():
     cos, sin = _rope_tables(4, 16)
     with pytest.raises(ValueError, match="cos/sin"):
         qk_norm_rope(torch.randn(5, 1, 2, 16, device=DEV), torch.ones(16, device=DEV), cos, sin)
+
+
+def test_swiglu_of_no_rows():
+    """An MoE expert that received no tokens calls its MLP with an empty batch."""
+    x = torch.randn(0, 8, device=DEV, requires_grad=True)
+    y = swiglu(x)
+    y.sum().backward()
+    assert y.shape == (0, 4) and x.grad.shape == (0, 8)
