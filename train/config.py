@@ -61,7 +61,7 @@ class ModelConfig(Q3Config):
     use_cpu_initialization: bool = True
     fusions: bool = False                  # bias/rope/softmax/grad-accum fusions (GPU only)
     # Triton kernels (kernels/, issue 16) in the local spec, for GPUs without TE; CPU: interpreter, tests only
-    triton_kernels: list[Literal["rmsnorm", "swiglu", "qk_norm_rope"]] = Field(default_factory=list)  # any of rmsnorm, swiglu, qk_norm_rope (transformer_impl: local)
+    triton_kernels: list[Literal["rmsnorm", "swiglu", "qk_norm_rope", "moe_permute"]] = Field(default_factory=list)  # any of rmsnorm, swiglu, qk_norm_rope, moe_permute (transformer_impl: local)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -75,6 +75,10 @@ class ModelConfig(Q3Config):
             raise ValueError("fp8_format needs transformer_impl: transformer_engine")
         if self.triton_kernels and self.transformer_impl != "local":
             raise ValueError("triton_kernels are for transformer_impl: local (Transformer Engine fuses these ops)")
+        if "moe_permute" in self.triton_kernels and self.is_moe and self.moe_token_dispatcher_type != "allgather":
+            raise ValueError("triton_kernels moe_permute is wired into the allgather token dispatcher only")
+        if "swiglu" in self.triton_kernels and self.is_moe and self.moe_grouped_gemm:
+            raise ValueError("triton_kernels swiglu needs moe_grouped_gemm: false (grouped-GEMM experts are TE's)")
         return self
 
     @property

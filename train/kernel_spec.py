@@ -5,7 +5,8 @@ The local spec is the path for GPUs without Transformer Engine (TE already fuses
 are interchangeable with the plain local spec (same state-dict keys):
 - `rmsnorm`: every RMSNorm of the layers (input, pre-MLP; q/k norms unless `qk_norm_rope`);
 - `swiglu`: the SwiGLU between fc1 and fc2 of the dense MLP and of every routed expert;
-- `qk_norm_rope`: Qwen3's per-head q/k RMSNorm and the rotary embedding as one kernel.
+- `qk_norm_rope`: Qwen3's per-head q/k RMSNorm and the rotary embedding as one kernel;
+- `moe_permute`: the MoE token permute/unpermute of the all-gather dispatcher (no atomics).
 Each module falls back to megatron's own code for what the kernel does not cover (biases,
 other activations, inference KV caches, packed sequences, context parallelism). On CPU the kernels run in
 Triton's interpreter: correct but slow, for tests at tiny sizes.
@@ -20,10 +21,11 @@ import torch.nn.functional as F
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.moe.experts import SequentialMLP
+from megatron.core.transformer.moe.token_dispatcher import MoEAllGatherTokenDispatcher
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
-KERNEL_NAMES = ("rmsnorm", "swiglu", "qk_norm_rope")
+KERNEL_NAMES = ("rmsnorm", "swiglu", "qk_norm_rope", "moe_permute")
 
 
 class KernelRMSNorm(torch.nn.Module):
@@ -69,17 +71,49 @@ class KernelMLP(MLP):
         return self.linear_fc2(intermediate)
 
 
-class KernelTransformerLayer(TransformerLayer):
-    """TransformerLayer whose MLPs (the dense one, or every routed expert of a SequentialMLP,
-    which builds them as plain `MLP`, hard-coded) run the Triton SwiGLU. They are built as
-    megatron's MLP (so the layer passes them its usual arguments) and then re-classed to
-    KernelMLP, which adds no parameters, only its forward."""
+class KernelAllGatherDispatcher(MoEAllGatherTokenDispatcher):
+    """megatron's all-gather token dispatcher with the Triton permute/unpermute (deterministic
+    gathers instead of a scatter-add); the two methods are megatron 0.16.1's, kernel calls swapped."""
 
-    def __init__(self, *args, **kwargs):
+    def dispatch_postprocess(self, hidden_states, probs):
+        from kernels.moe_permute import permute
+
+        self.hidden_shape_before_permute = hidden_states.shape
+        experts = slice(self.local_expert_indices[0], self.local_expert_indices[-1] + 1)
+        self.local_map = self.routing_map[:, experts].contiguous()
+        local_probs = probs[:, experts].contiguous()
+        tokens_per_expert = self.local_map.sum(dim=0).long().cpu()
+        permuted, _, self.reversed_local_input_permutation_mapping = permute(hidden_states, self.local_map)
+        # the experts apply the probs (per_token_scale), in permuted order
+        self.local_probs = local_probs.T.contiguous().masked_select(self.local_map.T.contiguous())
+        self.routing_map = None
+        return permuted, tokens_per_expert, self.local_probs
+
+    def combine_preprocess(self, hidden_states):
+        from kernels.moe_permute import unpermute
+
+        return unpermute(hidden_states, self.reversed_local_input_permutation_mapping,
+                         self.hidden_shape_before_permute)
+
+
+class KernelTransformerLayer(TransformerLayer):
+    """TransformerLayer that swaps kernels into the MLP it built (`triton_kernels`, from the spec):
+    - swiglu: its MLPs (the dense one, or every routed expert of a SequentialMLP, which builds
+      them as plain `MLP`, hard-coded) are re-classed to KernelMLP (no parameters, a forward);
+    - moe_permute: the MoE layer's all-gather token dispatcher to KernelAllGatherDispatcher.
+    Built as megatron's modules first, so the layer passes them their usual arguments."""
+
+    def __init__(self, *args, triton_kernels: tuple[str, ...] = (), **kwargs):
         super().__init__(*args, **kwargs)
-        for module in self.mlp.modules():
-            if type(module) is MLP:
-                module.__class__ = KernelMLP
+        if "swiglu" in triton_kernels:
+            for module in self.mlp.modules():
+                if type(module) is MLP:
+                    module.__class__ = KernelMLP
+        dispatcher = getattr(self.mlp, "token_dispatcher", None)
+        if "moe_permute" in triton_kernels and dispatcher is not None:
+            if type(dispatcher) is not MoEAllGatherTokenDispatcher:
+                raise ValueError("triton_kernels moe_permute: needs moe_token_dispatcher_type: allgather")
+            dispatcher.__class__ = KernelAllGatherDispatcher
 
 
 class KernelSelfAttention(SelfAttention):
@@ -150,5 +184,7 @@ def use_kernels(spec: ModuleSpec, names: list[str] | tuple[str, ...]) -> ModuleS
         if experts is not None and experts.module is not SequentialMLP:
             raise ValueError("triton_kernels swiglu: MoE experts need moe_grouped_gemm: false "
                              "(SequentialMLP); grouped-GEMM experts are TE's")
+    if "swiglu" in names or "moe_permute" in names:
         spec.module = KernelTransformerLayer
+        spec.params = {**spec.params, "triton_kernels": tuple(names)}
     return spec

@@ -18,11 +18,11 @@ RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PO
 
 PROBE = r"""
 import json, torch
-import kernels.qk_norm_rope, kernels.rmsnorm, kernels.swiglu
+import kernels.moe_permute, kernels.qk_norm_rope, kernels.rmsnorm, kernels.swiglu
 from train.config import load_model_config
 from train.model import init_parallel, build_model, forward_logits, destroy_parallel
 
-calls = {"rmsnorm": 0, "swiglu": 0, "qk_norm_rope": 0}
+calls = {"rmsnorm": 0, "swiglu": 0, "qk_norm_rope": 0, "permute": 0, "unpermute": 0}
 def spy(module, name):                      # count calls; the real kernel still runs
     real = getattr(module, name)
     def wrapped(*a, **k):
@@ -30,7 +30,9 @@ def spy(module, name):                      # count calls; the real kernel still
         return real(*a, **k)
     setattr(module, name, wrapped)
 spy(kernels.rmsnorm, "rmsnorm"); spy(kernels.swiglu, "swiglu"); spy(kernels.qk_norm_rope, "qk_norm_rope")
+spy(kernels.moe_permute, "permute"); spy(kernels.moe_permute, "unpermute")
 
+ALL = ["rmsnorm", "swiglu", "qk_norm_rope", "moe_permute"]
 if __name__ == "__main__":
     init_parallel()
     out = {}
@@ -38,7 +40,7 @@ if __name__ == "__main__":
     for name in ("tiny_dense", "tiny_moe"):
         cfg = load_model_config(name)
         base = build_model(cfg, seq_length=8)
-        kern = build_model(load_model_config(cfg, {"triton_kernels": ["rmsnorm", "swiglu", "qk_norm_rope"]}),
+        kern = build_model(load_model_config(cfg, {"triton_kernels": ALL}),
                            seq_length=8)
         kern.load_state_dict(base.state_dict())          # strict: the same keys
         res = {}
@@ -78,6 +80,8 @@ def test_tiny_models_unchanged_with_triton_kernels():
         # the kernels ran: 2 layers x (input + pre-MLP norm), q and k per layer, one SwiGLU per MLP call
         assert r["calls"]["rmsnorm"] == 4 and r["calls"]["qk_norm_rope"] == 4, (name, r["calls"])
         assert r["calls"]["swiglu"] >= 2, (name, r["calls"])
+        moe = name == "tiny_moe"            # one permute and one unpermute per MoE layer, none when dense
+        assert r["calls"]["permute"] == r["calls"]["unpermute"] == (2 if moe else 0), (name, r["calls"])
         assert r["logit_err"] <= 1e-5 * max(1.0, r["logit_max"]), (name, r)
         assert r["grad_names_equal"] and r["grad_err"] <= 1e-5, (name, r)
 
@@ -89,4 +93,6 @@ def test_config_rejects_kernels_outside_the_local_spec():
         load_model_config("tiny_dense", {"triton_kernels": ["rmsnorm"], "transformer_impl": "transformer_engine"})
     with pytest.raises(ValueError, match="triton_kernels"):
         load_model_config("tiny_dense", {"triton_kernels": ["layernorm"]})
+    with pytest.raises(ValueError, match="allgather"):
+        load_model_config("tiny_moe", {"triton_kernels": ["moe_permute"], "moe_token_dispatcher_type": "alltoall"})
     assert load_model_config("tiny_dense").triton_kernels == []      # off by default
