@@ -7,7 +7,8 @@ for their gradient). Here tokens are processed `chunk_size` at a time: the chunk
 in place with d loss / d logits = softmax - onehot (times the token's scale), and two more
 GEMMs fold that into the gradients of the hidden states and of the weight. The gradients are
 thus computed during the forward (as Liger-Kernel's fused linear-CE does) and only scaled by
-the incoming gradient in backward: peak extra memory is one [chunk, V] fp32 buffer.
+the incoming gradient in backward: peak extra memory is one [chunk, V] fp32 buffer plus the
+fp32 weight gradient [V, H] (accumulated over chunks in fp32 whatever the weight dtype).
 
 Reductions: "mean" over non-ignored tokens (F.cross_entropy's default) or "sum".
 """
@@ -90,17 +91,16 @@ class _LinearCE(torch.autograd.Function):
             if grad_w is not None:
                 grad_w += logits.t() @ h.float()
             del logits
-        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
-        ctx.has = (grad_h is not None, grad_w is not None)
+        ctx.save_for_backward(grad_h, grad_w)            # None where no gradient is wanted
         ctx.weight_dtype = weight.dtype
         loss = losses.sum()
         return loss / denom if reduction == "mean" else loss
 
     @staticmethod
     def backward(ctx, g):
-        saved = list(ctx.saved_tensors)
-        grad_h = saved.pop(0) * g.to(saved[0].dtype) if ctx.has[0] else None
-        grad_w = (saved.pop(0) * g).to(ctx.weight_dtype) if ctx.has[1] else None
+        grad_h, grad_w = ctx.saved_tensors
+        grad_h = grad_h * g.to(grad_h.dtype) if grad_h is not None else None
+        grad_w = (grad_w * g).to(ctx.weight_dtype) if grad_w is not None else None
         return grad_h, grad_w, None, None, None, None
 
 
