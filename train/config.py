@@ -71,6 +71,8 @@ class ModelConfig(Q3Config):
     recompute_num_layers: int | None = Field(None, ge=1)             # full recompute only: layers per group/block
     # fused MoE token permute/unpermute (TE kernels). None: on with transformer_engine, off otherwise
     moe_permute_fusion: bool | None = None    # TE's fused token permute; None: on exactly with transformer_engine
+    # Triton kernels (kernels/, issue 16) in the local spec, for GPUs without TE; CPU: interpreter, tests only
+    triton_kernels: list[Literal["rmsnorm", "swiglu", "qk_norm_rope", "moe_permute"]] = Field(default_factory=list)  # any of rmsnorm, swiglu, qk_norm_rope, moe_permute (transformer_impl: local)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -88,6 +90,12 @@ class ModelConfig(Q3Config):
         if full != (self.recompute_method is not None) or full != (self.recompute_num_layers is not None):
             raise ValueError("recompute_granularity: full needs recompute_method and recompute_num_layers "
                              "(and only full takes them)")
+        if self.triton_kernels and self.transformer_impl != "local":
+            raise ValueError("triton_kernels are for transformer_impl: local (Transformer Engine fuses these ops)")
+        if "moe_permute" in self.triton_kernels and self.is_moe and self.moe_token_dispatcher_type != "allgather":
+            raise ValueError("triton_kernels moe_permute is wired into the allgather token dispatcher only")
+        if "swiglu" in self.triton_kernels and self.is_moe and self.moe_grouped_gemm:
+            raise ValueError("triton_kernels swiglu needs moe_grouped_gemm: false (grouped-GEMM experts are TE's)")
         return self
 
     @property

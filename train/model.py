@@ -180,9 +180,11 @@ def layer_spec(cfg: ModelConfig):
         # Untested here (no GPU, TE not installed): the spec megatron ships for TE kernels.
         return specs.get_gpt_layer_with_transformer_engine_spec(
             num_experts=num_experts, moe_grouped_gemm=cfg.moe_grouped_gemm, qk_layernorm=True)
-    return specs.get_gpt_layer_local_spec(
+    from train.kernel_spec import use_kernels
+
+    return use_kernels(specs.get_gpt_layer_local_spec(
         num_experts=num_experts, moe_grouped_gemm=cfg.moe_grouped_gemm, qk_layernorm=True,
-        normalization="RMSNorm")
+        normalization="RMSNorm"), cfg.triton_kernels)
 
 
 def build_model(cfg: ModelConfig, seq_length: int = 4096, rope_base: float | None = None,
@@ -259,13 +261,15 @@ def check_fp8_support(cfg: ModelConfig, capability: tuple[int, int], cuda_versio
 
 
 def inference_config(cfg: ModelConfig) -> ModelConfig:
-    """The local-spec twin of `cfg` for export/generation: no TE, no FP8, no fusions, no recompute.
+    """The local-spec twin of `cfg` for export/generation: no TE, no FP8, no fusions, no recompute,
+    no Triton kernels.
     The weights are the same tensors under the same checkpoint keys, so a checkpoint trained with
     Transformer Engine (+FP8) loads into it on any machine."""
     return cfg.model_copy(update=dict(
         transformer_impl="local", fp8_format=None, fusions=False, gradient_accumulation_fusion=False,
         moe_permute_fusion=None, moe_grouped_gemm=False, use_cpu_initialization=True,
-        recompute_granularity=None, recompute_method=None, recompute_num_layers=None))
+        recompute_granularity=None, recompute_method=None, recompute_num_layers=None,
+        triton_kernels=[]))   # same keys either way; on CPU the kernels would run in Triton's interpreter
 
 
 def needs_attention_mask(impl: str) -> bool:
