@@ -87,6 +87,8 @@ def _cut(path: str) -> str | None:
             tail = f.read(4)
     except OSError:
         return None
+    if 0 < size < 4 and b"PAR1".startswith(head):
+        return f"{size} bytes, the start of the Parquet magic: cut short"
     if head[:4] == b"PAR1" and (size == 4 or head[4:] == b"\x15") and (size < 12 or tail != b"PAR1"):
         return f"{size} bytes, a Parquet file without its footer: cut short"
     return None

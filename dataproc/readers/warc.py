@@ -51,7 +51,9 @@ def read_warc(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
     try:
         for kind, offset, blob in split_records(chunks(path)):
             n += 1
-            if kind == "junk":
+            if kind is not None and kind not in _DOC_TYPES:
+                continue     # control records: not documents (warcio not even asked to parse them)
+            if kind is None:
                 rows.reject("bad_warc_record", f"{path}#{n}", blob, detail=f"record {n} at byte {offset}: "
                             f"{len(blob)} bytes that are not a WARC record, head {hex_prefix(blob)}")
             else:
@@ -69,9 +71,9 @@ def read_warc(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
     yield from rows.flush()
 
 
-def split_records(stream: Iterator[bytes]) -> Iterator[tuple[str, int, bytes]]:
-    """WARC framing by its headers: yields ("record", offset, bytes) for each complete record
-    (header block + Content-Length bytes) and ("junk", offset, bytes) for bytes between records
+def split_records(stream: Iterator[bytes]) -> Iterator[tuple[str | None, int, bytes]]:
+    """WARC framing by its headers: yields (WARC-Type, offset, bytes) for each complete record
+    (header block + Content-Length bytes) and (None, offset, bytes) for bytes between records
     that are not one (skipped to the next `WARC/1.` line). A partial record at the end raises Cut;
     a Cut/Corrupt of the underlying stream is raised after every complete record before it.
 
@@ -110,12 +112,12 @@ def split_records(stream: Iterator[bytes]) -> Iterator[tuple[str, int, bytes]]:
         head = bytes(buf[pos:pos + 5])
         if h < 0 and (head == b"WARC/" or b"WARC/".startswith(head)):
             raise ended or Cut(f"stream ends inside the header of the WARC record at byte {base + pos}")
-        length = _content_length(buf[pos:h]) if h >= 0 and head == b"WARC/" else None
+        length, rec_type = _header(buf[pos:h]) if h >= 0 and head == b"WARC/" else (None, "")
         if length is None:   # not a record: up to the next one
             while (nxt := buf.find(b"WARC/1.", pos + 1)) < 0 and more():
                 pass
             stop = nxt if nxt >= 0 else len(buf)
-            yield "junk", base + pos, bytes(buf[pos:stop])
+            yield None, base + pos, bytes(buf[pos:stop])
             pos = stop
             continue
         end = h + 4 + length
@@ -123,7 +125,7 @@ def split_records(stream: Iterator[bytes]) -> Iterator[tuple[str, int, bytes]]:
             pass
         if len(buf) < end:
             raise ended or Cut(f"WARC record at byte {base + pos}: {end - len(buf)} of {length} content bytes missing")
-        yield "record", base + pos, bytes(buf[pos:end])
+        yield rec_type, base + pos, bytes(buf[pos:end])
         pos = end
         if pos > 1 << 22:    # drop what is done (records of a big file stream through)
             del buf[:pos]
@@ -132,16 +134,23 @@ def split_records(stream: Iterator[bytes]) -> Iterator[tuple[str, int, bytes]]:
         raise ended
 
 
-def _content_length(header: bytes | bytearray) -> int | None:
+def _header(header: bytes | bytearray) -> tuple[int | None, str]:
+    """(Content-Length or None when missing/invalid, WARC-Type lower-cased) of a header block."""
+    length: int | None = None
+    rec_type = ""
     for line in bytes(header).split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             try:
-                n = int(value.strip())
+                length = int(value.strip())
             except ValueError:
-                return None
-            return n if n >= 0 else None
-    return None
+                return None, rec_type
+            if length < 0:
+                return None, rec_type
+        elif name == b"warc-type":
+            rec_type = value.strip().decode("latin-1").lower()
+    return length, rec_type
 
 
 def _parse_record(rows: Rows, blob: bytes, fallback_url: str) -> None:
