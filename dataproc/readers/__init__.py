@@ -4,9 +4,10 @@
     read_file(path, spec) -> Iterator[pa.RecordBatch]
 
 Both are pure functions of their arguments, so the local runner and Spark (`mapInArrow` over a
-DataFrame of paths) read identically. Bad input never raises: it becomes a rejected row
-(reason `invalid_utf8`, `malformed_json`, `truncated_gzip`, `binary_file`, `empty_file`,
-`unreadable_pdf`, ...) and reading continues with the rest of the file.
+DataFrame of paths) read identically. Bad input never raises and faults are isolated per record:
+a bad record becomes a rejected row (reason `invalid_utf8`, `malformed_json`, `binary_file`,
+`empty_file`, `unreadable_pdf`, ...) and reading continues with the rest of the file; a cut file
+keeps every record before the cut and ends in one `truncated_*` row (docs/dataproc-ingest.md).
 """
 
 from __future__ import annotations

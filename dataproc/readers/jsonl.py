@@ -44,7 +44,8 @@ def read_jsonl(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
         rows.reject(reason, url, url.encode(), text=e.tail.decode("utf-8", errors="replace") or None,
                     detail=f"after {lineno} lines (+{len(e.tail)} bytes of line {lineno + 1}): {e}"[:300])
     except OSError as e:
-        rows.reject("unreadable_file", f"{path}#{lineno + 1}", path.encode(),
+        # the file itself when it cannot be opened; else where reading stopped
+        rows.reject("unreadable_file", f"{path}#{lineno + 1}" if lineno else path, path.encode(),
                     detail=f"after {lineno} lines: {type(e).__name__}: {e}"[:300])
     yield from rows.flush()
 

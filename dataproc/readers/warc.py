@@ -66,7 +66,8 @@ def read_warc(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
         rows.reject(reason, f"{path}#{n + 1}", f"{path}#{n + 1}".encode(),
                     detail=f"record {n + 1}, after {n} records: {e}"[:300])
     except OSError as e:
-        rows.reject("unreadable_file", f"{path}#{n + 1}", path.encode(),
+        # the file itself when it cannot be opened; else where reading stopped
+        rows.reject("unreadable_file", f"{path}#{n + 1}" if n else path, path.encode(),
                     detail=f"after {n} records: {type(e).__name__}: {e}"[:300])
     yield from rows.flush()
 
