@@ -25,6 +25,8 @@ from dataproc.readers.common import Rows, guarded, hex_prefix
 from dataproc.readers.streams import Cut, StreamEnd, chunks
 
 _DOC_TYPES = {"response", "resource", "conversion"}
+_BLANK_LINE = re.compile(rb"\n\r?\n")   # end of a header block (CRLF per the spec; bare LF tolerated)
+_MAX_HEADER = 1 << 20                      # a "header" longer than this is junk, not a record
 _CHARSET = re.compile(r"charset=[\"']?([\w.:-]+)", re.I)
 
 
@@ -108,20 +110,30 @@ def split_records(stream: Iterator[bytes]) -> Iterator[tuple[str | None, int, by
                 break
         if pos >= len(buf):
             break
-        while (h := buf.find(b"\r\n\r\n", pos)) < 0 and more():
+        while len(buf) - pos < 5 and more():
             pass
         head = bytes(buf[pos:pos + 5])
-        if h < 0 and (head == b"WARC/" or b"WARC/".startswith(head)):
+        blank = None
+        if head == b"WARC/":     # the header block ends at the first empty line
+            scan = pos
+            while (blank := _BLANK_LINE.search(buf, scan)) is None and len(buf) - pos < _MAX_HEADER:
+                scan = max(pos, len(buf) - 2)     # search only what is new (files of junk stay linear)
+                if not more():
+                    break
+        if blank is None and b"WARC/".startswith(head) and eof and len(buf) - pos < _MAX_HEADER:
             raise ended or Cut(f"stream ends inside the header of the WARC record at byte {base + pos}")
-        length, rec_type = _header(buf[pos:h]) if h >= 0 and head == b"WARC/" else (None, "")
+        length, rec_type = _header(buf[pos:blank.start()]) if blank else (None, "")
         if length is None:   # not a record: up to the next one
-            while (nxt := buf.find(b"WARC/1.", pos + 1)) < 0 and more():
-                pass
+            scan = pos + 1
+            while (nxt := buf.find(b"WARC/1.", scan)) < 0:
+                scan = max(pos + 1, len(buf) - 6)
+                if not more():
+                    break
             stop = nxt if nxt >= 0 else len(buf)
             yield None, base + pos, bytes(buf[pos:stop])
             pos = stop
             continue
-        end = h + 4 + length
+        end = blank.end() + length
         while len(buf) < end and more():
             pass
         if len(buf) < end:
@@ -139,7 +151,7 @@ def _header(header: bytes | bytearray) -> tuple[int | None, str]:
     """(Content-Length or None when missing/invalid, WARC-Type lower-cased) of a header block."""
     length: int | None = None
     rec_type = ""
-    for line in bytes(header).split(b"\r\n")[1:]:
+    for line in bytes(header).split(b"\n")[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
         if name == b"content-length":
