@@ -231,6 +231,19 @@ def test_parquet_cut_at_every_offset(tmp_path):
     assert len(blob) < 4096
 
 
+def test_parquet_damaged_row_group_is_one_row_and_the_others_are_read(tmp_path):
+    p = tmp_path / "g.parquet"
+    pq.write_table(pa.table({"text": DOCS}), p, row_group_size=3, compression="none")
+    col = pq.ParquetFile(p).metadata.row_group(0).column(0)
+    off = col.dictionary_page_offset or col.data_page_offset
+    blob = bytearray(p.read_bytes())
+    blob[off:off + 8] = b"\xff" * 8                   # the first page header of row group 0
+    rows = read(_write(p, bytes(blob)))
+    assert [(r["reason"], r["url"].rsplit("#", 1)[1]) for r in rows] == \
+        [("unreadable_parquet", "0"), (None, "3"), (None, "4"), (None, "5")]
+    assert "row group 0 (rows 0..2)" in rows[0]["detail"] and [r["text"] for r in rows[1:]] == DOCS[3:]
+
+
 def test_hidden_files_are_skipped_with_a_message(tmp_path, caplog):
     d = tmp_path / "in"
     (d / ".git").mkdir(parents=True)
