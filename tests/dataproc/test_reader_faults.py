@@ -220,15 +220,14 @@ def test_warc_junk_between_records_is_one_row_and_reading_goes_on(tmp_path):
 
 
 def test_parquet_cut_at_every_offset(tmp_path):
-    t = pa.table({"text": DOCS, "url": [f"u{i}" for i in range(len(DOCS))]})
     p = tmp_path / "c.parquet"
-    pq.write_table(t, p, row_group_size=3)
+    pq.write_table(pa.table({"text": DOCS}), p, row_group_size=3, compression="none", write_statistics=False)
     blob = p.read_bytes()
     assert [r["text"] for r in read(p)] == DOCS
     for cut in range(1, len(blob)):
         rows = read(_write(p, blob[:cut]))
         assert [(r["reason"], r["url"]) for r in rows] == [("truncated_parquet", str(p))], cut
-    assert len(blob) < 4096
+    assert len(blob) < 1024
 
 
 def test_parquet_damaged_row_group_is_one_row_and_the_others_are_read(tmp_path):
