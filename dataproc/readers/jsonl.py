@@ -53,7 +53,7 @@ def read_jsonl(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
 def _parses(raw: bytes) -> bool:
     """Whether an unterminated last line is complete JSON (then it is judged as a record)."""
     try:
-        json.loads(raw)
+        json.loads(raw.decode("utf-8", errors="replace"))   # bad bytes are record()'s invalid_utf8
         return True
     except ValueError:
         return False
