@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from dataproc.config import PipelineConfig
+from dataproc.config import InputSpec, PipelineConfig
 from dataproc.stage import chain, conform, split
 from q3.atomic import atomic_dir, clean_stale, is_committed, read_marker
 from q3.config import ConfigError, config_hash
@@ -61,11 +61,13 @@ def stage_chain(cfg: PipelineConfig) -> Callable[[pa.RecordBatch], pa.RecordBatc
     return fn
 
 
-def _read_error(path: str, source: str, err: BaseException) -> pa.RecordBatch:
-    """A reader crash becomes one rejected row naming the file (the rest of the run goes on)."""
-    row = {"id": content_id(f"read_error:{path}"), "text": "", "source": source, "url": path,
-           "lang": UNKNOWN_LANG, "n_chars": 0, "reason": "read_error", "stage": "read",
-           "detail": f"{type(err).__name__}: {err}"[:500]}
+def _read_error(path: str, source: str, err: BaseException, after: int) -> pa.RecordBatch:
+    """A reader crash becomes one rejected row naming the file and where it stopped; the rows the
+    reader yielded before it are kept (readers isolate bad records themselves, so this is the net
+    for a reader bug, not for bad data)."""
+    row = {"id": content_id(f"read_error:{path}#{after}"), "text": "", "source": source,
+           "url": f"{path}#{after + 1}", "lang": UNKNOWN_LANG, "n_chars": 0, "reason": "read_error",
+           "stage": "read", "detail": f"reader stopped after {after} rows: {type(err).__name__}: {err}"[:500]}
     return conform(pa.Table.from_pylist([row]))
 
 
@@ -78,21 +80,33 @@ def _finish(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch.set_column(names.index("lang"), STAGE_OUTPUT_SCHEMA.field("lang"), lang)
 
 
-def process_file(cfg: PipelineConfig, spec_index: int, path: str) -> Iterator[pa.RecordBatch]:
-    """Read one input file and run the stage chain on it; yields STAGE_OUTPUT_SCHEMA batches."""
+def _read_guarded(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
+    """read_file, with a reader crash turned into one `read_error` row after what it yielded."""
     from dataproc.readers import read_file
+    from dataproc.readers.common import source_name
 
+    n = 0
+    try:
+        for batch in read_file(path, spec):
+            n += batch.num_rows
+            yield batch
+    except Exception as e:  # noqa: BLE001 - a reader failure is data, not a crash of the run
+        log.warning("reading %s failed after %d rows: %s: %s", path, n, type(e).__name__, e)
+        yield _read_error(path, source_name(spec), e, n)
+
+
+def process_file(cfg: PipelineConfig, spec_index: int, path: str) -> Iterator[pa.RecordBatch]:
+    """Read one input file and run the stage chain on it; yields STAGE_OUTPUT_SCHEMA batches.
+
+    Only reading is guarded: a stage that raises is a bug in our code and fails the run, instead of
+    turning a batch of good documents into one `read_error` row."""
     spec = cfg.input[spec_index]
     run = stage_chain(cfg)
     size = cfg.spark.batch_size
-    try:
-        for batch in read_file(path, spec):
-            for sub in pa.Table.from_batches([conform(batch)]).to_batches(max_chunksize=size):
-                if sub.num_rows:
-                    yield _finish(run(sub))
-    except Exception as e:  # noqa: BLE001 - any reader failure is data, not a crash
-        log.warning("reading %s failed: %s", path, e)
-        yield _finish(run(_read_error(path, spec.source or Path(spec.path).stem, e)))
+    for batch in _read_guarded(path, spec):
+        for sub in pa.Table.from_batches([conform(batch)]).to_batches(max_chunksize=size):
+            if sub.num_rows:
+                yield _finish(run(sub))
 
 
 def _use_shipped_conf(archive: str | None) -> None:

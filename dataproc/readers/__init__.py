@@ -4,9 +4,10 @@
     read_file(path, spec) -> Iterator[pa.RecordBatch]
 
 Both are pure functions of their arguments, so the local runner and Spark (`mapInArrow` over a
-DataFrame of paths) read identically. Bad input never raises: it becomes a rejected row
-(reason `invalid_utf8`, `malformed_json`, `truncated_gzip`, `binary_file`, `empty_file`,
-`unreadable_pdf`, ...) and reading continues with the rest of the file.
+DataFrame of paths) read identically. Bad input never raises and faults are isolated per record:
+a bad record becomes a rejected row (reason `invalid_utf8`, `malformed_json`, `binary_file`,
+`empty_file`, `unreadable_pdf`, ...) and reading continues with the rest of the file; a cut file
+keeps every record before the cut and ends in one `truncated_*` row (docs/dataproc-ingest.md).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from dataproc.config import InputSpec
+from q3.log import get_logger
 
 FORMATS = ("jsonl", "parquet", "text", "warc", "wet", "pdf")
-_SKIP_NAMES = {"_Q3_SUCCESS", "_SUCCESS"}
+_SKIP_NAMES = {"_Q3_SUCCESS", "_SUCCESS"}   # commit markers of our and Spark's outputs
+log = get_logger("dataproc.readers")
 
 
 def detect_format(path: str) -> str:
@@ -45,16 +48,31 @@ def detect_format(path: str) -> str:
 
 
 def list_inputs(spec: InputSpec) -> list[str]:
-    """Files of an input: the file itself, every file under a directory, or a (recursive) glob."""
+    """Files of an input: the file itself, every file under a directory, or a (recursive) glob.
+
+    Hidden files and directories (a name starting with "." below the input's root) are skipped,
+    as Spark and Hadoop skip them when they read a directory: they are side files (Spark's `.crc`
+    checksums, `.DS_Store`, editor swap files, `.git/`), not documents. What is skipped is logged
+    with examples; a hidden file named as the input path itself is read."""
     p = Path(spec.path)
     if p.is_file():
         return [str(p)]
     if p.is_dir():
-        found = (x for x in p.rglob("*") if x.is_file())
+        found = [(x, x.relative_to(p).parts) for x in p.rglob("*") if x.is_file()]
     else:
-        found = (Path(x) for x in glob.glob(spec.path, recursive=True) if Path(x).is_file())
-    return sorted(str(x) for x in found
-                  if x.name not in _SKIP_NAMES and not any(part.startswith(".") for part in x.parts[-1:]))
+        found = [(Path(x), Path(x).parts[-1:]) for x in glob.glob(spec.path, recursive=True)
+                 if Path(x).is_file()]
+    keep, hidden = [], []
+    for x, rel in found:
+        if x.name in _SKIP_NAMES:
+            continue
+        (hidden if any(part.startswith(".") for part in rel) else keep).append(str(x))
+    if hidden:
+        hidden.sort()
+        log.warning("input %s: skipped %d hidden file(s) (a name starting with '.': side files such as "
+                    "Spark's .crc checksums, not documents; name one as the input path to read it), e.g. %s",
+                    spec.path, len(hidden), ", ".join(hidden[:3]))
+    return sorted(keep)
 
 
 def read_file(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:

@@ -8,6 +8,7 @@ strings are), so undecodable bytes are kept decoded-with-replacement and as a he
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,6 +75,19 @@ class Rows:
             yield conform(pa.RecordBatch.from_pydict(arrays))
             self.cols = {c: [] for c in _COLS}
             self.chars = 0
+
+
+@contextmanager
+def guarded(rows: Rows, url: str, raw: bytes | str, where: str) -> Iterator[None]:
+    """Isolate one record: whatever it raises becomes its own `read_error` row (position and
+    error in `detail`) and the reader goes on with the next record."""
+    n = len(rows.cols["id"])
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - one bad record must not cost the rest of the file
+        for col in rows.cols.values():   # drop a row half-added when it raised
+            del col[n:]
+        rows.reject("read_error", url, raw, detail=f"{where}: {type(e).__name__}: {e}"[:300])
 
 
 def read_whole(path: str, rows: Rows) -> bytes | None:

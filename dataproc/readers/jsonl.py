@@ -1,112 +1,64 @@
 """JSON Lines (plain, .gz, .zst): one document per line, read as a stream.
 
-A bad line becomes a rejected row and reading goes on; a truncated compressed tail ends the file
-with one `truncated_gzip`/`truncated_zstd` row after every complete line before it was kept.
+Faults are isolated per line: a bad line (invalid JSON, nested too deeply for the parser, not an
+object, no text) becomes one rejected row at its `path#line` and reading goes on. The end of a
+damaged file is one row: a compressed stream cut short yields every complete line that
+decompresses, then one `truncated_gzip`/`truncated_zstd` row (the partial line is part of it);
+damaged compressed data ends the file with one `bad_gzip`/`bad_zstd` row; a plain file whose last
+line has no newline and does not parse is one `truncated_jsonl` row (a cut file).
 """
 
 from __future__ import annotations
 
-import gzip
 import json
-import zlib
 from collections.abc import Iterator
-from typing import IO, Any
 
 import pyarrow as pa
 
 from dataproc.config import InputSpec
-from dataproc.readers.common import Rows, hex_prefix, lang_for, valid_str
+from dataproc.readers.common import Rows, guarded, hex_prefix, lang_for, valid_str
+from dataproc.readers.streams import Cut, StreamEnd, chunks, compression, lines
 
-try:
-    import zstandard
-    _ZSTD_ERRORS: tuple[type[BaseException], ...] = (zstandard.ZstdError,)
-except ImportError:   # pragma: no cover - zstandard is a dependency
-    zstandard = None
-    _ZSTD_ERRORS = ()
-
-
-def open_stream(path: str) -> IO[bytes] | Any:
-    """A binary stream over a possibly compressed file (by extension)."""
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith((".zst", ".zstd")):
-        return _ZstdLines(path)
-    return open(path, "rb")  # noqa: SIM115
-
-
-class TruncatedZstd(EOFError):
-    pass
-
-
-class _ZstdLines:
-    """Line iterator over a (multi-frame) .zst file that notices a truncated last frame.
-
-    zstandard's stream_reader ends silently at a cut; gzip raises EOFError. We want both to raise
-    so the partial last line is not mistaken for a (malformed) record.
-    """
-
-    def __init__(self, path: str) -> None:
-        if zstandard is None:
-            raise RuntimeError("reading .zst needs the zstandard package")
-        self.f = open(path, "rb")  # noqa: SIM115 - closed in __exit__
-
-    def __enter__(self) -> _ZstdLines:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.f.close()
-
-    def __iter__(self) -> Iterator[bytes]:
-        dctx = zstandard.ZstdDecompressor()
-        dobj = dctx.decompressobj()
-        buf = b""
-        started = False
-        while chunk := self.f.read(1 << 20):
-            while chunk:
-                started = True
-                buf += dobj.decompress(chunk)
-                chunk = b""
-                if dobj.eof:   # frame finished: the rest of the chunk is the next frame
-                    chunk = dobj.unused_data
-                    dobj = dctx.decompressobj()
-                    started = bool(chunk)
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                yield line + b"\n"
-        if started and not dobj.eof:
-            raise TruncatedZstd("zstd stream ended inside a frame")
-        if buf:
-            yield buf
-
-
-def _truncation_reason(path: str) -> str:
-    return "truncated_zstd" if path.endswith((".zst", ".zstd")) else "truncated_gzip"
+_COMP_NAME = {"gzip": "gzip", "zstd": "zstd", None: "jsonl"}
 
 
 def read_jsonl(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
     rows = Rows(spec)
+    comp = _COMP_NAME[compression(path)]
     lineno = 0
     try:
-        stream = open_stream(path)
+        for raw in lines(chunks(path)):
+            lineno += 1
+            url = f"{path}#{lineno}"
+            if not raw.endswith(b"\n") and raw.strip() and not _parses(raw):
+                rows.reject("truncated_jsonl", url, raw, text=raw.decode("utf-8", errors="replace"),
+                            detail=f"line {lineno} ({len(raw)} bytes) has no newline and does not parse: a cut file")
+            elif raw.strip():
+                with guarded(rows, url, raw, f"line {lineno}"):
+                    record(rows, raw, url, spec)
+            if rows.full():
+                yield from rows.flush()
+    except StreamEnd as e:
+        reason = f"truncated_{comp}" if isinstance(e, Cut) else f"bad_{comp}"
+        url = f"{path}#{lineno + 1}"
+        rows.reject(reason, url, url.encode(), text=e.tail.decode("utf-8", errors="replace") or None,
+                    detail=f"after {lineno} lines (+{len(e.tail)} bytes of line {lineno + 1}): {e}"[:300])
     except OSError as e:
-        rows.reject("unreadable_file", path, path.encode(), detail=f"{type(e).__name__}: {e}")
-        yield from rows.flush()
-        return
-    with stream:
-        try:
-            for raw in stream:
-                lineno += 1
-                if raw.strip():
-                    record(rows, raw, f"{path}#{lineno}", spec)
-                if rows.full():
-                    yield from rows.flush()
-        except (EOFError, gzip.BadGzipFile, zlib.error, *_ZSTD_ERRORS) as e:
-            reason = _truncation_reason(path)
-            if isinstance(e, gzip.BadGzipFile) and lineno == 0:
-                reason = "bad_gzip"
-            rows.reject(reason, f"{path}#{lineno + 1}", f"{path}#{lineno + 1}".encode(),
-                        detail=f"after {lineno} lines: {type(e).__name__}: {e}")
+        # the file itself when it cannot be opened; else where reading stopped
+        rows.reject("unreadable_file", f"{path}#{lineno + 1}" if lineno else path, path.encode(),
+                    detail=f"after {lineno} lines: {type(e).__name__}: {e}"[:300])
     yield from rows.flush()
+
+
+def _parses(raw: bytes) -> bool:
+    """Whether an unterminated last line is complete JSON (then it is judged as a record)."""
+    try:
+        json.loads(raw.decode("utf-8", errors="replace"))   # bad bytes are record()'s invalid_utf8
+        return True
+    except ValueError:
+        return False
+    except RecursionError:   # complete but too deep: record() rejects it as malformed_json
+        return True
 
 
 def record(rows: Rows, raw: bytes, url: str, spec: InputSpec) -> None:
@@ -119,9 +71,11 @@ def record(rows: Rows, raw: bytes, url: str, spec: InputSpec) -> None:
         bad_at = e.start
     try:
         obj = json.loads(line)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
+        # RecursionError: nesting deeper than the parser's stack (`[[[[...` 100,000 deep)
+        msg = "nested too deeply for the JSON parser" if isinstance(e, RecursionError) else f"{e}"
         rows.reject("malformed_json", url, raw, text=line if bad_at < 0 else line.rstrip("\n"),
-                    detail=f"{e}"[:300])
+                    detail=msg[:300])
         return
     if not isinstance(obj, dict):
         rows.reject("malformed_json", url, raw, text=line, detail=f"not an object: {type(obj).__name__}")
