@@ -184,6 +184,11 @@ def build_model(cfg: ModelConfig, seq_length: int = 4096, rope_base: float | Non
     )
     if cfg.params_dtype == "bfloat16":
         model = model.to(torch.bfloat16)
+    if cfg.fp8_emulation is not None:
+        from kernels.fp8_emulation import apply_fp8_emulation
+
+        apply_fp8_emulation(model, cfg.fp8_emulation, cfg.fp8_emulation_format,
+                            cfg.fp8_amax_history_len, cfg.fp8_amax_compute_algo)
     return model
 
 
