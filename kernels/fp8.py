@@ -11,6 +11,16 @@ Recipes (TE names, `transformer_engine.common.recipe`):
 - `Float8BlockScaling` ("blockwise", DeepSeek-V3 style): one scale per 1x128 block of activations
   and gradients, per 128x128 block of weights.
 Formats: E4M3 everywhere, or HYBRID = E4M3 in the forward pass, E5M2 for gradients.
+
+Sources (what the tests hold this to): TE's Common API docs (nvidia.github.io/TransformerEngine/
+api/common.html: `DelayedScaling(margin=0, fp8_format=HYBRID, amax_history_len=1024,
+amax_compute_algo='max')`, "max chooses the largest amax in the history window, while most_recent
+always chooses the most recently seen value"), recipe.h (api/c/recipe.html: the history "is rotated
+by -1 ... and the first entry is set to zero"), transformer_engine/common/recipe/__init__.py
+(DelayedScaling note: `new_scaling_factor = (FP8_MAX / amax) / (2 ^ margin)`; Float8CurrentScaling:
+`QParams(power_2_scale=False, amax_epsilon=0.0)` by default; Float8BlockScaling: power-of-2 scales
+by default, `x_block_scaling_dim=1, w_block_scaling_dim=2, grad_block_scaling_dim=1`, E4M3), and the
+FP8 Blockwise Scaling page (features/low_precision_training/fp8_blockwise_scaling).
 """
 
 from __future__ import annotations
