@@ -6,6 +6,8 @@ parameters and GEMMs: the CPU's native dtype; bf16 on CPU would measure bf16 emu
 FP8) and once per emulated FP8 recipe (`model_overrides.fp8_emulation`, kernels/fp8_emulation.py:
 inputs/weights E4M3, grad-outputs E5M2 for HYBRID; TE's default format per recipe). Reports the
 final loss (mean of the last k logged steps) and the gap to the baseline, and draws the curves.
+`seed2` is the baseline with another seed (init and data order): its gap is the noise floor that
+an FP8 gap has to be read against.
 
     python -m bench.fp8_gap [--steps 150] [--last 20] [--record]
 """
@@ -22,7 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("baseline", "delayed", "current", "blockwise")
+# seed2: the baseline from another init seed -- its "gap" is the run-to-run noise floor
+VARIANTS = ("baseline", "delayed", "current", "blockwise", "seed2")
 MODELS = ("tiny_dense", "tiny_moe")
 
 
@@ -32,8 +35,8 @@ def launch(model: str, variant: str, manifest: Path, args, out: Path) -> subproc
             f"seq_length={args.seq}", f"micro_batch_size={args.gbs}", f"global_batch_size={args.gbs}",
             f"train_steps={args.steps}",
             f"out_dir={out}", "tensorboard=false", "log_interval=1", "guard.enabled=false",
-            "save=false", "eval_batches=0", "seed=1234"]
-    if variant != "baseline":
+            "save=false", "eval_batches=0", f"seed={1235 if variant == 'seed2' else 1234}"]
+    if variant not in ("baseline", "seed2"):
         args.append(f"model_overrides.fp8_emulation={variant}")
     with open(out.with_suffix(".log"), "w") as log:    # the child keeps its own copy of the fd
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -72,15 +75,19 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--record", action="store_true", help="write bench/results/fp8_gap.{json,png}")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs of the same --steps")
     args = ap.parse_args()
     from train.devdata import build_dev_data
 
     manifest = build_dev_data(ROOT / "data" / "bench_devdata", max_files=40)["S1"]
     runs = ROOT / "data" / "bench_fp8_gap"
-    shutil.rmtree(runs, ignore_errors=True)
-    runs.mkdir(parents=True)
+    if not args.reuse:
+        shutil.rmtree(runs, ignore_errors=True)
+    runs.mkdir(parents=True, exist_ok=True)
     variants = args.variants.split(",")
-    jobs = [(m, v) for m in args.models.split(",") for v in variants]
+    jobs = [(m, v) for m in args.models.split(",") for v in variants
+            if not (args.reuse and (runs / f"{m}-{v}" / "metrics.jsonl").exists()
+                    and len(losses(runs / f"{m}-{v}")) == args.steps)]
     t0, pending, active = time.time(), list(jobs), []
     while pending or active:
         while pending and len(active) < args.parallel:
@@ -103,10 +110,11 @@ def main() -> None:
                         "max_abs_step_diff": round(max(abs(a - b) for a, b in zip(ys, by["baseline"], strict=True)), 4)}
                     for v, ys in by.items()}
     print(f"\n{args.steps} steps, final loss = mean of the last {args.last}; gap = FP8 - baseline (fp32)")
-    print(f"{'model':10s} {'recipe':9s} {'final':>8s} {'gap':>8s} {'gap %':>7s}")
+    print("| model | recipe | final loss | gap | gap % | max per-step diff |\n|---|---|---:|---:|---:|---:|")
     for m, rows in table.items():
         for v, r in rows.items():
-            print(f"{m:10s} {v:9s} {r['final_loss']:8.4f} {r['gap']:+8.4f} {r['rel_gap_pct']:+6.2f}%")
+            print(f"| {m} | {v} | {r['final_loss']:.4f} | {r['gap']:+.4f} | {r['rel_gap_pct']:+.2f}% "
+                  f"| {r['max_abs_step_diff']:.4f} |")
     res = {"steps": args.steps, "last": args.last, "seconds": round(time.time() - t0),
            "baseline_dtype": "float32", "tokens_per_step": args.gbs * args.seq, "results": table}
     print(json.dumps(res))
