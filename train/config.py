@@ -73,6 +73,18 @@ class ModelConfig(Q3Config):
     moe_permute_fusion: bool | None = None    # TE's fused token permute; None: on exactly with transformer_engine
     # Triton kernels (kernels/, issue 16) in the local spec, for GPUs without TE; CPU: interpreter, tests only
     triton_kernels: list[Literal["rmsnorm", "swiglu", "qk_norm_rope", "moe_permute"]] = Field(default_factory=list)  # any of rmsnorm, swiglu, qk_norm_rope, moe_permute (transformer_impl: local)
+    # emulated FP8 (issue 16, kernels/fp8_emulation.py): quantise-dequantise the inputs, weights and
+    # grad-outputs of the local spec's linears (not the LM head) with a TE recipe, on any device;
+    # reuses fp8_amax_history_len / fp8_amax_compute_algo for `delayed`. For numerics, not speed.
+    fp8_emulation: Literal["delayed", "current", "blockwise"] | None = None   # emulated FP8 recipe (CPU numerics)
+    fp8_emulation_format: Literal["e4m3", "hybrid"] | None = None   # None: TE's recipe default
+
+    @model_validator(mode="after")
+    def _check_fp8_emulation(self) -> ModelConfig:
+        if self.fp8_emulation is not None and (self.transformer_impl != "local" or self.moe_grouped_gemm):
+            raise ValueError("fp8_emulation needs transformer_impl: local and moe_grouped_gemm: false "
+                             "(with transformer_engine use fp8_format for real FP8)")
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -223,6 +223,11 @@ def build_model(cfg: ModelConfig, seq_length: int = 4096, rope_base: float | Non
     if cfg.params_dtype == "bfloat16":
         model = model.to(torch.bfloat16)
         keep_router_state_fp32(model)
+    if cfg.fp8_emulation is not None:
+        from kernels.fp8_emulation import apply_fp8_emulation
+
+        apply_fp8_emulation(model, cfg.fp8_emulation, cfg.fp8_emulation_format,
+                            cfg.fp8_amax_history_len, cfg.fp8_amax_compute_algo)
     return model.to(device)
 
 
@@ -262,14 +267,14 @@ def check_fp8_support(cfg: ModelConfig, capability: tuple[int, int], cuda_versio
 
 def inference_config(cfg: ModelConfig) -> ModelConfig:
     """The local-spec twin of `cfg` for export/generation: no TE, no FP8, no fusions, no recompute,
-    no Triton kernels.
+    no Triton kernels, no emulated FP8.
     The weights are the same tensors under the same checkpoint keys, so a checkpoint trained with
     Transformer Engine (+FP8) loads into it on any machine."""
     return cfg.model_copy(update=dict(
         transformer_impl="local", fp8_format=None, fusions=False, gradient_accumulation_fusion=False,
         moe_permute_fusion=None, moe_grouped_gemm=False, use_cpu_initialization=True,
         recompute_granularity=None, recompute_method=None, recompute_num_layers=None,
-        triton_kernels=[]))   # same keys either way; on CPU the kernels would run in Triton's interpreter
+        triton_kernels=[], fp8_emulation=None))   # same keys either way; on CPU the kernels would run in Triton's interpreter
 
 
 def needs_attention_mask(impl: str) -> bool:
