@@ -80,13 +80,6 @@ class ModelConfig(Q3Config):
     fp8_emulation_format: Literal["e4m3", "hybrid"] | None = None   # None: TE's recipe default
 
     @model_validator(mode="after")
-    def _check_fp8_emulation(self) -> ModelConfig:
-        if self.fp8_emulation is not None and (self.transformer_impl != "local" or self.moe_grouped_gemm):
-            raise ValueError("fp8_emulation needs transformer_impl: local and moe_grouped_gemm: false "
-                             "(with transformer_engine use fp8_format for real FP8)")
-        return self
-
-    @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if self.num_attention_heads % self.num_query_groups:
             raise ValueError("num_attention_heads must be a multiple of num_query_groups")
@@ -108,6 +101,9 @@ class ModelConfig(Q3Config):
             raise ValueError("triton_kernels moe_permute is wired into the allgather token dispatcher only")
         if "swiglu" in self.triton_kernels and self.is_moe and self.moe_grouped_gemm:
             raise ValueError("triton_kernels swiglu needs moe_grouped_gemm: false (grouped-GEMM experts are TE's)")
+        if self.fp8_emulation is not None and (self.transformer_impl != "local" or self.moe_grouped_gemm):
+            raise ValueError("fp8_emulation needs transformer_impl: local and moe_grouped_gemm: false "
+                             "(with transformer_engine use fp8_format for real FP8)")
         return self
 
     @property
