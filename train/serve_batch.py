@@ -113,14 +113,18 @@ class Scheduler:
 
     def _take(self) -> list[Work] | None:
         with self.cv:
-            while not self.queue and not self.closing:
-                self.cv.wait()
-            if self.closing:
-                return None
-            if self.window_s > 0 and self.queue[0].key is not None:
-                deadline = time.monotonic() + self.window_s
-                while len(self.queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                    self.cv.wait(left)
+            while True:
+                while not self.queue and not self.closing:
+                    self.cv.wait()
+                if self.closing:
+                    return None
+                if self.window_s > 0 and self.queue[0].key is not None:
+                    deadline = time.monotonic() + self.window_s
+                    while 0 < len(self.queue) < self.max_batch and not self.closing and \
+                            (left := deadline - time.monotonic()) > 0:
+                        self.cv.wait(left)
+                if self.queue and not self.closing:   # a withdraw() or close() may have emptied it meanwhile
+                    break
             head = self.queue.popleft()
             batch = [head]
             if head.key is not None:

@@ -268,3 +268,37 @@ def test_sigterm_during_generation_exits_0(server):
     assert "data: [DONE]" not in replies["stream"]
     assert took < 15, took
     assert "Traceback" not in log.read_text()
+
+
+def test_scheduler_survives_a_withdraw_during_its_batch_window():
+    """A client leaving while the scheduler waits for more arrivals emptied the queue under it
+    (IndexError killed the thread: every later request hung)."""
+    from train.serve_batch import Scheduler, Work
+
+    ran: list[str] = []
+    sched = Scheduler(lambda batch: [(ran.append(w.payload), w.finish("ok")) for w in batch], max_batch=4,
+                      cancelled_result=lambda w: "cancelled", window_s=0.3)
+    first = sched.submit(Work("first", key="k"))
+    time.sleep(0.05)                            # the scheduler is inside its window
+    assert sched.withdraw(first) and first.events.get(timeout=5) == ("done", "cancelled")
+    time.sleep(0.4)                             # past the window
+    second = sched.submit(Work("second", key="k"))
+    assert second.events.get(timeout=5) == ("done", "ok") and ran == ["second"]
+    assert sched.close(timeout=5)
+
+
+def test_scheduler_close_waits_for_the_running_batch():
+    from train.serve_batch import Scheduler, Work
+
+    release = threading.Event()
+    sched = Scheduler(lambda batch: [(release.wait(10), w.finish("ok")) for w in batch], max_batch=1,
+                      cancelled_result=lambda w: "cancelled")
+    running, queued = sched.submit(Work("a", key=None)), sched.submit(Work("b", key=None))
+    for _ in range(500):
+        if sched.stats()["running"]:
+            break
+        time.sleep(0.01)
+    assert not sched.close(timeout=0.2)         # still inside run(): not stopped
+    assert queued.events.get(timeout=5) == ("done", "cancelled")      # queued work never runs
+    release.set()
+    assert sched.close(timeout=5) and running.events.get(timeout=5) == ("done", "ok")
