@@ -80,7 +80,7 @@ class ServeConfig(Q3Config):
     max_n: int = 16
     thinking_budget: int | None = None  # default budget of thinking tokens (None: unlimited)
     max_model_len: int | None = Field(None, ge=2)   # context limit (None: the model's max positions)
-    read_timeout_s: float = Field(30.0, gt=0)       # idle connections, and a request's headers+body, time out
+    read_timeout_s: float = Field(30.0, gt=0)       # idle connection closed; whole request (headers+body) due within it
     max_body_bytes: int = Field(8 << 20, ge=1024)
     max_waiting: int = Field(64, ge=1)              # queued requests beyond this get 503
     max_batch_requests: int = Field(8, ge=1)        # requests decoded together in one engine batch
@@ -607,6 +607,7 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
                     return
                 self._send(200, reply)
             except BadRequest as e:
+                self.close_connection = self.close_connection or service.stopping.is_set()
                 self._error(e.code, str(e), "invalid_request_error" if e.code < 500 else "server_error")
             except (ClientGone, BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
