@@ -21,7 +21,9 @@ timeout; malformed or out-of-range requests get 400 with a one-line reason, neve
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import os
 import select
@@ -38,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from pydantic import Field
@@ -49,11 +52,20 @@ from train.generate import LM, Completion, SchemaError, Tokenizer, chat, complet
 from train.rollout import Rollout
 from train.sampling import THINK_ID, preset_for
 from train.serve_batch import Busy, Scheduler, Work, wait
+from train.serve_limits import (
+    BadRequest,
+    DeadlineReader,
+    max_token_bytes,
+    min_prompt_tokens,
+    schema_max_tokens,
+    short,
+)
 from train.serve_stream import ReasoningSplit, TokenBytes, TokenText, logprob_entry
 
 log = get_logger("train.serve")
 MAX_JSON_DEPTH = 64                  # request bodies nested deeper are refused (400)
 MAX_TOP_LOGPROBS = 20                # OpenAI's limit
+STOP_TIMEOUT_S = 30.0                # SIGTERM: running generations get this long to end (they end within a token)
 
 
 class ServeConfig(Q3Config):
@@ -68,30 +80,25 @@ class ServeConfig(Q3Config):
     max_n: int = 16
     thinking_budget: int | None = None  # default budget of thinking tokens (None: unlimited)
     max_model_len: int | None = Field(None, ge=2)   # context limit (None: the model's max positions)
-    read_timeout_s: float = Field(30.0, gt=0)       # a client silent this long mid-request is dropped
+    read_timeout_s: float = Field(30.0, gt=0)       # idle connection closed; whole request (headers+body) due within it
     max_body_bytes: int = Field(8 << 20, ge=1024)
     max_waiting: int = Field(64, ge=1)              # queued requests beyond this get 503
     max_batch_requests: int = Field(8, ge=1)        # requests decoded together in one engine batch
     batch_window_s: float = Field(0.01, ge=0)       # an idle scheduler waits this long for more requests
 
 
-class BadRequest(ValueError):
-    def __init__(self, message: str, code: int = 400):
-        super().__init__(message)
-        self.code = code
-
-
-def _num(body: dict, key: str, typ, lo=None, hi=None):
+def _num(body: dict, key: str, typ, lo, hi):
+    """body[key] as `typ` within [lo, hi], None when absent. The range is checked before the
+    conversion: float(10**400) raises OverflowError."""
     v = body.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
-            (typ is int and int(v) != v):
-        raise BadRequest(f"{key} must be a {typ.__name__}, got {v!r}")
-    v = typ(v)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise BadRequest(f"{key} must be in [{lo}, {hi}], got {v}")
-    return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+            isinstance(v, float) and (not math.isfinite(v) or typ is int and not v.is_integer()):
+        raise BadRequest(f"{key} must be {'a finite number' if typ is float else 'an integer'}, got {short(v)}")
+    if not lo <= v <= hi:
+        raise BadRequest(f"{key} must be in [{lo}, {hi}], got {short(v)}")
+    return typ(v)
 
 
 def _flag(body: dict, key: str) -> bool:
@@ -138,8 +145,10 @@ def parse_body(raw: bytes) -> dict:
         body = json.loads(raw or b"{}", parse_constant=no_constant)
     except RecursionError:
         raise BadRequest(f"request body nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    except BadRequest:
+        raise
+    except ValueError as e:                  # JSONDecodeError, UnicodeDecodeError, an int over 4300 digits
+        raise BadRequest(f"request body is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     if not _depth_ok(body):
@@ -195,6 +204,8 @@ class ChatService:
                                    window_s=cfg.batch_window_s if cfg.max_batch_requests > 1 else 0.0)
         self.token_bytes = TokenBytes(tok)
         self.max_len = cfg.max_model_len or model_max_len(lm)
+        self.bytes_per_token = max_token_bytes(tok.tk.get_vocab(with_added_tokens=True),
+                                               {t.content for t in tok.tk.get_added_tokens_decoder().values()})
         self.stopping = threading.Event()
         self.generated_tokens = 0            # by the engine, over all requests (scheduler thread)
         self.jobs: set[Job] = set()
@@ -246,15 +257,26 @@ class ChatService:
                         thinking_budget=_num(body, "thinking_budget", int, 0, 2**31) or self.cfg.thinking_budget)
         if sampling["top_k"] == -1:
             sampling["top_k"] = 0                # vLLM convention: -1 disables top-k
-        seed = _num(body, "seed", int, -2**63, 2**64 - 1)
+        seed = _num(body, "seed", int, -2**63, 2**63 - 1)     # int64, as OpenAI and vLLM take it
         logprobs = _flag(body, "logprobs")
         top = _num(body, "top_logprobs", int, 0, MAX_TOP_LOGPROBS) or 0
         if top and not logprobs:
             raise BadRequest("top_logprobs requires logprobs=true")
         stream = _flag(body, "stream")
         include_usage = bool(_obj(body, "stream_options").get("include_usage"))
+        at_least = min_prompt_tokens(messages, self.bytes_per_token)
+        if self.max_len is not None and at_least >= self.max_len:    # refused without tokenizing megabytes
+            raise BadRequest(f"this model's maximum context length is {self.max_len} tokens; the messages have "
+                             f"at least {at_least} tokens")
         prompt_ids = self.tok.encode(self.tok.render(messages, thinking))
         sampling["max_tokens"] = self._check_length(len(prompt_ids), max_tokens)
+        if schema is not None:                   # the constrained decoder ignores max_tokens: bound it here
+            most = schema_max_tokens(schema, self.tok.encode)
+            room = min(self.cfg.max_tokens_limit, self.max_len - len(prompt_ids) if self.max_len else 2**62)
+            if most > room:
+                raise BadRequest(f"response_format schema allows replies of up to {short(most)} tokens; at most "
+                                 f"{room} fit (context {self.max_len}, {len(prompt_ids)} in the messages, "
+                                 f"max_tokens_limit {self.cfg.max_tokens_limit})")
         return Request(messages, prompt_ids, n, seed, thinking, schema, sampling, stream, include_usage,
                        logprobs, top)
 
@@ -353,10 +375,14 @@ class ChatService:
         req, job, seed, _ = w.payload
         emit = None if req.logprobs else (lambda i, t: w.token(i, t, None, None))
         try:
-            outs = chat(self.lm, self.tok, req.messages, n=req.n, seed=seed, thinking=req.thinking,
-                        json_schema=req.schema, on_token=emit, cancel=job.cancel, **req.sampling)
+            outs = chat(_Cancellable(self.lm, job.abandoned), self.tok, req.messages, n=req.n, seed=seed,
+                        thinking=req.thinking, json_schema=req.schema, on_token=emit, cancel=job.cancel,
+                        **req.sampling)
         except SchemaError as e:
             raise BadRequest(str(e)) from None
+        except _Cancelled:
+            w.finish([])
+            return
         if req.logprobs and not job.abandoned():     # the constrained decoder records no logprobs
             for i, o in enumerate(outs):
                 o.logprobs, o.top_logprobs = self._score(req.prompt_ids, o.token_ids, req.top_logprobs)
@@ -424,6 +450,27 @@ class ChatService:
                 "usage": self.usage(req, outs)}
 
 
+class _Cancelled(Exception):
+    pass
+
+
+class _Cancellable:
+    """The LM as the constrained JSON decoder sees it: `next_logits` (one forward per token) raises
+    once the request is abandoned, so that decoder, which has no cancellation of its own, stops
+    within a token."""
+
+    def __init__(self, lm: LM, abandoned: Callable[[], bool]):
+        self._lm, self._abandoned = lm, abandoned
+
+    def __getattr__(self, name):
+        return getattr(self._lm, name)
+
+    def next_logits(self, ids: list[int]) -> torch.Tensor:
+        if self._abandoned():
+            raise _Cancelled
+        return self._lm.next_logits(ids)
+
+
 class ChoiceStream:
     """Chunks of one streamed choice: text deltas (reasoning/content), logprob entries."""
 
@@ -467,11 +514,21 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
         def log_message(self, fmt, *args):          # route access logs through our logger
             log.debug("%s " + fmt, self.address_string(), *args)
 
+        def setup(self):
+            super().setup()
+            self.rfile.close()                      # the socket is read through a deadline instead
+            self.reader = DeadlineReader(self.connection, self.timeout, self.timeout)
+            self.rfile = io.BufferedReader(self.reader)
+
         def handle(self):
             try:
                 super().handle()
             except (ConnectionResetError, BrokenPipeError):   # a client reset a kept-alive connection
                 self.close_connection = True
+
+        def handle_one_request(self):
+            self.reader.start()                     # each request gets read_timeout_s from its first byte
+            super().handle_one_request()
 
         def _send(self, code: int, payload: dict) -> None:
             data = json.dumps(payload, ensure_ascii=False).encode()
@@ -507,20 +564,26 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
             if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
                 self.close_connection = True
                 raise BadRequest("chunked request bodies are not supported; send Content-Length", 411)
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if length < 0:
-                self.close_connection = True
-                raise BadRequest(f"invalid Content-Length {self.headers.get('Content-Length')!r}")
+            values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+            text = values.pop() if len(values) == 1 else None
+            if values or text is not None and not (text.isascii() and text.isdigit()):
+                self.close_connection = True        # int() would take "+5", "1_0"; two lengths: smuggling
+                raise BadRequest(f"invalid Content-Length {short(self.headers.get_all('Content-Length'))}")
+            length = int(text or 0)
             if length > service.cfg.max_body_bytes:
                 self.close_connection = True
                 raise BadRequest(f"request body of {length} bytes exceeds {service.cfg.max_body_bytes}", 413)
+            chunks, got = [], 0
             try:
-                raw = self.rfile.read(length) if length else b""
-            except (TimeoutError, OSError):
-                raw = b""
+                while got < length:
+                    chunk = self.rfile.read1(min(length - got, 1 << 16))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    got += len(chunk)
+            except (TimeoutError, OSError):         # idle too long, or past the request's deadline
+                pass
+            raw = b"".join(chunks)
             if len(raw) < length:
                 self.close_connection = True
                 raise BadRequest(f"request body shorter than Content-Length {length} "
@@ -544,6 +607,7 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
                     return
                 self._send(200, reply)
             except BadRequest as e:
+                self.close_connection = self.close_connection or service.stopping.is_set()
                 self._error(e.code, str(e), "invalid_request_error" if e.code < 500 else "server_error")
             except (ClientGone, BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
@@ -634,8 +698,9 @@ def make_server(service: ChatService, host: str = "127.0.0.1", port: int = 0) ->
     return server
 
 
-def main(config: str | None, overrides: list[str]) -> int:
-    """q3 serve load=DIR [port=8000|0] [port_file=FILE] [host=127.0.0.1] [served_model_name=NAME]"""
+def main(config: str | None, overrides: list[str]) -> NoReturn:
+    """q3 serve load=DIR [port=8000|0] [port_file=FILE] [host=127.0.0.1] [served_model_name=NAME]
+    Runs until SIGTERM or Ctrl-C, then exits the process with status 0."""
     cfg = load_config(ServeConfig, "serve", config, overrides)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))     # stopped while loading: nothing to clean up
     lm, tok, name = load_lm(cfg.load, cfg.model)
@@ -656,13 +721,24 @@ def main(config: str | None, overrides: list[str]) -> int:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        service.stop()
+        pass
     finally:
-        deadline = time.time() + 30             # cancelled generations end within a token
-        while not service.idle() and time.time() < deadline:
-            time.sleep(0.05)
+        service.stop()
+        deadline = time.monotonic() + STOP_TIMEOUT_S   # cancelled generations end within a token
+        while not service.idle() and time.monotonic() < deadline:
+            time.sleep(0.05)                    # handlers answer 503 / end their streams
+        stopped = service.scheduler.close(max(0.0, deadline - time.monotonic()))
         server.server_close()
-    return 0
+    if not stopped:
+        log.warning("a generation did not stop within %gs of SIGTERM; exiting anyway", STOP_TIMEOUT_S)
+    # Exit without finalizing the interpreter: its teardown of torch/transformers' modules (one
+    # garbage collection over millions of objects) took 5-47 s on a loaded 2-core VM after the
+    # server had stopped, and a thread still inside a forward makes it abort (exit 134). Nothing
+    # is left to write but the logs.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @contextmanager

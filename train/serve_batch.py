@@ -6,7 +6,8 @@ other queued work with the same batching key (sampling settings that can share o
 up to `max_batch` of them, in arrival order, and hands them to `run(batch)` at once; works with key
 None (e.g. constrained JSON decoding) run alone. Work queued behind a running batch waits for it:
 batches are static (a running batch takes no newcomers). A work withdrawn while still queued
-(client gone, shutdown) never runs. An idle scheduler that gets a request waits up to `window_s`
+(client gone, shutdown) never runs. `close()` ends the thread once the running batch is over (shutdown:
+no torch work may be left running when the interpreter exits). An idle scheduler that gets a request waits up to `window_s`
 for more to arrive (clients "at the same moment" reach the queue a few milliseconds apart).
 """
 
@@ -71,6 +72,7 @@ class Scheduler:
         self.queue: deque[Work] = deque()
         self.running: list[Work] = []
         self.batches = self.batched_requests = self.largest = 0
+        self.closing = False
         self.thread = threading.Thread(target=self._loop, name="q3-serve-scheduler", daemon=True)
         self.thread.start()
 
@@ -91,20 +93,38 @@ class Scheduler:
         work.finish(self.cancelled_result(work))
         return True
 
+    def close(self, timeout: float) -> bool:
+        """Take no more work (queued works end as cancelled); wait up to `timeout` s for the running
+        batch to end. True when the scheduler thread has ended."""
+        with self.cv:
+            self.closing = True
+            left, self.queue = list(self.queue), deque()
+            self.cv.notify_all()
+        for w in left:
+            w.finish(self.cancelled_result(w))
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
     def stats(self) -> dict:
         with self.cv:
             return {"batches": self.batches, "batched_requests": self.batched_requests,
                     "largest_batch": self.largest, "queued": len(self.queue), "running": len(self.running),
                     "max_batch_requests": self.max_batch}
 
-    def _take(self) -> list[Work]:
+    def _take(self) -> list[Work] | None:
         with self.cv:
-            while not self.queue:
-                self.cv.wait()
-            if self.window_s > 0 and self.queue[0].key is not None:
-                deadline = time.monotonic() + self.window_s
-                while len(self.queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                    self.cv.wait(left)
+            while True:
+                while not self.queue and not self.closing:
+                    self.cv.wait()
+                if self.closing:
+                    return None
+                if self.window_s > 0 and self.queue[0].key is not None:
+                    deadline = time.monotonic() + self.window_s
+                    while 0 < len(self.queue) < self.max_batch and not self.closing and \
+                            (left := deadline - time.monotonic()) > 0:
+                        self.cv.wait(left)
+                if self.queue and not self.closing:   # a withdraw() or close() may have emptied it meanwhile
+                    break
             head = self.queue.popleft()
             batch = [head]
             if head.key is not None:
@@ -126,8 +146,7 @@ class Scheduler:
         return live
 
     def _loop(self) -> None:
-        while True:
-            batch = self._take()
+        while (batch := self._take()) is not None:
             try:
                 if batch:
                     self.run(batch)
