@@ -19,14 +19,15 @@ log = get_logger(__name__)
 def run_trainer(cmd: list[str], result_file: Path, log_file: Path, key: str = "val_loss") -> dict:
     """Run `cmd`; return the JSON it left in `result_file`, which must hold `key`.
 
-    On failure the full output goes to `log_file` and the error names it (no lost diagnostics)."""
-    log.info("trainer run: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        log_file.write_text(proc.stdout + proc.stderr)
-        raise RuntimeError(f"trainer run failed (exit {proc.returncode}; full log {log_file}): "
-                           f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    The child's output streams into `log_file` (never held in memory: a trainer run can print for
+    hours); on failure the error names the file and quotes its tail."""
+    log.info("trainer run: %s (log %s)", " ".join(cmd), log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "wb") as fh:
+        code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise RuntimeError(f"trainer run failed (exit {code}; full log {log_file}): "
+                           f"{' '.join(cmd)}\n{_tail(log_file)}")
     if not result_file.is_file():
         raise RuntimeError(f"trainer run wrote no {result_file}; it must write {{{key!r}: loss}}")
     result = json.loads(result_file.read_text())
@@ -34,3 +35,10 @@ def run_trainer(cmd: list[str], result_file: Path, log_file: Path, key: str = "v
         raise RuntimeError(f"{result_file} has no {key!r} (keys: {sorted(result)}); "
                            "set validation=[...] and a split with a valid share")
     return result
+
+
+def _tail(path: Path, limit: int = 3000) -> str:
+    """The last `limit` bytes of `path`, decoded leniently."""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, fh.seek(0, 2) - limit))
+        return fh.read().decode("utf-8", "replace")
