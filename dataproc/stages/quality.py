@@ -12,7 +12,8 @@ are skipped; stop-word rules apply only to languages with a stop-word list. Docu
 starts with a skip prefix (code) get signals but are never dropped.
 
 Per document this is one tokenisation (one regex `findall`) and a few passes over ints; regexes
-are compiled once, words are interned to ints for the n-gram passes.
+are compiled once, words are interned to ints (Arrow dictionary encoding) and every n-gram rule
+is one compiled call (quality_kernels, numba).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 from dataproc.config import QualityConfig
 from dataproc.stage import conform, reject
 from dataproc.stages import quality_compat as dt
+from dataproc.stages.quality_kernels import ngram_chars
 from q3.schemas import QUALITY_TYPE
 
 # Stop words: Gopher's English list, and equally small lists of the most frequent function words
@@ -61,7 +63,6 @@ _FW_END = (".", "!", "?", "。", "！", "？", "؟", "।", "॥", "۔", "‼", 
            "܀", "܁", "܂", "߹", "᥄", "᥅", "᱾", "᱿")
 _SENT_END = re.compile(r"[.!?。！？؟।]+(?=\s|$)")
 
-_PRIME = np.uint64(1_000_003)
 _FIELDS = [f.name for f in QUALITY_TYPE]
 _PII = [n for n in _FIELDS if n.startswith("pii_")]
 
@@ -221,7 +222,7 @@ class QualityStage:
                                  ("dup_line_char_frac", r.dup_line_char_frac, "gopher_dup_line_char_frac")):
             if thr is not None and q[key] > thr:
                 failed.append((reason, f"{q[key]:.3f} > {thr}"))
-        # n-grams over word ids, hashed with numpy (one vectorised pass per n). Characters of a
+        # n-grams over word ids, counted by one compiled call (quality_kernels). Characters of a
         # gram = the sum of its words' lengths (as datatrove's repeated n-grams, which join words
         # without separator; its top n-gram joins them with spaces: compat mode adds those).
         n = len(words)
@@ -231,67 +232,23 @@ class QualityStage:
             for k, _ in self.ngram_dup:
                 q[f"dup_{k}gram_frac"] = 0.0
             return
-        # word ids in order of first occurrence: exact and the same in every process (Python's
-        # str hash is salted per process, so Spark workers would disagree on ties and collisions)
-        vocab: dict[str, int] = {}
-        ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), np.int64, n).view(np.uint64) + 1
-        wlen = np.fromiter(map(len, words), np.int64, n)
-        csum = np.concatenate(([0], np.cumsum(wlen)))
-        h = ids.copy()
+        # word ids in order of first occurrence (Arrow's dictionary encoding): exact and the same in
+        # every process (Python's str hash is salted per process, so Spark workers would disagree)
+        arr = pa.array(words, pa.string())
+        ids = pc.dictionary_encode(arr).indices.to_numpy().astype(np.uint64) + np.uint64(1)
+        wlen = pc.utf8_length(arr).to_numpy().astype(np.int64)
         # Unsegmented scripts: tokens are characters, so an n-word gram spans ~scale*n tokens.
-        top = {k * scale: (k, thr) for k, thr in self.ngram_top}
-        dup = {k * scale: (k, thr) for k, thr in self.ngram_dup}
-        max_k = max([*top, *dup], default=1)
-        with np.errstate(over="ignore"):
-            for k in range(2, max_k + 1):
-                if n < k:
-                    if k in top:
-                        q[f"top_{top[k][0]}gram_frac"] = 0.0
-                    if k in dup:
-                        q[f"dup_{dup[k][0]}gram_frac"] = 0.0
-                    continue
-                h = h[:-1] * _PRIME + ids[k - 1:]          # hash of the gram starting at each position
-                if k not in top and k not in dup:
-                    continue
-                # one stable sort groups equal grams; within a group the first element is the
-                # gram's first occurrence, every other element a repeat
-                order = np.argsort(h, kind="stable")
-                hs = h[order]
-                starts_mask = np.empty(len(h), np.bool_)
-                starts_mask[0] = True
-                np.not_equal(hs[1:], hs[:-1], out=starts_mask[1:])
-                if k in top:
-                    name, thr = top[k]
-                    starts = np.flatnonzero(starts_mask)
-                    counts = np.diff(starts, append=len(h))
-                    # the most frequent gram; among equally frequent ones the longest, so the
-                    # value never depends on which tied gram a sort happens to put first
-                    most = int(counts.max())
-                    pos = order[starts[counts == most]]
-                    if compat:   # datatrove: the first-seen of the tied grams, joined with spaces
-                        p0 = int(pos.min())
-                        frac = float((csum[p0 + k] - csum[p0] + k - 1) * most) / n_text
-                    else:
-                        frac = float((csum[pos + k] - csum[pos]).max() * most) / n_text
-                    q[f"top_{name}gram_frac"] = frac
-                    if frac > thr:
-                        failed.append((f"gopher_top_{name}gram", f"{frac:.3f} > {thr}"))
-                if k in dup:
-                    name, thr = dup[k]
-                    # Gopher: characters inside any repeated occurrence of an n-gram (each once).
-                    repeat = order[~starts_mask]
-                    if compat:   # datatrove: greedy, a repeat skips its own words
-                        frac = dt.greedy_dup_chars(h, csum[k:] - csum[:-k], k) / n_text if len(repeat) else 0.0
-                    elif len(repeat):
-                        cover = np.zeros(n + 1, np.int32)
-                        np.add.at(cover, repeat, 1)
-                        np.add.at(cover, repeat + k, -1)
-                        frac = float(wlen[np.cumsum(cover[:n]) > 0].sum()) / n_text
-                    else:
-                        frac = 0.0
-                    q[f"dup_{name}gram_frac"] = frac
-                    if frac > thr:
-                        failed.append((f"gopher_dup_{name}gram", f"{frac:.3f} > {thr}"))
+        top_k = np.array([k * scale for k, _ in self.ngram_top], np.int64)
+        dup_k = np.array([k * scale for k, _ in self.ngram_dup], np.int64)
+        top_chars, dup_chars = ngram_chars(ids, wlen, top_k, dup_k, compat)
+        for (name, thr), chars in zip(self.ngram_top, top_chars.tolist(), strict=True):
+            q[f"top_{name}gram_frac"] = frac = chars / n_text
+            if frac > thr:
+                failed.append((f"gopher_top_{name}gram", f"{frac:.3f} > {thr}"))
+        for (name, thr), chars in zip(self.ngram_dup, dup_chars.tolist(), strict=True):
+            q[f"dup_{name}gram_frac"] = frac = chars / n_text
+            if frac > thr:
+                failed.append((f"gopher_dup_{name}gram", f"{frac:.3f} > {thr}"))
 
     def _c4(self, lines: list[str], unseg: bool, q: dict, failed: list) -> str | None:
         c = self.cfg.c4

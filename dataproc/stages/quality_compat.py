@@ -13,10 +13,7 @@ The two character sets are datatrove's `PUNCTUATION` and `TERMINAL_PUNCTUATION`
 
 from __future__ import annotations
 
-import bisect
 import re
-
-import numpy as np
 
 DT_PUNCTUATION = (
     '\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\r\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18'
@@ -77,34 +74,3 @@ def compat_sentence_spans(text: str) -> list[tuple[int, int]]:
 def n_sentences(line: str) -> int:
     """len(compat_sentences(line)) for a stripped, non-empty line, without building the list."""
     return 1 + len(_SENT_BOUNDARY.findall(line))
-
-
-def greedy_dup_chars(h: np.ndarray, glen: np.ndarray, n: int) -> int:
-    """datatrove's find_all_duplicate over gram hashes: scan left to right; a gram seen before adds
-    its characters and jumps n words ahead (the grams it skips are never recorded), else it is
-    recorded. Only grams that occur more than once can ever be repeats, so the loop visits those
-    positions alone (few in most documents) and jumps over the rest."""
-    order = np.argsort(h, kind="stable")
-    hs = h[order]
-    same = hs[1:] == hs[:-1]
-    multi = np.zeros(len(h), np.bool_)
-    multi[1:] |= same
-    multi[:-1] |= same
-    cand = np.sort(order[multi])
-    if not len(cand):
-        return 0
-    cand_l = cand.tolist()
-    hv = h[cand].tolist()
-    lv = glen[cand].tolist()
-    seen: set[int] = set()
-    total = 0
-    j, m = 0, len(cand_l)
-    while j < m:
-        g = hv[j]
-        if g in seen:
-            total += lv[j]
-            j = bisect.bisect_left(cand_l, cand_l[j] + n, j + 1)
-        else:
-            seen.add(g)
-            j += 1
-    return total
