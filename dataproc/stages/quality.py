@@ -12,7 +12,7 @@ are skipped; stop-word rules apply only to languages with a stop-word list. Docu
 starts with a skip prefix (code) get signals but are never dropped.
 
 Per document this is one tokenisation (one regex `findall`) and a few passes over ints; regexes
-are compiled once, words are interned to ints (Arrow dictionary encoding) and every n-gram rule
+are compiled once, words are interned to ints and every n-gram rule
 is one compiled call (quality_kernels, numba).
 """
 
@@ -232,11 +232,12 @@ class QualityStage:
             for k, _ in self.ngram_dup:
                 q[f"dup_{k}gram_frac"] = 0.0
             return
-        # word ids in order of first occurrence (Arrow's dictionary encoding): exact and the same in
-        # every process (Python's str hash is salted per process, so Spark workers would disagree)
-        arr = pa.array(words, pa.string())
-        ids = pc.dictionary_encode(arr).indices.to_numpy().astype(np.uint64) + np.uint64(1)
-        wlen = pc.utf8_length(arr).to_numpy().astype(np.int64)
+        # word ids in order of first occurrence: exact and the same in every process (Python's str
+        # hash is salted per process, so Spark workers would disagree). A dict beats Arrow's
+        # dictionary_encode here: its fixed cost per call dominates on typical documents.
+        vocab = {w: i for i, w in enumerate(dict.fromkeys(words), 1)}
+        ids = np.fromiter(map(vocab.__getitem__, words), np.uint64, n)
+        wlen = np.fromiter(map(len, words), np.int64, n)
         # Unsegmented scripts: tokens are characters, so an n-word gram spans ~scale*n tokens.
         top_k = np.array([k * scale for k, _ in self.ngram_top], np.int64)
         dup_k = np.array([k * scale for k, _ in self.ngram_dup], np.int64)
