@@ -274,10 +274,14 @@ def main() -> None:
     sp = None
     if args.spacy_docs:
         sub = docs[:: max(1, len(docs) // args.spacy_docs)][: args.spacy_docs]
-        _, sp_cpu = run_datatrove(sub)
-        _, ours_sub = run_ours(sub)
+        sp_dt, sp_cpu = run_datatrove(sub)
+        ours_dec, ours_sub = run_ours(sub)
+        sp_rows, _ = agreement(sub, sp_dt, ours_dec)
         sp = {"docs": len(sub), "datatrove_spacy_cpu_s": sp_cpu, "ours_cpu_s": ours_sub,
-              "ratio": (len(sub) / ours_sub) / (len(sub) / sp_cpu)}
+              "ratio": (len(sub) / ours_sub) / (len(sub) / sp_cpu),
+              "agree_keep_drop": {r["filter"]: r["agree"] for r in sp_rows if r["rule"] == "(keep/drop)"}}
+        print(f"datatrove with its own spaCy tokenizer vs ours (compat), keep/drop agreement on {len(sub):,} docs: "
+              + ", ".join(f"{k} {100 * v:.2f}%" for k, v in sp["agree_keep_drop"].items()))
         speed.append({"side": f"datatrove 0.10.1, spaCy (default), {len(sub):,} docs", "cpu_s": sp_cpu,
                       "docs_per_cpu_s": len(sub) / sp_cpu})
     print_table("speed, one core", ["side", "CPU s", "docs per CPU-second"],
