@@ -124,10 +124,8 @@ class QualityConfig(Q3Config):
     unsegmented_ngram_scale: int = 2   # there, an n-word gram is taken as 2n characters
     skip_prefixes: list[str] = Field(default_factory=lambda: ["code_"])   # signals only, never dropped
     stop_words: dict[str, list[str]] | None = None   # lang -> words; None: the built-in lists
-    # True: datatrove 0.10.1's rule variants (English rules for every document, punctuation tokens
-    # as words, case-sensitive stop words, greedy repeated n-grams, ...), for like-for-like
-    # comparisons (bench/filters_vs_datatrove.py); see docs/dataproc.md for every difference
-    datatrove_compat: bool = False
+    # (bench/filters_vs_datatrove.py; every difference is listed in docs/dataproc.md)
+    datatrove_compat: bool = False   # True: datatrove 0.10.1's rule variants (English rules for every doc), for like-for-like comparisons
 
 
 class PiiConfig(Q3Config):
