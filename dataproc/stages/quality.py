@@ -133,7 +133,7 @@ class QualityStage:
         q["ellipsis_line_ratio"] = sum(1 for s in lines if s.rstrip().endswith(("...", "…"))) / n_lines
         stop = self.stop.get(lang.partition("_")[0])
         if stop is not None:
-            q["stopword_count"] = len(stop.intersection(w.lower() for w in set(words)))
+            q["stopword_count"] = len(stop.intersection(map(str.lower, set(words))))
 
         if "gopher_quality" in families:
             self._gopher_quality(q, failed, unseg, stop is not None)
