@@ -124,6 +124,8 @@ class QualityConfig(Q3Config):
     unsegmented_ngram_scale: int = 2   # there, an n-word gram is taken as 2n characters
     skip_prefixes: list[str] = Field(default_factory=lambda: ["code_"])   # signals only, never dropped
     stop_words: dict[str, list[str]] | None = None   # lang -> words; None: the built-in lists
+    # (bench/filters_vs_datatrove.py; every difference is listed in docs/dataproc.md)
+    datatrove_compat: bool = False   # True: datatrove 0.10.1's rule variants (English rules for every doc), for like-for-like comparisons
 
 
 class PiiConfig(Q3Config):

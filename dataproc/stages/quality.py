@@ -12,7 +12,8 @@ are skipped; stop-word rules apply only to languages with a stop-word list. Docu
 starts with a skip prefix (code) get signals but are never dropped.
 
 Per document this is one tokenisation (one regex `findall`) and a few passes over ints; regexes
-are compiled once, words are interned to ints for the n-gram passes.
+are compiled once, words are interned to ints and every n-gram rule
+is one compiled call (quality_kernels, numba).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import pyarrow.compute as pc
 
 from dataproc.config import QualityConfig
 from dataproc.stage import conform, reject
+from dataproc.stages import quality_compat as dt
+from dataproc.stages.quality_kernels import ngram_chars
 from q3.schemas import QUALITY_TYPE
 
 # Stop words: Gopher's English list, and equally small lists of the most frequent function words
@@ -60,7 +63,6 @@ _FW_END = (".", "!", "?", "。", "！", "？", "؟", "।", "॥", "۔", "‼", 
            "܀", "܁", "܂", "߹", "᥄", "᥅", "᱾", "᱿")
 _SENT_END = re.compile(r"[.!?。！？؟।]+(?=\s|$)")
 
-_PRIME = np.uint64(1_000_003)
 _FIELDS = [f.name for f in QUALITY_TYPE]
 _PII = [n for n in _FIELDS if n.startswith("pii_")]
 
@@ -90,10 +92,15 @@ class QualityStage:
         self.alpha_over_tokens = self.cfg.gopher_quality.alpha_ratio_over == "tokens"
         self.ngram_top = sorted(self.cfg.gopher_repetition.top_ngrams.items())
         self.ngram_dup = sorted(self.cfg.gopher_repetition.dup_ngrams.items())
+        self.compat = self.cfg.datatrove_compat
+        if self.compat:   # datatrove: Gopher's English stop words for every document, case-sensitive
+            self.dt_stop = frozenset(stop.get("eng", STOP_WORDS["eng"]))
 
     # ---- one document ------------------------------------------------------------------------
     def measure(self, text: str, lang: str | None) -> tuple[dict[str, Any], list[tuple[str, str]], str | None]:
         """(signals, failed rules as (reason, detail), rewritten text or None) for one document."""
+        if self.compat:
+            return self._measure_compat(text)
         lang = lang or ""
         script = lang.partition("_")[2]
         unseg = script in self.unseg
@@ -126,33 +133,10 @@ class QualityStage:
         q["ellipsis_line_ratio"] = sum(1 for s in lines if s.rstrip().endswith(("...", "…"))) / n_lines
         stop = self.stop.get(lang.partition("_")[0])
         if stop is not None:
-            q["stopword_count"] = len(stop.intersection(w.lower() for w in set(words)))
+            q["stopword_count"] = len(stop.intersection(map(str.lower, set(words))))
 
         if "gopher_quality" in families:
-            g = self.cfg.gopher_quality
-            if g.min_words and n_words < g.min_words:
-                failed.append(("gopher_min_words", f"{n_words} words < {g.min_words}"))
-            if g.max_words and n_words > g.max_words:
-                failed.append(("gopher_max_words", f"{n_words} words > {g.max_words}"))
-            if not unseg and n_words:
-                if g.min_avg_word_len and q["mean_word_len"] < g.min_avg_word_len:
-                    failed.append(("gopher_min_avg_word_len", f"{q['mean_word_len']:.2f}"))
-                if g.max_avg_word_len and q["mean_word_len"] > g.max_avg_word_len:
-                    failed.append(("gopher_max_avg_word_len", f"{q['mean_word_len']:.2f}"))
-            if g.max_symbol_word_ratio is not None:
-                if q["hash_word_ratio"] > g.max_symbol_word_ratio:
-                    failed.append(("gopher_hash_ratio", f"{q['hash_word_ratio']:.3f}"))
-                if q["ellipsis_word_ratio"] > g.max_symbol_word_ratio:
-                    failed.append(("gopher_ellipsis_ratio", f"{q['ellipsis_word_ratio']:.3f}"))
-            if g.max_bullet_lines_ratio is not None and q["bullet_line_ratio"] > g.max_bullet_lines_ratio:
-                failed.append(("gopher_bullet_lines", f"{q['bullet_line_ratio']:.3f}"))
-            if g.max_ellipsis_lines_ratio is not None and q["ellipsis_line_ratio"] > g.max_ellipsis_lines_ratio:
-                failed.append(("gopher_ellipsis_lines", f"{q['ellipsis_line_ratio']:.3f}"))
-            if g.min_alpha_words_ratio is not None and q["alpha_word_ratio"] < g.min_alpha_words_ratio:
-                failed.append(("gopher_alpha_words", f"{q['alpha_word_ratio']:.3f}"))
-            if g.min_stop_words and stop is not None and not unseg and q["stopword_count"] < g.min_stop_words:
-                failed.append(("gopher_stop_words", f"{q['stopword_count']} < {g.min_stop_words}"))
-
+            self._gopher_quality(q, failed, unseg, stop is not None)
         if "gopher_repetition" in families:
             self._repetition(text, n_text, words, q, failed, self.cfg.unsegmented_ngram_scale if unseg else 1)
         rewritten = self._c4(lines, unseg, q, failed) if "c4" in families else None
@@ -161,8 +145,68 @@ class QualityStage:
             self._fineweb(text, lines, len(toks), q, failed, unseg)
         return q, failed, rewritten
 
+    def _gopher_quality(self, q: dict, failed: list, unseg: bool, stop: bool) -> None:
+        g = self.cfg.gopher_quality
+        n_words = q["n_words"]
+        if g.min_words and n_words < g.min_words:
+            failed.append(("gopher_min_words", f"{n_words} words < {g.min_words}"))
+        if g.max_words and n_words > g.max_words:
+            failed.append(("gopher_max_words", f"{n_words} words > {g.max_words}"))
+        if not unseg and n_words:
+            if g.min_avg_word_len and q["mean_word_len"] < g.min_avg_word_len:
+                failed.append(("gopher_min_avg_word_len", f"{q['mean_word_len']:.2f}"))
+            if g.max_avg_word_len and q["mean_word_len"] > g.max_avg_word_len:
+                failed.append(("gopher_max_avg_word_len", f"{q['mean_word_len']:.2f}"))
+        if g.max_symbol_word_ratio is not None:
+            if q["hash_word_ratio"] > g.max_symbol_word_ratio:
+                failed.append(("gopher_hash_ratio", f"{q['hash_word_ratio']:.3f}"))
+            if q["ellipsis_word_ratio"] > g.max_symbol_word_ratio:
+                failed.append(("gopher_ellipsis_ratio", f"{q['ellipsis_word_ratio']:.3f}"))
+        if g.max_bullet_lines_ratio is not None and q["bullet_line_ratio"] > g.max_bullet_lines_ratio:
+            failed.append(("gopher_bullet_lines", f"{q['bullet_line_ratio']:.3f}"))
+        if g.max_ellipsis_lines_ratio is not None and q["ellipsis_line_ratio"] > g.max_ellipsis_lines_ratio:
+            failed.append(("gopher_ellipsis_lines", f"{q['ellipsis_line_ratio']:.3f}"))
+        if g.min_alpha_words_ratio is not None and q["alpha_word_ratio"] < g.min_alpha_words_ratio:
+            failed.append(("gopher_alpha_words", f"{q['alpha_word_ratio']:.3f}"))
+        if g.min_stop_words and stop and not unseg and q["stopword_count"] < g.min_stop_words:
+            failed.append(("gopher_stop_words", f"{q['stopword_count']} < {g.min_stop_words}"))
+
+    def _measure_compat(self, text: str) -> tuple[dict[str, Any], list[tuple[str, str]], str | None]:
+        """datatrove 0.10.1's variants of the same rules (quality_compat), English for every document."""
+        families = self.families
+        q: dict[str, Any] = {}
+        failed: list[tuple[str, str]] = []
+        toks = dt.compat_tokens(text)      # punctuation tokens are words here, as in datatrove
+        n_tok = len(toks)
+        joined = "\n".join(toks)
+        symbols = dt.SYMBOL_TOKEN.findall(joined)
+        n_words = n_tok - len(symbols)
+        q["n_words"] = n_words
+        lines = text.splitlines()
+        n_lines = max(len(lines), 1)
+        q["n_lines"] = len(lines)
+        q["alpha_word_ratio"] = len(dt.ALPHA_TOKEN.findall(joined)) / max(n_tok, 1)
+        q["mean_word_len"] = ((len(joined) - n_tok + 1 - sum(map(len, symbols))) / n_words) if n_words else 0.0
+        q["hash_word_ratio"] = text.count("#") / max(n_tok, 1)
+        q["ellipsis_word_ratio"] = (text.count("...") + text.count("…")) / max(n_tok, 1)
+        q["symbol_word_ratio"] = max(q["hash_word_ratio"], q["ellipsis_word_ratio"])
+        q["bullet_line_ratio"] = sum(1 for s in lines if s.lstrip().startswith(("•", "-"))) / n_lines
+        q["ellipsis_line_ratio"] = sum(1 for s in lines if s.rstrip().endswith(("...", "…"))) / n_lines
+        q["stopword_count"] = len(self.dt_stop.intersection(toks))
+        if "gopher_quality" in families:
+            self._gopher_quality(q, failed, unseg=False, stop=True)
+        if "gopher_repetition" in families:
+            if not text:
+                failed.append(("gopher_empty", "empty text"))
+            else:
+                self._repetition(text, len(text), toks, q, failed, compat=True)
+        rewritten = self._c4(lines, False, q, failed) if "c4" in families else None
+        if "fineweb" in families:
+            self._fineweb(text, lines, n_tok, q, failed)
+        return q, failed, rewritten
+
     def _repetition(self, text: str, n_text: int, words: list[str], q: dict, failed: list,
-                    scale: int = 1) -> None:
+                    scale: int = 1, compat: bool = False) -> None:
         r = self.cfg.gopher_repetition
         paras = _PARA_SPLIT.split(text.strip())
         dup, dup_chars = _find_duplicates(paras)
@@ -178,8 +222,9 @@ class QualityStage:
                                  ("dup_line_char_frac", r.dup_line_char_frac, "gopher_dup_line_char_frac")):
             if thr is not None and q[key] > thr:
                 failed.append((reason, f"{q[key]:.3f} > {thr}"))
-        # n-grams over word ids, hashed with numpy (one vectorised pass per n). Characters of a
-        # gram = the sum of its words' lengths (as datatrove, which joins words without separator).
+        # n-grams over word ids, counted by one compiled call (quality_kernels). Characters of a
+        # gram = the sum of its words' lengths (as datatrove's repeated n-grams, which join words
+        # without separator; its top n-gram joins them with spaces: compat mode adds those).
         n = len(words)
         if n < 2:
             for k, _ in self.ngram_top:
@@ -187,61 +232,24 @@ class QualityStage:
             for k, _ in self.ngram_dup:
                 q[f"dup_{k}gram_frac"] = 0.0
             return
-        # word ids in order of first occurrence: exact and the same in every process (Python's
-        # str hash is salted per process, so Spark workers would disagree on ties and collisions)
-        vocab: dict[str, int] = {}
-        ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), np.int64, n).view(np.uint64) + 1
+        # word ids in order of first occurrence: exact and the same in every process (Python's str
+        # hash is salted per process, so Spark workers would disagree). A dict beats Arrow's
+        # dictionary_encode here: its fixed cost per call dominates on typical documents.
+        vocab = {w: i for i, w in enumerate(dict.fromkeys(words), 1)}
+        ids = np.fromiter(map(vocab.__getitem__, words), np.uint64, n)
         wlen = np.fromiter(map(len, words), np.int64, n)
-        csum = np.concatenate(([0], np.cumsum(wlen)))
-        h = ids.copy()
         # Unsegmented scripts: tokens are characters, so an n-word gram spans ~scale*n tokens.
-        top = {k * scale: (k, thr) for k, thr in self.ngram_top}
-        dup = {k * scale: (k, thr) for k, thr in self.ngram_dup}
-        max_k = max([*top, *dup], default=1)
-        with np.errstate(over="ignore"):
-            for k in range(2, max_k + 1):
-                if n < k:
-                    if k in top:
-                        q[f"top_{top[k][0]}gram_frac"] = 0.0
-                    if k in dup:
-                        q[f"dup_{dup[k][0]}gram_frac"] = 0.0
-                    continue
-                h = h[:-1] * _PRIME + ids[k - 1:]          # hash of the gram starting at each position
-                if k not in top and k not in dup:
-                    continue
-                # one stable sort groups equal grams; within a group the first element is the
-                # gram's first occurrence, every other element a repeat
-                order = np.argsort(h, kind="stable")
-                hs = h[order]
-                starts_mask = np.empty(len(h), np.bool_)
-                starts_mask[0] = True
-                np.not_equal(hs[1:], hs[:-1], out=starts_mask[1:])
-                if k in top:
-                    name, thr = top[k]
-                    starts = np.flatnonzero(starts_mask)
-                    counts = np.diff(starts, append=len(h))
-                    # the most frequent gram; among equally frequent ones the longest, so the
-                    # value never depends on which tied gram a sort happens to put first
-                    most = int(counts.max())
-                    pos = order[starts[counts == most]]
-                    frac = float((csum[pos + k] - csum[pos]).max() * most) / n_text
-                    q[f"top_{name}gram_frac"] = frac
-                    if frac > thr:
-                        failed.append((f"gopher_top_{name}gram", f"{frac:.3f} > {thr}"))
-                if k in dup:
-                    name, thr = dup[k]
-                    # Gopher: characters inside any repeated occurrence of an n-gram (each once).
-                    repeat = order[~starts_mask]
-                    if len(repeat):
-                        cover = np.zeros(n + 1, np.int32)
-                        np.add.at(cover, repeat, 1)
-                        np.add.at(cover, repeat + k, -1)
-                        frac = float(wlen[np.cumsum(cover[:n]) > 0].sum()) / n_text
-                    else:
-                        frac = 0.0
-                    q[f"dup_{name}gram_frac"] = frac
-                    if frac > thr:
-                        failed.append((f"gopher_dup_{name}gram", f"{frac:.3f} > {thr}"))
+        top_k = np.array([k * scale for k, _ in self.ngram_top], np.int64)
+        dup_k = np.array([k * scale for k, _ in self.ngram_dup], np.int64)
+        top_chars, dup_chars = ngram_chars(ids, wlen, top_k, dup_k, compat)
+        for (name, thr), chars in zip(self.ngram_top, top_chars.tolist(), strict=True):
+            q[f"top_{name}gram_frac"] = frac = chars / n_text
+            if frac > thr:
+                failed.append((f"gopher_top_{name}gram", f"{frac:.3f} > {thr}"))
+        for (name, thr), chars in zip(self.ngram_dup, dup_chars.tolist(), strict=True):
+            q[f"dup_{name}gram_frac"] = frac = chars / n_text
+            if frac > thr:
+                failed.append((f"gopher_dup_{name}gram", f"{frac:.3f} > {thr}"))
 
     def _c4(self, lines: list[str], unseg: bool, q: dict, failed: list) -> str | None:
         c = self.cfg.c4
@@ -249,14 +257,19 @@ class QualityStage:
         sentences = 0
         doc_reason = None
         tok = _TOKENS_UNSEG if unseg else None
+        compat = self.compat
+        ends = dt.C4_END if compat else _C4_END
         for line in lines:
             line = line.strip()
+            if compat:   # datatrove: words and the long-word test before citations are removed
+                words = line.split()
             if c.remove_citations and "[" in line:
                 line = _CITATION.sub("", line)
             # cheapest test first: most dropped lines lack terminal punctuation
-            if not line.endswith(_C4_END) or line.endswith("..."):
+            if not line.endswith(ends) or line.endswith("..."):
                 continue
-            words = line.split()
+            if not compat:
+                words = line.split()
             if len(line) > c.max_word_len and any(len(w) > c.max_word_len for w in words):
                 continue
             n_words = sum(1 for t in tok.findall(line) if t) if tok is not None else len(words)
@@ -271,7 +284,7 @@ class QualityStage:
                 doc_reason = doc_reason or ("c4_curly_bracket", line[:80])
             if c.drop_policy_lines and any(p in low for p in _POLICY):
                 continue
-            sentences += max(len(_SENT_END.findall(line)), 1)
+            sentences += dt.n_sentences(line) if compat else max(len(_SENT_END.findall(line)), 1)
             kept.append(line)
         q["c4_sentences"] = sentences
         q["c4_line_ratio"] = len(kept) / max(len(lines), 1)
@@ -285,9 +298,16 @@ class QualityStage:
                  unseg: bool = False) -> None:
         f = self.cfg.fineweb
         short = f.short_line_length_unsegmented if unseg else f.short_line_length
-        nonempty = [ln for ln in lines if ln.strip()]
+        if self.compat:   # datatrove: lines split at "\n" only, its TERMINAL_PUNCTUATION
+            nonempty = [ln for ln in text.split("\n") if ln.strip()]
+            if not nonempty:
+                failed.append(("fineweb_empty", "no non-empty line"))
+            stop_chars = dt.FW_END
+        else:
+            nonempty = [ln for ln in lines if ln.strip()]
+            stop_chars = _FW_END
         n = max(len(nonempty), 1)
-        q["line_punct_ratio"] = ratio = sum(1 for ln in nonempty if ln.endswith(_FW_END)) / n
+        q["line_punct_ratio"] = ratio = sum(1 for ln in nonempty if ln.endswith(stop_chars)) / n
         if f.line_punct_thr is not None and ratio < f.line_punct_thr and not (
                 ratio == 0 and f.line_punct_exclude_zero):
             failed.append(("fineweb_line_punct", f"{ratio:.3f} < {f.line_punct_thr}"))
