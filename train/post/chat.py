@@ -30,12 +30,11 @@ from typing import Any, Literal
 
 from q3.config import ConfigError
 from q3.log import get_logger
-from q3.tokenizer import EOD_ID, encode, render_chat
+from q3.tokenizer import EOD_ID, IM_END, encode, render_chat
 from train.sampling import THINKING_BUDGET_TEXT
 
 log = get_logger("train.post.chat")
 
-IM_END = "<|im_end|>"
 ROLES = ("system", "user", "assistant", "tool")
 
 
