@@ -195,3 +195,17 @@ def test_commit_marker_and_stats(tmp_path):
         CorpusStats.model_validate({"input_docs": 5, "kept_docs": 3, "rejected_docs": 1}).check_balance()
     m2 = CommitMarker.model_validate({"commit_id": "c1", "job_key": {"id": "k", "kind": "dedup", "input": "i"}})
     assert m2.job_key is not None and m2.job_key.kind == "dedup"
+
+
+def test_optimize_reads_trainer_results_through_the_contract(tmp_path):
+    from dataproc.mix.optimize import OptimizeConfig, _proxy_loss
+
+    p = tmp_path / "result.json"
+    cfg = OptimizeConfig(input="m.yaml", validation=["web"], proxy="trainer")
+    assert _proxy_loss(cfg, RESULT, p) == 9.8
+    with pytest.raises(ContractError, match="result.json: StageResult: missing field 'checkpoint'"):
+        _proxy_loss(cfg, {k: v for k, v in RESULT.items() if k != "checkpoint"}, p)
+    custom = cfg.model_copy(update={"proxy_command": ["my-trainer", "{out_dir}"], "result_key": "loss"})
+    assert _proxy_loss(custom, {"loss": 2.5}, p) == 2.5         # a custom command only promises result_key
+    with pytest.raises(ContractError, match="'loss' is not a number"):
+        _proxy_loss(custom, {"loss": "n/a"}, p)
