@@ -1,6 +1,6 @@
 """`q3 data <verb>`: the corpus pipeline's verbs (each also a spark-submit module)."""
 
-from q3.cli import verb
+from q3.verbs import verb
 
 VERBS = {
     "sample": verb("dataproc.sample:cli", "Build the real multilingual sample corpus (Debian manpages + Python sources)."),

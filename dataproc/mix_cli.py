@@ -1,6 +1,6 @@
 """`q3 mix <verb>`: token datasets, stage-mixing manifests, mixture optimisation, scaling laws."""
 
-from q3.cli import verb
+from q3.verbs import verb
 
 VERBS = {
     "tokenize": verb("dataproc.jobs.tokenise:cli", "Tokenise kept documents into Megatron .bin/.idx datasets (Spark)."),

@@ -1,6 +1,6 @@
 """`q3 label <verb>`: judge a sample, train classifiers on judge labels, label every document."""
 
-from q3.cli import verb
+from q3.verbs import verb
 
 VERBS = {
     "judge": verb("labeling.judge:cli", "LLM-judge a stratified sample on every dimension."),

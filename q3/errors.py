@@ -6,7 +6,7 @@
   read (or there were none), or when an endpoint answered nothing. `allow_empty=true` accepts an
   empty result (exit 0, with a warning), e.g. for a shard that may legitimately be empty.
 
-`q3.cli.main` and `script_main` print the message as `q3 <area> <verb>: <message>` and exit.
+`q3.cli.main` and `q3.verbs.script_main` print the message as `q3 <area> <verb>: <message>` and exit.
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@ every document; `<think>` = 151,667, `</think>` = 151,668. `load_tokenizer` asse
 `render_chat` is the one renderer of the shipped Qwen3 chat template (jinja2 sandbox, as
 transformers renders it); chat SFT data, generation and serving all go through it.
 
+`ChatTokenizer` is the one tokenizer object of generation and serving (encode, decode, chat
+template, the tokens safe inside a JSON string); `tokenizer_dir()` is the one place that resolves
+the files' folder (`Q3_TOKENIZER_DIR` overrides it) and `TOKENIZER_FILES` what an HF export ships.
+Other modules take special ids and marker strings (`IM_END`, `THINK`, ...) from here.
+
 `MegatronQwen3Tokenizer` is the duck-typed object megatron-core's `GPTDatasetConfig(tokenizer=...)`
 and `BlendedMegatronDatasetBuilder` need (`unique_identifiers`, `eod`, `vocab_size`, `tokenize`,
 `detokenize`); it does not import megatron, so `q3/` stays importable everywhere.
@@ -33,10 +38,17 @@ N_BPE = 151_643
 N_SPECIAL = 26
 VOCAB_SIZE = N_BPE + N_SPECIAL          # 151,669
 EOD_ID = 151_643                         # <|endoftext|>
+ENDOFTEXT_ID = EOD_ID
 IM_START_ID = 151_644
 IM_END_ID = 151_645
 THINK_ID = 151_667
 END_THINK_ID = 151_668
+STOP_IDS = frozenset({ENDOFTEXT_ID, IM_END_ID})    # generation ends at either
+ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+THINK, END_THINK = "<think>", "</think>"
+# what an HF export folder ships; vocab.json/merges.txt only where the source folder has them
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+REQUIRED_TOKENIZER_FILES = TOKENIZER_FILES[:2]
 SPECIAL_TOKENS: dict[str, int] = {
     "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
     "<|object_ref_start|>": 151646, "<|object_ref_end|>": 151647, "<|box_start|>": 151648,
@@ -193,6 +205,41 @@ class MegatronQwen3Tokenizer:
     def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
         """Render the shipped Qwen3 chat template (see `render_chat`)."""
         return render_chat(messages, directory=self._dir, **kwargs)
+
+
+class ChatTokenizer:
+    """Qwen3's tokenizer and chat template for generation and serving, without transformers.
+
+    `directory`: a folder with its own tokenizer files (an HF export), else `tokenizer_dir()`.
+    The files are checked for Qwen3's ids like everywhere else (`load_tokenizer`)."""
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        has_own = directory is not None and (Path(directory) / "tokenizer.json").is_file()
+        self.dir = Path(directory) if has_own else tokenizer_dir()
+        self.tk = load_tokenizer(str(self.dir))
+
+    def encode(self, text: str) -> list[int]:
+        return self.tk.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tk.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tk.get_vocab_size(with_added_tokens=True)
+
+    def render(self, messages: list[dict[str, Any]], thinking: bool, add_generation_prompt: bool = True) -> str:
+        return render_chat(messages, enable_thinking=thinking, add_generation_prompt=add_generation_prompt,
+                           directory=str(self.dir))
+
+    @functools.cached_property
+    def string_safe_ids(self) -> np.ndarray:
+        """Sorted ids of tokens that may appear inside a JSON string unescaped (no quote,
+        backslash or control byte; no special tokens): the JSON-schema decoder's alphabet."""
+        bad = {'"', "\\"} | {chr(256 + i) for i in range(32)}     # byte-level chars of bytes 0x00-0x1f
+        ids = [i for tok, i in self.tk.get_vocab(with_added_tokens=False).items()
+               if i < ENDOFTEXT_ID and tok and not (set(tok) & bad)]
+        return np.asarray(sorted(ids), dtype=np.int64)
 
 
 def get_tokenizer(directory: str | None = None) -> MegatronQwen3Tokenizer:

@@ -1,6 +1,6 @@
 """`q3 synth <verb>`: synthetic generation, verifiable RL pairs, long-CoT cold start."""
 
-from q3.cli import verb
+from q3.verbs import verb
 
 VERBS = {
     "run": verb("synth.engine:cli", "Generate synthetic data from templates against an endpoint (Spark or local)."),

@@ -34,6 +34,7 @@ from q3.errors import require_nonempty, require_path
 from q3.jsonl import read_jsonl
 from q3.log import get_logger, print_table
 from q3.paths import data_dir
+from q3.tokenizer import THINK
 from synth import filters
 from synth.llm_calls import EndpointConfig, EndpointUnavailable, ask_sync, run_cli_job
 from synth.verifiers import verify
@@ -101,7 +102,7 @@ def _body(content: str, s: Sampling, seed: int) -> dict[str, Any]:
 def as_thinking_response(res: dict[str, Any]) -> str:
     """Qwen3 assistant text: servers either inline <think>...</think> or return it as `reasoning`."""
     text = (res.get("text") or "").strip()
-    if res.get("reasoning") and "<think>" not in text:
+    if res.get("reasoning") and THINK not in text:
         return f"<think>\n{res['reasoning'].strip()}\n</think>\n\n{text}"
     return text
 

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from q3.tokenizer import END_THINK, THINK
 from synth.verifiers import VERIFIERS, verify
 from synth.verifiers.math_answer import answers_equal, extract_answer, last_boxed
 
@@ -25,10 +26,10 @@ from synth.verifiers.math_answer import answers_equal, extract_answer, last_boxe
 
 def split_think(response: str) -> tuple[str, str] | None:
     """(thinking, summary) of a Qwen3 thinking-mode response, or None if the tags are malformed."""
-    if response.count("<think>") != 1 or response.count("</think>") != 1:
+    if response.count(THINK) != 1 or response.count(END_THINK) != 1:
         return None
-    pre, rest = response.split("<think>", 1)
-    think, summary = rest.split("</think>", 1)
+    pre, rest = response.split(THINK, 1)
+    think, summary = rest.split(END_THINK, 1)
     if pre.strip():
         return None
     return think.strip(), summary.strip()

@@ -1,6 +1,6 @@
 """`q3 train <verb>`: megatron-core Qwen3 pretraining, checkpoints, HF export/import, generation."""
 
-from q3.cli import verb
+from q3.verbs import verb
 
 VERBS = {
     "pretrain": verb("train.pretrain:cli", "Pretrain a stage from its manifest (runs under torchrun too).",

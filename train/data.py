@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from q3.manifest import StageManifest
+from q3.tokenizer import EOD_ID
 
-QWEN3_EOD = 151643        # <|endoftext|>: document separator in our indexed datasets
+QWEN3_EOD = EOD_ID        # <|endoftext|>: document separator in our indexed datasets
 
 
 class DatasetTokenizer:

@@ -25,11 +25,10 @@ import torch
 
 from q3.config import ConfigError, load_config
 from q3.log import get_logger
+from q3.tokenizer import END_THINK, END_THINK_ID, IM_END_ID, STOP_IDS, THINK, THINK_ID, ChatTokenizer
 from train.config import GenerateConfig  # noqa: F401 (re-export: its home is the light train.config)
 from train.rollout import Rollout, RolloutEngine, eval_mode, row_seed
 from train.sampling import (
-    END_THINK_ID,
-    THINK_ID,
     THINKING_BUDGET_TEXT,
     SamplingParams,
     preset_for,
@@ -37,52 +36,13 @@ from train.sampling import (
 )
 
 log = get_logger("train.generate")
-ENDOFTEXT_ID, IM_END_ID = 151643, 151645
-STOP_IDS = frozenset({ENDOFTEXT_ID, IM_END_ID})
 _FLAG = re.compile(r"/(no_think|think)\b")
 
 
 # ---------------------------------------------------------------- tokenizer and chat template
 
-class Tokenizer:
-    """The Qwen3 tokenizer (tokenizers library) and its chat template (`q3.tokenizer.render_chat`),
-    without transformers. `directory`: an HF folder with its own tokenizer files, else Qwen3's."""
-
-    def __init__(self, directory: str | Path | None = None):
-        from tokenizers import Tokenizer as HFTokenizer
-
-        from q3.tokenizer import tokenizer_dir
-
-        d = Path(directory) if directory and (Path(directory) / "tokenizer.json").is_file() else tokenizer_dir()
-        self.dir = d
-        self.tk = HFTokenizer.from_file(str(d / "tokenizer.json"))
-
-    def encode(self, text: str) -> list[int]:
-        return self.tk.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tk.decode(list(ids), skip_special_tokens=False)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tk.get_vocab_size(with_added_tokens=True)
-
-    def render(self, messages: list[dict], thinking: bool, add_generation_prompt: bool = True) -> str:
-        from q3.tokenizer import render_chat
-
-        return render_chat(messages, enable_thinking=thinking, add_generation_prompt=add_generation_prompt,
-                           directory=str(self.dir))
-
-    @cached_property
-    def string_safe(self) -> torch.Tensor:
-        """bool [vocab]: tokens that may appear inside a JSON string unescaped (no quote,
-        backslash or control byte; no special tokens)."""
-        bad = {'"', "\\"} | {chr(256 + i) for i in range(32)}     # byte-level chars of bytes 0x00-0x1f
-        mask = torch.zeros(self.vocab_size, dtype=torch.bool)
-        for tok, i in self.tk.get_vocab(with_added_tokens=False).items():
-            if i < ENDOFTEXT_ID and tok and not (set(tok) & bad):
-                mask[i] = True
-        return mask
+# one tokenizer class for the project (q3.tokenizer); the name stays for generate's callers
+Tokenizer = ChatTokenizer
 
 
 def thinking_mode(messages: list[dict], default: bool = True) -> bool:
@@ -173,12 +133,12 @@ class Completion:
 
 def split_thinking(text: str) -> tuple[str | None, str]:
     """(reasoning, answer) of a generated text."""
-    if "</think>" not in text:
-        if "<think>" in text:               # still thinking when cut off
-            return text.split("<think>", 1)[1].strip(), ""
+    if END_THINK not in text:
+        if THINK in text:                   # still thinking when cut off
+            return text.split(THINK, 1)[1].strip(), ""
         return None, text.strip()
-    head, tail = text.split("</think>", 1)
-    reasoning = head.split("<think>", 1)[-1].strip()
+    head, tail = text.split(END_THINK, 1)
+    reasoning = head.split(THINK, 1)[-1].strip()
     if tail.startswith("."):                # the budget text closes with "</think>.\n\n"
         tail = tail[1:]
     return reasoning, tail.strip()
@@ -327,7 +287,7 @@ class JsonDecoder:
     def string(self, s: dict, delim: list[int]) -> None:
         max_tokens = int(s.get("maxLength", 16))
         self.force('"')
-        safe = torch.nonzero(self.tok.string_safe).flatten()
+        safe = torch.from_numpy(self.tok.string_safe_ids)
         safe_or_end = torch.cat([safe, torch.tensor([self.quote])])
         n = 0
         while n < max_tokens:
@@ -366,7 +326,6 @@ def chat(lm: LM, tok: Tokenizer, messages: list[dict], params: SamplingParams | 
     if json_schema is None:
         emit = None
         if on_token is not None:
-            from train.rollout import STOP_IDS
 
             def emit(choice: int, token: int) -> None:   # the stop token is not part of a Completion
                 if token not in STOP_IDS:

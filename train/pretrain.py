@@ -172,6 +172,7 @@ def cli(config: str | None, overrides: list[str]) -> int:
 if __name__ == "__main__":
     import sys
 
-    from q3.cli import main
+    from q3.verbs import script_main
+    from train.cli import VERBS
 
-    sys.exit(main(["train", "pretrain", *sys.argv[1:]]))
+    sys.exit(script_main(VERBS["pretrain"], None, prog="q3 train pretrain"))

@@ -26,10 +26,9 @@ from itertools import groupby
 
 import torch
 
-from q3.tokenizer import END_THINK_ID, EOD_ID, IM_END_ID, IM_START_ID, THINK_ID, VOCAB_SIZE
+from q3.tokenizer import END_THINK_ID, EOD_ID, IM_START_ID, STOP_IDS, THINK_ID, VOCAB_SIZE
 from train.sampling import SamplingParams, ThinkingBudget, sample_batch
 
-STOP_IDS = frozenset({EOD_ID, IM_END_ID})
 OnToken = Callable[[int, int], None]
 Cancel = threading.Event | Callable[[int], bool]     # all prompts, or per prompt index
 

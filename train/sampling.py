@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-THINK_ID, END_THINK_ID = 151667, 151668          # <think>, </think>
+from q3.tokenizer import END_THINK_ID, THINK_ID
+
 THINKING_BUDGET_TEXT = ("Considering the limited time by the user, I have to give the solution based on "
                         "the thinking directly now.\n</think>.\n\n")
 

@@ -48,9 +48,10 @@ from pydantic import Field
 from q3.config import Q3Config, load_config
 from q3.log import get_logger
 from q3.proc import stop
+from q3.tokenizer import THINK_ID
 from train.generate import LM, Completion, SchemaError, Tokenizer, chat, completion, load_lm, thinking_mode
 from train.rollout import Rollout
-from train.sampling import THINK_ID, preset_for
+from train.sampling import preset_for
 from train.serve_batch import Busy, Scheduler, Work, wait
 from train.serve_limits import (
     BadRequest,

@@ -18,10 +18,11 @@ import codecs
 import math
 from functools import cached_property
 
+from q3.tokenizer import END_THINK, THINK
 from train.generate import Tokenizer
 
 LOGPROB_FLOOR = -9999.0     # what OpenAI/vLLM report for -inf (JSON has no infinities)
-_OPEN, _CLOSE = "<think>", "</think>"
+_OPEN, _CLOSE = THINK, END_THINK
 
 
 def _byte_decoder() -> dict[str, int]:

@@ -80,7 +80,7 @@ def cli(config: str | None, overrides: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from q3.cli import script_main
+    from q3.verbs import script_main
 
     return script_main(cli, __doc__, argv)
 

@@ -334,6 +334,6 @@ def cli(config: str | None, overrides: list[str]) -> int:
 
 
 if __name__ == "__main__":      # spark-submit dataproc/jobs/tokenise.py --config demo [k=v ...]
-    from q3.cli import script_main
+    from q3.verbs import script_main
 
     sys.exit(script_main(cli, __doc__))

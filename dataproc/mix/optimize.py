@@ -42,6 +42,7 @@ from pydantic import Field
 from dataproc.mix.trainer_runs import run_trainer
 from q3.atomic import atomic_write_text
 from q3.config import Q3Config, load_config
+from q3.contracts import ContractError, ProxyRunResult, StageResult, parse_contract, read_contract
 from q3.errors import require_path
 from q3.log import get_logger, print_table, progress
 from q3.manifest import StageManifest, dump_manifest, load_manifest
@@ -192,7 +193,7 @@ def _run_proxy(cfg: OptimizeConfig, base: StageManifest, corpus: Corpus | None, 
                run_dir: Path, seed: int) -> float:
     result = run_dir / "result.json"
     if result.is_file():                               # resume: finished runs are kept
-        return float(json.loads(result.read_text())["val_loss"])
+        return read_contract(ProxyRunResult, result).val_loss
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / "manifest.yaml"
     atomic_write_text(manifest_path, dump_manifest(with_weights(base, mix)))
@@ -204,10 +205,22 @@ def _run_proxy(cfg: OptimizeConfig, base: StageManifest, corpus: Corpus | None, 
                "steps": cfg.proxy_steps, "train_config": cfg.train_config, "split": cfg.proxy_split,
                "validation": "[" + ",".join(cfg.validation) + "]"}
         cmd = [a.format(**fmt) for a in cfg.proxy_command] + list(cfg.proxy_overrides)
-        res = run_trainer(cmd, Path(cfg.result_file.format(**fmt)), run_dir / "proxy.log", cfg.result_key)
-        loss = float(res[cfg.result_key])
+        result_file = Path(cfg.result_file.format(**fmt))
+        res = run_trainer(cmd, result_file, run_dir / "proxy.log", cfg.result_key)
+        loss = _proxy_loss(cfg, res, result_file)
     atomic_write_text(result, json.dumps({"val_loss": loss, "weights": mix}, sort_keys=True))
     return loss
+
+
+def _proxy_loss(cfg: OptimizeConfig, res: dict, result_file: Path) -> float:
+    """The proxy's loss. Our trainer's result.json is read as a `StageResult` (a missing or bad field
+    is one line naming the file); a custom `proxy_command` only promises `result_key`."""
+    if cfg.proxy_command == OptimizeConfig.model_fields["proxy_command"].get_default(call_default_factory=True):
+        return parse_contract(StageResult, res, result_file).metric(cfg.result_key, result_file)
+    try:
+        return float(res[cfg.result_key])
+    except (TypeError, ValueError):
+        raise ContractError(f"{result_file}: {cfg.result_key!r} is not a number: {res[cfg.result_key]!r}") from None
 
 
 def optimize(cfg: OptimizeConfig) -> tuple[Path, dict]:

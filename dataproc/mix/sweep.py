@@ -26,6 +26,7 @@ from dataproc.mix.scaling import fit_scaling
 from dataproc.mix.trainer_runs import run_trainer
 from q3.atomic import atomic_write_text
 from q3.config import Q3Config, load_config
+from q3.contracts import StageResult, parse_contract, read_contract
 from q3.errors import require_path
 from q3.log import get_logger, print_table, progress
 
@@ -72,7 +73,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
         out_dir = work / run_name(budget, lr, bs)
         steps = budget // (bs * cfg.seq_length)
         result_file = out_dir / "result.json"
-        if result_file.is_file() and "val_loss" in (res := json.loads(result_file.read_text())):
+        res = read_contract(StageResult, result_file) if result_file.is_file() else None
+        if res is not None and res.val_loss is not None:
             log.info("reusing %s", result_file)
         else:
             cmd = [sys.executable, "-m", "q3.cli", "train", "pretrain", "--config", cfg.train_config,
@@ -82,10 +84,10 @@ def run_sweep(cfg: SweepConfig) -> list[dict]:
                    f"split={cfg.split}", "validation=[" + ",".join(cfg.validation) + "]",
                    f"validation_batches={cfg.validation_batches}", "eval_batches=0", "save=false",
                    "tensorboard=false", *cfg.overrides]
-            res = run_trainer(cmd, result_file, out_dir / "train.log")
-        runs.append({"compute": res["flops_per_token"] * budget, "lr": lr, "bs": bs * cfg.seq_length,
-                     "loss": res["val_loss"], "budget_tokens": budget, "tokens": res["tokens"],
-                     "steps": res["steps"], "global_batch_size": bs, "run": out_dir.name})
+            res = parse_contract(StageResult, run_trainer(cmd, result_file, out_dir / "train.log"), result_file)
+        runs.append({"compute": res.flops_per_token * budget, "lr": lr, "bs": bs * cfg.seq_length,
+                     "loss": res.metric("val_loss", result_file), "budget_tokens": budget, "tokens": res.tokens,
+                     "steps": res.steps, "global_batch_size": bs, "run": out_dir.name})
     atomic_write_text(cfg.output, json.dumps(runs, indent=1, sort_keys=True))
     print_table(f"q3 mix sweep: {len(runs)} runs -> {cfg.output} ({time.time() - t0:.1f}s)",
                 ["run", "compute (FLOPs)", "lr", "batch tokens", "steps", "val loss"],

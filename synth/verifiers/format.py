@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from q3.tokenizer import END_THINK, THINK
+
 
 def check_format(response: str, spec: dict[str, Any]) -> tuple[bool, str]:
     """spec keys (all optional): require_think, require_boxed, min_chars, max_chars, regex, forbid."""
     if spec.get("require_think"):
-        if response.count("<think>") != 1 or response.count("</think>") != 1 \
-                or response.index("<think>") > response.index("</think>"):
+        if response.count(THINK) != 1 or response.count(END_THINK) != 1 \
+                or response.index(THINK) > response.index(END_THINK):
             return False, "bad_think_tags"
-        if not response.rsplit("</think>", 1)[1].strip():
+        if not response.rsplit(END_THINK, 1)[1].strip():
             return False, "no_answer_after_think"
     if spec.get("require_boxed") and "\\boxed{" not in response:
         return False, "no_boxed"

@@ -22,6 +22,8 @@ from sympy.parsing.sympy_parser import (
     standard_transformations,
 )
 
+from q3.tokenizer import END_THINK, THINK
+
 _THINK = re.compile(r"<think>.*?</think>", re.S)
 _FINAL_LINE = re.compile(r"(?im)^.*?\bfinal answer\b\s*(?:is)?\s*[:：]?\s*(.+?)\s*$")
 _ANSWER_LINE = re.compile(r"(?im)^\s*(?:\*\*)?answer(?:\*\*)?\s*[:：]\s*(.+?)\s*$")
@@ -29,10 +31,10 @@ _ANSWER_LINE = re.compile(r"(?im)^\s*(?:\*\*)?answer(?:\*\*)?\s*[:：]\s*(.+?)\s
 
 def strip_thinking(response: str) -> str:
     """The part after the reasoning: answers are judged on the summary, not on the thinking."""
-    if "</think>" in response:
-        return response.rsplit("</think>", 1)[1]
-    if "<think>" in response:   # thinking never finished (e.g. cut by the budget): no answer yet
-        return response.split("<think>", 1)[0]
+    if END_THINK in response:
+        return response.rsplit(END_THINK, 1)[1]
+    if THINK in response:   # thinking never finished (e.g. cut by the budget): no answer yet
+        return response.split(THINK, 1)[0]
     return _THINK.sub("", response)
 
 

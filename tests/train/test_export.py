@@ -10,6 +10,7 @@ import torch
 from conftest import child_env
 from tiny_export import tiny_checkpoint_and_export
 
+from q3.config import ConfigError
 from train.config import load_model_config
 from train.hf_export import (
     _merge_qkv,
@@ -75,6 +76,38 @@ def test_folder_contents(exported):
         assert {f"model.layers.1.mlp.experts.{n}.down_proj.weight" for n in range(8)} <= set(tensors)
         assert "model.layers.0.mlp.gate.weight" in tensors
     assert ("lm_head.weight" in tensors) != cfg.tie_word_embeddings
+
+
+def test_export_ships_the_tokenizer_of_q3_tokenizer_dir(exported, tmp_path, monkeypatch):
+    """Q3_TOKENIZER_DIR decides which tokenizer files an export ships (q3.tokenizer.tokenizer_dir is the
+    one place that resolves the folder); the exported folder's own files are then what generation reads."""
+    import shutil
+
+    from q3.tokenizer import ChatTokenizer, tokenizer_dir
+    from train.hf_export import write_hf_folder
+
+    model, cfg, _, _ = exported
+    if cfg.is_moe:
+        pytest.skip("the tokenizer copy does not depend on the model")
+    src = tmp_path / "tok"
+    src.mkdir()
+    shutil.copyfile(tokenizer_dir() / "tokenizer.json", src / "tokenizer.json")
+    tc = json.loads((tokenizer_dir() / "tokenizer_config.json").read_text())
+    tc["chat_template"] = "COPY:" + tc["chat_template"]     # marks the copy in every rendered prompt
+    (src / "tokenizer_config.json").write_text(json.dumps(tc))
+    monkeypatch.setenv("Q3_TOKENIZER_DIR", str(src))
+    write_hf_folder(model, cfg, tmp_path / "hf")
+    shipped = sorted(p.name for p in (tmp_path / "hf").iterdir() if p.name.startswith(("tokenizer", "vocab", "merges")))
+    assert shipped == ["tokenizer.json", "tokenizer_config.json"]          # no vocab/merges in the copy
+    assert (tmp_path / "hf" / "tokenizer_config.json").read_bytes() == (src / "tokenizer_config.json").read_bytes()
+    monkeypatch.delenv("Q3_TOKENIZER_DIR")
+    tok = ChatTokenizer(tmp_path / "hf")
+    assert tok.dir == tmp_path / "hf" and tok.render([{"role": "user", "content": "hi"}], thinking=True).startswith("COPY:")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("Q3_TOKENIZER_DIR", str(empty))
+    with pytest.raises(ConfigError, match="lacks tokenizer.json, tokenizer_config.json"):
+        write_hf_folder(model, cfg, tmp_path / "hf2")
 
 
 def test_import_round_trip(exported, tmp_path):

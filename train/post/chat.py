@@ -30,12 +30,11 @@ from typing import Any, Literal
 
 from q3.config import ConfigError
 from q3.log import get_logger
-from q3.tokenizer import EOD_ID, encode, render_chat
+from q3.tokenizer import END_THINK, EOD_ID, IM_END, encode, render_chat
 from train.sampling import THINKING_BUDGET_TEXT
 
 log = get_logger("train.post.chat")
 
-IM_END = "<|im_end|>"
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -98,7 +97,7 @@ def _check_tool_calls(i: int, calls: Any) -> None:
 # ---------------------------------------------------------------- rendering and masks
 
 def _budget_head() -> str:
-    return THINKING_BUDGET_TEXT.split("</think>")[0]
+    return THINKING_BUDGET_TEXT.split(END_THINK)[0]
 
 
 def _for_template(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """`q3 post <verb>`: post-training on the shared trainer core and rollout engine."""
 
-from q3.cli import verb
+from q3.verbs import verb
 
 VERBS = {
     "prepare": verb("train.post.prepare:cli", "Cold-start, fusion and held-out eval files from RL query-verifier pairs."),

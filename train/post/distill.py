@@ -515,6 +515,7 @@ def cli(config: str | None, overrides: list[str]) -> int:
 if __name__ == "__main__":
     import sys
 
-    from q3.cli import main
+    from q3.verbs import script_main
+    from train.post.cli import VERBS
 
-    sys.exit(main(["post", "distill", *sys.argv[1:]]))
+    sys.exit(script_main(VERBS["distill"], None, prog="q3 post distill"))

@@ -30,7 +30,7 @@ from pydantic import Field
 from q3.atomic import atomic_write_text
 from q3.config import ConfigError, Q3Config, load_config
 from q3.log import get_logger, print_table
-from q3.tokenizer import END_THINK_ID, EOD_ID, IM_END_ID, THINK_ID
+from q3.tokenizer import END_THINK, END_THINK_ID, EOD_ID, IM_END_ID, THINK, THINK_ID
 from train.sampling import THINKING_BUDGET_TEXT
 
 log = get_logger("q3.post.eval")
@@ -91,9 +91,9 @@ def opens_with_empty_think(text: str) -> bool:
 def opens_with_thinking(text: str) -> bool:
     """A non-empty think block first: what /think (or no flag) asks for."""
     t = text.lstrip()
-    if not t.startswith("<think>"):
+    if not t.startswith(THINK):
         return False
-    inner = t[len("<think>"):].split("</think>", 1)[0]
+    inner = t[len(THINK):].split(END_THINK, 1)[0]
     return bool(inner.strip())
 
 

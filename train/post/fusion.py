@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 
 from q3.config import ConfigError, Q3Config
 from q3.log import get_logger
-from q3.tokenizer import decode, encode
+from q3.tokenizer import END_THINK, THINK, decode, encode
 from train.post.chat import read_chat_jsonl
 
 log = get_logger("train.post.fusion")
@@ -81,9 +81,9 @@ def _source(row: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     content = ans.get("content") or ""
     if ans.get("reasoning_content") is not None:
         reasoning = ans["reasoning_content"]
-    elif "</think>" in content:
-        reasoning = content.split("</think>")[0].split("<think>")[-1]
-        content = content.split("</think>")[-1]
+    elif END_THINK in content:
+        reasoning = content.split(END_THINK)[0].split(THINK)[-1]
+        content = content.split(END_THINK)[-1]
     else:
         reasoning = ""
     reasoning, content = reasoning.strip(), content.strip()

@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel, Field
 
 from q3.config import ConfigError, Q3Config, validate
+from q3.tokenizer import END_THINK, THINK
 from train.generate import thinking_mode
 
 
@@ -93,9 +94,9 @@ def wants_thinking(item: RewardInput) -> bool:
 
 def answer_part(reply: str) -> str:
     """The answer after the think block; "" when thinking never finished (cut off)."""
-    if "</think>" in reply:
-        return reply.rsplit("</think>", 1)[1].strip()
-    if "<think>" in reply:
+    if END_THINK in reply:
+        return reply.rsplit(END_THINK, 1)[1].strip()
+    if THINK in reply:
         return ""
     return reply.strip()
 

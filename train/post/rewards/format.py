@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from q3.tokenizer import END_THINK, THINK
 from train.post.rewards.base import (
     RewardInput,
     RewardOptions,
@@ -36,10 +37,10 @@ class FormatOptions(RewardOptions):
 
 def check(reply: str, thinking: bool, hard_switch: bool, empty_block: str, require_answer: bool) -> str:
     """'ok' or the reason the reply is malformed for its mode."""
-    opens, closes = reply.count("<think>"), reply.count("</think>")
+    opens, closes = reply.count(THINK), reply.count(END_THINK)
     body = reply.lstrip()
     if thinking:
-        if not body.startswith("<think>"):
+        if not body.startswith(THINK):
             return "no_think_block"
         if opens != 1 or closes != 1:
             return "bad_think_tags"
@@ -54,7 +55,7 @@ def check(reply: str, thinking: bool, hard_switch: bool, empty_block: str, requi
                 return "non_empty_think_in_no_think"
         elif empty_block == "required":
             return "missing_empty_think_block"
-    if require_answer and not body.rsplit("</think>", 1)[-1].strip():
+    if require_answer and not body.rsplit(END_THINK, 1)[-1].strip():
         return "no_answer"
     return "ok"
 

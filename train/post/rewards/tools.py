@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from q3.tokenizer import IM_END_ID, decode, encode, render_chat
+from q3.tokenizer import END_THINK, IM_END_ID, THINK, decode, encode, render_chat
 from synth.verifiers.math_answer import answers_equal
 from train.post.rewards.base import (
     RewardInput,
@@ -157,7 +157,7 @@ class ToolCall:
 
 def parse_tool_calls(text: str) -> tuple[list[ToolCall], list[str]]:
     """(calls, errors) of the `<tool_call>` blocks after the think block."""
-    tail = text.rsplit("</think>", 1)[-1] if "</think>" in text else ("" if "<think>" in text else text)
+    tail = text.rsplit(END_THINK, 1)[-1] if END_THINK in text else ("" if THINK in text else text)
     calls, errors = [], []
     for body in _CALL.findall(tail):
         try:
@@ -182,9 +182,9 @@ def assistant_message(text: str, calls: list[ToolCall]) -> dict:
     """The OpenAI assistant message of a reply text (reasoning, content before any tool call)."""
     msg: dict[str, Any] = {"role": "assistant"}
     rest = text
-    if "</think>" in text:
-        head, rest = text.split("</think>", 1)
-        msg["reasoning_content"] = head.split("<think>", 1)[-1].strip("\n")
+    if END_THINK in text:
+        head, rest = text.split(END_THINK, 1)
+        msg["reasoning_content"] = head.split(THINK, 1)[-1].strip("\n")
     msg["content"] = rest.split("<tool_call>", 1)[0].strip() if calls else rest.strip()
     if calls:
         msg["tool_calls"] = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
