@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from dataproc.dedup.config import DedupConfig
 from dataproc.dedup.decontam import Decontaminator, EvalIndex
 from dataproc.stage import split
-from q3.atomic import atomic_dir
+from q3.commit import commit, job_key, reuse_if_committed
 from q3.config import load_config
 from q3.errors import require_nonempty, require_path
 from q3.log import print_table
@@ -41,10 +41,16 @@ def _stage_fn(cfg_json: str, bc):
 
 
 def run_decontam(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig, spark=None) -> dict[str, Any]:
+    """Decontaminate `input_dir` into `output_dir`; an output committed under the same job key (the
+    decontam config, the content of the input and of the eval sets, the code) is reused."""
     t0 = time.time()
-    index = EvalIndex.build(cfg.decontam)
     out = Path(output_dir)
-    with atomic_dir(out, {"stage": "decontam", "input": str(input_dir)}) as tmp:
+    key = job_key("decontam", {"decontam": cfg.decontam.model_dump(mode="json")},
+                  inputs=[input_dir, *cfg.decontam.evals])
+    if reuse_if_committed(out, key) is not None and (out / "stats.json").exists():
+        return json.loads((out / "stats.json").read_text())
+    index = EvalIndex.build(cfg.decontam)
+    with commit(out, key, {"stage": "decontam", "input": str(input_dir)}) as tmp:
         if cfg.runner == "local":
             from dataproc.jobs.dedup import read_docs_local
             docs = read_docs_local(input_dir)
