@@ -80,12 +80,17 @@ def code_version() -> str:
     return f"{__version__}+{rev[:12]}" if rev else __version__
 
 
-def _committed_root(p: Path) -> Path | None:
-    """`p` itself or its nearest ancestor holding a commit marker (e.g. `<pipeline out>/kept`)."""
-    for q in (p, *p.parents):
-        if (q / MARKER).is_file():
-            return q
-    return None
+def _committed_root(p: Path, seen: dict[Path, Path | None]) -> Path | None:
+    """`p` itself or its nearest ancestor holding a commit marker (e.g. `<pipeline out>/kept`).
+    `seen` caches folders: a pipeline's thousands of input files share a few parents."""
+    if p in seen:
+        return seen[p]
+    if (p / MARKER).is_file():
+        root = p
+    else:
+        root = None if p.parent == p else _committed_root(p.parent, seen)
+    seen[p] = root
+    return root
 
 
 def _walk(p: Path) -> list[list[Any]]:
@@ -111,13 +116,17 @@ def _walk(p: Path) -> list[list[Any]]:
 def input_fingerprint(inputs: Iterable[str | Path]) -> str:
     """Content fingerprint of the inputs (see the module doc); a missing path counts as missing."""
     parts = []
+    seen: dict[Path, Path | None] = {}
+    cids: dict[Path, str] = {}
     for raw in inputs:
         p = Path(raw).expanduser().resolve()
-        root = _committed_root(p) if p.exists() else None
+        root = _committed_root(p, seen) if p.exists() else None
         if root is not None:
-            m = read_marker(root)
-            # markers written before commit_id existed: their content stands for the commit
-            cid = m.get("commit_id") or _hash(m)
+            if root not in cids:
+                m = read_marker(root)
+                # markers written before commit_id existed: their content stands for the commit
+                cids[root] = m.get("commit_id") or _hash(m)
+            cid = cids[root]
             parts.append({"commit": cid, "sub": str(p.relative_to(root))})
         elif p.exists():
             parts.append({"files": _walk(p)})
