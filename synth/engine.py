@@ -342,7 +342,7 @@ def decontaminate(rows: list[dict[str, Any]], cfg: DecontamConfig) -> list[tuple
     return list(zip(out.column("reason").to_pylist(), out.column("detail").to_pylist(), strict=True))
 
 
-def finalize(cfg: EngineConfig, output: Path, n_shards: int, key: JobKey | None = None) -> dict[str, Any]:
+def finalize(cfg: EngineConfig, output: Path, n_shards: int, job: JobKey | None = None) -> dict[str, Any]:
     tables = [pq.read_table(shard_dir(output, k) / "rows.parquet") for k in range(n_shards)]
     t = pa.concat_tables(tables) if tables else SYNTH_SCHEMA.empty_table()
     rows = t.to_pylist()
@@ -373,8 +373,7 @@ def finalize(cfg: EngineConfig, output: Path, n_shards: int, key: JobKey | None 
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     meta = {"config_hash": run_config_hash(cfg), "kept": len(kept), "rejected": len(rejected),
             "rejected_by_reason": reasons, "by_template": by_template, **totals, "shards": n_shards}
-    key = key or synth_key(cfg)
-    with commit(output / "final", key, meta) as tmp:
+    with commit(output / "final", job or synth_key(cfg), meta) as tmp:
         pq.write_table(pa.Table.from_pylist(kept, schema=SYNTH_SCHEMA), tmp / "data.parquet")
         pq.write_table(pa.Table.from_pylist(rejected, schema=SYNTH_SCHEMA), tmp / "rejected.parquet")
     return meta
