@@ -6,7 +6,8 @@
 
 The eval index is built once on the driver and broadcast; the `Decontaminator` stage runs in
 `mapInArrow` (Spark) or on local batches. Output (atomic): kept/ (by lang), rejected/ (reason
-`contaminated:<benchmark>`), stats.json (rejected and span-cut documents per benchmark).
+`contaminated:<benchmark>`), stats.json (rejected and span-cut documents per benchmark). A rerun
+with the same config, input and eval sets (by content, `q3.commit`) skips.
 """
 
 from __future__ import annotations
