@@ -10,8 +10,8 @@ Resumability: the input files are split into deterministic chunks (`chunk_files`
 committed atomically as its own part under `<output>.parts/<fingerprint>/chunk-NNNNN` (tmp dir +
 rename + `_Q3_SUCCESS` with its counters). A rerun skips committed chunks, redoes the rest, and the
 final commit assembles the parts into `<output>/{kept,rejected}/lang=*/` + `stats.json`, atomically.
-The fingerprint covers the config (minus engine settings) and the input files (path, size, mtime),
-so a changed config or input never reuses old parts.
+The fingerprint is the job key of `q3.commit` (config minus engine settings, the input files'
+content fingerprint, the code version), so a changed config or input never reuses old parts.
 
 Layout of the output (both engines):
     <output>/kept/lang=<lang>/*.parquet       DOC_SCHEMA rows (lang in the path, hive style)
@@ -37,7 +37,8 @@ import pyarrow.parquet as pq
 from dataproc.config import InputSpec, PipelineConfig
 from dataproc.stage import chain, conform, split
 from q3.atomic import atomic_dir, clean_stale, is_committed, read_marker
-from q3.config import ConfigError, config_hash
+from q3.commit import JobKey, commit, job_key, reuse_if_committed
+from q3.config import ConfigError
 from q3.log import get_logger, progress
 from q3.schemas import STAGE_OUTPUT_SCHEMA, UNKNOWN_LANG, content_id
 
@@ -155,18 +156,12 @@ def chunked(items: list[tuple[int, str]], size: int) -> list[list[tuple[int, str
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def fingerprint(cfg: PipelineConfig, items: list[tuple[int, str]]) -> str:
-    """What the output depends on: config (not the engine) and the input files' identity."""
+def fingerprint(cfg: PipelineConfig, items: list[tuple[int, str]]) -> JobKey:
+    """What the output depends on (`q3.commit`): config (not the engine), the input files' content
+    fingerprint (their upstream commit, or names + sizes + mtimes) and the code version."""
     semantic = cfg.model_dump(mode="json", exclude={"runner", "spark", "output", "allow_empty"})
-    semantic["inputs"] = semantic.pop("input")   # the key's old name: outputs committed before stay valid
-    files = []
-    for i, p in items:
-        try:
-            st = os.stat(p)
-            files.append([i, p, st.st_size, int(st.st_mtime)])
-        except OSError:
-            files.append([i, p, -1, -1])
-    return config_hash({"cfg": semantic, "files": files})
+    semantic["inputs"] = semantic.pop("input")
+    return job_key("pipeline", semantic, inputs=[p for _, p in items])
 
 
 def resolve_paths(cfg: PipelineConfig) -> PipelineConfig:
@@ -364,10 +359,10 @@ def run(cfg: PipelineConfig, spark=None) -> dict[str, Any]:
     global _CURRENT_CHUNK
     cfg = resolve_paths(cfg)
     items = plan(cfg)
-    fp = fingerprint(cfg, items)
+    key = fingerprint(cfg, items)
+    fp = key.id
     out = Path(cfg.output)
-    if is_committed(out) and read_marker(out).get("fingerprint") == fp:
-        log.info("%s is up to date (fingerprint %s); nothing to do", out, fp)
+    if reuse_if_committed(out, key) is not None:
         return json.loads((out / "stats.json").read_text())
     chunks = chunked(items, cfg.chunk_files)
     pdir = parts_dir(cfg) / fp
@@ -390,7 +385,7 @@ def run(cfg: PipelineConfig, spark=None) -> dict[str, Any]:
                 _run_chunk_local(cfg, chunks[i], tmp)
             meta["counts"] = part_counts(tmp)
     _CURRENT_CHUNK = -1
-    return _commit(cfg, fp, pdir, len(chunks))
+    return _commit(cfg, key, pdir, len(chunks))
 
 
 def _stage_names(cfg: PipelineConfig) -> list[str]:
@@ -399,12 +394,13 @@ def _stage_names(cfg: PipelineConfig) -> list[str]:
     return [getattr(s, "name", type(s).__name__) for s in build_stages(cfg)]
 
 
-def _commit(cfg: PipelineConfig, fp: str, pdir: Path, n_chunks: int) -> dict[str, Any]:
+def _commit(cfg: PipelineConfig, key: JobKey, pdir: Path, n_chunks: int) -> dict[str, Any]:
     """Assemble the committed parts into the final output (one atomic rename)."""
     out = Path(cfg.output)
     counts = []
+    fp = key.id
     meta: dict[str, Any] = {"fingerprint": fp, "chunks": n_chunks, "config": cfg.model_dump(mode="json")}
-    with atomic_dir(out, meta) as tmp:
+    with commit(out, key, meta) as tmp:
         for i in range(n_chunks):
             part = pdir / f"chunk-{i:05d}"
             counts.append(read_marker(part)["counts"])

@@ -29,8 +29,9 @@ from labeling.config import LabelConfig
 from labeling.dimensions import LABEL_FIELDS
 from labeling.io import as_parquet
 from labeling.rules import apply_rules
-from q3.atomic import atomic_dir, is_committed, read_marker
-from q3.config import config_hash, load_config
+from q3.atomic import is_committed
+from q3.commit import commit, job_key, reuse_if_committed
+from q3.config import load_config
 from q3.errors import InputMissing
 from q3.log import get_logger, print_table
 
@@ -195,17 +196,17 @@ def run_apply(cfg: LabelConfig) -> Path:
         raise InputMissing(f"no trained classifiers at {models_dir}: run `q3 label train` first")
     inp = as_parquet(cfg.input_path(), work)
     versions = {f: e["version"] for f, e in json.loads((models_dir / "models.json").read_text())["outputs"].items()}
-    key = config_hash({"run": {**cfg.run.model_dump(), "runner": cfg.runner}, "input": str(Path(inp).resolve()),
-                       "input_marker": read_marker(inp) if is_committed(inp) else None,
-                       "versions": versions, "rules": RULES_VERSION})
+    # the key (q3.commit): run settings, classifier versions and rules; the content of the documents
+    # and of the trained models (a retrain commits anew); the code
+    jk = job_key("label-apply", {"run": {**cfg.run.model_dump(), "runner": cfg.runner}, "versions": versions,
+                                 "rules": RULES_VERSION}, inputs=[inp, models_dir])
     out = work / "labeled"
-    if is_committed(out) and read_marker(out).get("key") == key:
-        log.info("labels already up to date at %s (key %s)", out, key)
+    if reuse_if_committed(out, jk) is not None:
         d = json.loads((out / "distributions.json").read_text())
         print_distributions(d)
         return out
-    meta: dict[str, Any] = {"key": key, "versions": versions, "runner": cfg.runner}
-    with atomic_dir(out, meta) as tmp:
+    meta: dict[str, Any] = {"key": jk.id, "versions": versions, "runner": cfg.runner}
+    with commit(out, jk, meta) as tmp:
         runner = label_spark if cfg.runner == "spark" else label_local
         runner(inp, models_dir, tmp / "docs", cfg)
         d = distributions(tmp / "docs")

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from q3.atomic import atomic_dir, is_committed, read_marker
+from q3.commit import commit, job_key, reuse_if_committed
 from q3.jsonl import read_text_rows
 from q3.schemas import DOC_SCHEMA, content_id
 
@@ -46,9 +46,9 @@ def as_parquet(path: str | Path, work: Path) -> Path:
     if p.suffix not in (".jsonl", ".json"):
         return p
     out = work / "input_docs"
-    stamp = {"source": str(p.resolve()), "mtime": p.stat().st_mtime, "size": p.stat().st_size}
-    if is_committed(out) and read_marker(out).get("source_stamp") == stamp:
+    key = job_key("jsonl-to-parquet", {}, inputs=[p])     # the file's content fingerprint (q3.commit)
+    if reuse_if_committed(out, key) is not None:
         return out
-    with atomic_dir(out, {"source_stamp": stamp}) as tmp:
+    with commit(out, key, {"source": str(p.resolve())}) as tmp:
         pq.write_table(jsonl_to_table(p), tmp / "part-0.parquet")
     return out

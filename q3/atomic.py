@@ -1,7 +1,8 @@
 """Atomic, resumable outputs: write to a temporary sibling, then rename and mark success.
 
 A stage output directory counts as done only when it holds `_Q3_SUCCESS` (JSON: counts, config
-hash, inputs). A crash leaves at most a `.name.tmp-*` sibling, which the next run removes and redoes.
+hash, inputs, and a `commit_id` unique to this commit, which downstream jobs key their inputs on;
+see `q3.commit`). A crash leaves at most a `.name.tmp-*` sibling, which the next run removes and redoes.
 Works on POSIX filesystems (local disk, NFS, Lustre, HDFS-fuse); rename is atomic there.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +41,8 @@ def clean_stale(path: str | Path) -> None:
 def atomic_dir(path: str | Path, meta: dict[str, Any] | None = None) -> Iterator[Path]:
     """Yield a temporary directory; on normal exit it replaces `path` and gets the success marker.
 
-    `meta` may be mutated inside the block (e.g. to add counts); it is written into the marker.
+    `meta` may be mutated inside the block (e.g. to add counts); it is written into the marker,
+    with a fresh `commit_id`: a re-run of this stage changes it even when its files look alike.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +54,8 @@ def atomic_dir(path: str | Path, meta: dict[str, Any] | None = None) -> Iterator
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    (tmp / MARKER).write_text(json.dumps(meta or {}, indent=2, sort_keys=True, default=str))
+    marker = {**(meta or {}), "commit_id": f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex}"}
+    (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True, default=str))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -33,6 +33,7 @@ from dataproc.dedup.config import DecontamConfig
 from dataproc.dedup.decontam import Decontaminator
 from dataproc.dedup.exact import exact_normalise
 from q3.atomic import atomic_dir, is_committed, read_marker
+from q3.commit import JobKey, commit, job_key, reuse_if_committed
 from q3.config import Q3Config, config_hash, load_config
 from q3.errors import InputMissing, require_nonempty
 from q3.llm import extract_json
@@ -177,25 +178,28 @@ def shard_dir(output: Path, shard: int) -> Path:
     return output / "shards" / f"shard-{shard:05d}"
 
 
-def shard_done(target: Path, chash: str, seed_ids: list[str]) -> bool:
-    """Committed by a run with the same config and the same seeds (else it is redone)."""
+def shard_done(target: Path, chash: str, seed_ids: list[str], job: str = "") -> bool:
+    """Committed by a run with the same job key (config, input content, code: `q3.commit`) and the
+    same seeds (else it is redone)."""
     if not is_committed(target):
         return False
     m = read_marker(target)
-    return m.get("config_hash") == chash and m.get("seed_ids") == seed_ids
+    return m.get("config_hash") == chash and m.get("seed_ids") == seed_ids and m.get("job", "") == job
 
 
 # q3.llm.Stats counters kept per shard and summed in final/ (what happened on the wire)
 CLIENT_COUNTERS = ("retries", "malformed", "duplicate_sends")
 
 
-def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, Any], output: str) -> dict[str, Any]:
-    """Generate one shard and commit it atomically; a committed shard is skipped. Returns its stats."""
+def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, Any], output: str,
+                  job: str = "") -> dict[str, Any]:
+    """Generate one shard and commit it atomically; a shard committed under the same job key `job`
+    is skipped. Returns its stats."""
     cfg = EngineConfig.model_validate(cfg_json)
     out = Path(output)
     target = shard_dir(out, shard)
     chash = run_config_hash(cfg)
-    if shard_done(target, chash, [d["id"] for d in docs]):
+    if shard_done(target, chash, [d["id"] for d in docs], job):
         return {**read_marker(target), "skipped": True}
     # not committed, or committed by another config / shard plan: (re)generate (the cache still helps)
     templates = [_template(n, cfg) for n in cfg.templates]
@@ -220,7 +224,7 @@ def process_shard(shard: int, docs: list[dict[str, Any]], cfg_json: dict[str, An
              "completion_tokens": sum(r.get("completion_tokens") or 0 for r in results),
              **{k: client.get(k, 0) for k in CLIENT_COUNTERS},
              "rows": len(rows), "seconds": round(time.time() - t0, 3), "config_hash": chash,
-             "seed_ids": [d["id"] for d in docs]}
+             "seed_ids": [d["id"] for d in docs], "job": job}
     with atomic_dir(target, dict(stats)) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=SYNTH_SCHEMA), tmp / "rows.parquet")
     return {**stats, "skipped": False}
@@ -265,34 +269,34 @@ def _shards(seeds: pa.Table, size: int) -> Iterator[tuple[int, list[dict[str, An
         yield k // size, rows[k:k + size]
 
 
-def run_local(cfg: EngineConfig, seeds: pa.Table, output: Path) -> list[dict[str, Any]]:
+def run_local(cfg: EngineConfig, seeds: pa.Table, output: Path, job: str = "") -> list[dict[str, Any]]:
     cj = cfg.model_dump(mode="json")
     n = (seeds.num_rows + cfg.shard_size - 1) // cfg.shard_size
-    return [process_shard(k, docs, cj, str(output))
+    return [process_shard(k, docs, cj, str(output), job)
             for k, docs in progress(_shards(seeds, cfg.shard_size), "synth shards", total=n, unit="shard")]
 
 
 STATUS_SCHEMA = pa.schema([("shard", pa.int64()), ("stats", pa.string())])
 
 
-def run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark=None) -> list[dict[str, Any]]:
+def run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark=None, job: str = "") -> list[dict[str, Any]]:
     """Shards as Spark tasks: mapInArrow runs `process_shard` (with its async pool) per shard."""
     from dataproc.spark import get_spark
 
     own = spark is None
     spark = spark or get_spark("q3-synth")
     try:
-        return _run_spark(cfg, seeds, output, spark)
+        return _run_spark(cfg, seeds, output, spark, job)
     finally:
         if own:   # a session we started is ours to stop (a caller's stays up)
             spark.stop()
 
 
-def _run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark) -> list[dict[str, Any]]:
+def _run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark, job: str = "") -> list[dict[str, Any]]:
     n_shards = (seeds.num_rows + cfg.shard_size - 1) // cfg.shard_size
     chash, ids = run_config_hash(cfg), seeds.column("id").to_pylist()
     pending = [k for k in range(n_shards) if not shard_done(shard_dir(output, k), chash,
-                                                            ids[k * cfg.shard_size:(k + 1) * cfg.shard_size])]
+                                                            ids[k * cfg.shard_size:(k + 1) * cfg.shard_size], job)]
     shard_col = pa.array([i // cfg.shard_size for i in range(seeds.num_rows)], pa.int64())
     table = seeds.append_column("shard", shard_col)
     table = table.filter(pc.is_in(table.column("shard"), pa.array(pending, pa.int64())))
@@ -307,7 +311,7 @@ def _run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark) -> list[
                 return
             for k in sorted({r["shard"] for r in rows}):
                 docs = [{c: r[c] for c in ("id", "text", "lang", "source")} for r in rows if r["shard"] == k]
-                stats = process_shard(k, docs, cj, out)
+                stats = process_shard(k, docs, cj, out, job)
                 yield pa.RecordBatch.from_pylist([{"shard": k, "stats": json.dumps(stats)}], schema=STATUS_SCHEMA)
 
         df = spark.createDataFrame(table.to_pandas()).repartition(min(len(pending), 64), "shard")
@@ -338,7 +342,7 @@ def decontaminate(rows: list[dict[str, Any]], cfg: DecontamConfig) -> list[tuple
     return list(zip(out.column("reason").to_pylist(), out.column("detail").to_pylist(), strict=True))
 
 
-def finalize(cfg: EngineConfig, output: Path, n_shards: int) -> dict[str, Any]:
+def finalize(cfg: EngineConfig, output: Path, n_shards: int, job: JobKey | None = None) -> dict[str, Any]:
     tables = [pq.read_table(shard_dir(output, k) / "rows.parquet") for k in range(n_shards)]
     t = pa.concat_tables(tables) if tables else SYNTH_SCHEMA.empty_table()
     rows = t.to_pylist()
@@ -369,10 +373,15 @@ def finalize(cfg: EngineConfig, output: Path, n_shards: int) -> dict[str, Any]:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     meta = {"config_hash": run_config_hash(cfg), "kept": len(kept), "rejected": len(rejected),
             "rejected_by_reason": reasons, "by_template": by_template, **totals, "shards": n_shards}
-    with atomic_dir(output / "final", meta) as tmp:
+    with commit(output / "final", job or synth_key(cfg), meta) as tmp:
         pq.write_table(pa.Table.from_pylist(kept, schema=SYNTH_SCHEMA), tmp / "data.parquet")
         pq.write_table(pa.Table.from_pylist(rejected, schema=SYNTH_SCHEMA), tmp / "rejected.parquet")
     return meta
+
+
+def synth_key(cfg: EngineConfig) -> JobKey:
+    """The job key (`q3.commit`): the run's config hash, the seed input's content, the code."""
+    return job_key("synth", {"config": run_config_hash(cfg)}, inputs=[cfg.input])
 
 
 def run(cfg: EngineConfig, spark=None) -> dict[str, Any]:
@@ -380,9 +389,15 @@ def run(cfg: EngineConfig, spark=None) -> dict[str, Any]:
     seeds = read_seeds(cfg.input, cfg.max_docs)
     require_nonempty(seeds.num_rows, "0 seed documents", f"input {cfg.input} holds no rows",
                      allow_empty=cfg.allow_empty)
+    key = synth_key(cfg)
+    if (done := reuse_if_committed(output / "final", key)) is not None:
+        print(f"synthetic generation -> {output}/final: up to date ({done['kept']} kept, {done['rejected']} "
+              "rejected); nothing sent")
+        return {**done, "seconds": 0.0, "skipped": True}
     t0 = time.time()
-    shards = run_spark(cfg, seeds, output, spark) if cfg.runner == "spark" else run_local(cfg, seeds, output)
-    meta = finalize(cfg, output, len(shards))
+    shards = run_spark(cfg, seeds, output, spark, key.id) if cfg.runner == "spark" else \
+        run_local(cfg, seeds, output, key.id)
+    meta = finalize(cfg, output, len(shards), key)
     meta["seconds"] = round(time.time() - t0, 2)
     print_table(f"synthetic generation -> {output}/final ({meta['seconds']}s)",
                 ["template", "kept", "rejected"],

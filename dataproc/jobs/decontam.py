@@ -6,7 +6,8 @@
 
 The eval index is built once on the driver and broadcast; the `Decontaminator` stage runs in
 `mapInArrow` (Spark) or on local batches. Output (atomic): kept/ (by lang), rejected/ (reason
-`contaminated:<benchmark>`), stats.json (rejected and span-cut documents per benchmark).
+`contaminated:<benchmark>`), stats.json (rejected and span-cut documents per benchmark). A rerun
+with the same config, input and eval sets (by content, `q3.commit`) skips.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 from dataproc.dedup.config import DedupConfig
 from dataproc.dedup.decontam import Decontaminator, EvalIndex
 from dataproc.stage import split
-from q3.atomic import atomic_dir
+from q3.commit import commit, job_key, reuse_if_committed
 from q3.config import load_config
 from q3.errors import require_nonempty, require_path
 from q3.log import print_table
@@ -41,10 +42,16 @@ def _stage_fn(cfg_json: str, bc):
 
 
 def run_decontam(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig, spark=None) -> dict[str, Any]:
+    """Decontaminate `input_dir` into `output_dir`; an output committed under the same job key (the
+    decontam config, the content of the input and of the eval sets, the code) is reused."""
     t0 = time.time()
-    index = EvalIndex.build(cfg.decontam)
     out = Path(output_dir)
-    with atomic_dir(out, {"stage": "decontam", "input": str(input_dir)}) as tmp:
+    key = job_key("decontam", {"decontam": cfg.decontam.model_dump(mode="json")},
+                  inputs=[input_dir, *cfg.decontam.evals])
+    if reuse_if_committed(out, key) is not None and (out / "stats.json").exists():
+        return json.loads((out / "stats.json").read_text())
+    index = EvalIndex.build(cfg.decontam)
+    with commit(out, key, {"stage": "decontam", "input": str(input_dir)}) as tmp:
         if cfg.runner == "local":
             from dataproc.jobs.dedup import read_docs_local
             docs = read_docs_local(input_dir)

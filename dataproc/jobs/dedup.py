@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 
 from dataproc.dedup.config import DedupConfig
 from dataproc.dedup.stats import compute_stats, compute_stats_spark, print_stats
-from q3.atomic import atomic_dir, is_committed
-from q3.config import config_hash, load_config
+from q3.commit import commit, job_key, reuse_if_committed
+from q3.config import load_config
 from q3.errors import require_nonempty, require_path
 from q3.log import get_logger, timed
 from q3.schemas import DOC_SCHEMA, STAGE_OUTPUT_SCHEMA
@@ -132,18 +132,17 @@ def run_dedup(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig | 
               spark=None) -> dict[str, Any]:
     """Dedup the DOC_SCHEMA Parquet under `input_dir` into `output_dir`; returns the stats dict.
 
-    Idempotent: a committed output with the same config hash is not recomputed."""
+    Idempotent: a committed output with the same job key (config, input content, code; `q3.commit`)
+    is not recomputed."""
     cfg = cfg or DedupConfig()
     out = Path(output_dir)
-    chash = config_hash(cfg.model_dump(mode="json", exclude={"allow_empty"}) | {"input": str(input_dir)})
-    if is_committed(out):
-        marker = json.loads((out / "_Q3_SUCCESS").read_text())
-        if marker.get("config_hash") == chash and (out / "stats.json").exists():
-            log.info("dedup output %s already committed; skipping", out)
-            return json.loads((out / "stats.json").read_text())
+    key = job_key("dedup", cfg.model_dump(mode="json", exclude={"allow_empty", "input", "output"}),
+                  inputs=[input_dir])
+    if reuse_if_committed(out, key) is not None and (out / "stats.json").exists():
+        return json.loads((out / "stats.json").read_text())
     t0 = time.time()
-    meta: dict[str, Any] = {"stage": STAGE, "config_hash": chash, "input": str(input_dir)}
-    with atomic_dir(out, meta) as tmp:
+    meta: dict[str, Any] = {"stage": STAGE, "config_hash": key.config, "input": str(input_dir)}
+    with commit(out, key, meta) as tmp:
         if cfg.runner == "local":
             stats = _run_local(cfg, str(input_dir), tmp)
         else:

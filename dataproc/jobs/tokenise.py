@@ -44,7 +44,8 @@ import pyarrow.compute as pc
 from dataproc.mix.config import MixConfig, StageConfig, load_stage
 from dataproc.mix.select import TokenDataset, chunk_lengths, doc_mask, length_ok, token_datasets
 from q3.atomic import atomic_dir, is_committed, read_marker
-from q3.config import config_hash, load_config
+from q3.commit import JobKey, commit, job_key, reuse_if_committed
+from q3.config import load_config
 from q3.errors import InputMissing, require_path
 from q3.log import get_logger, print_table, progress
 from q3.tokenizer import EOD_ID, encode_batch, tokenizer_files_hash
@@ -194,16 +195,6 @@ def _input_files(path: str) -> list[Path]:
     return files
 
 
-def input_fingerprint(path: str) -> str:
-    """Hash of the input files' relative names and sizes (cheap; content ids are in the rows)."""
-    h = hashlib.sha256()
-    root = Path(path)
-    for f in _input_files(path):
-        rel = f.name if root.is_file() else str(f.relative_to(root))
-        h.update(f"{rel}:{f.stat().st_size}\n".encode())
-    return h.hexdigest()[:16]
-
-
 def _read_local(path: str) -> pa.Table:
     import pyarrow.dataset as ds
 
@@ -288,11 +279,13 @@ def _merge_all(datasets: list[TokenDataset], buckets: list[dict], order: list[in
         result[td.name] = {"n_docs": n_docs, "n_tokens": n_tokens, "sha256": h.hexdigest()[:16]}
 
 
-def job_key(cfg: MixConfig, datasets: list[TokenDataset]) -> str:
+def tokenize_key(cfg: MixConfig, datasets: list[TokenDataset]) -> JobKey:
+    """The job key (`q3.commit`): datasets, groups, buckets and tokenizer; the input's content; the code.
+    Bucket shards live under `.work/<key id>`, so a changed input never reuses old buckets."""
+    _input_files(cfg.input)   # a folder without Parquet is the user's mistake, said before any work
     spec = {"datasets": [{"name": d.name, "select": d.select.model_dump(mode="json")} for d in datasets],
-            "groups": cfg.lang_groups, "buckets": cfg.buckets, "tokenizer": tokenizer_files_hash(),
-            "input": input_fingerprint(cfg.input)}
-    return config_hash(spec)
+            "groups": cfg.lang_groups, "buckets": cfg.buckets, "tokenizer": tokenizer_files_hash()}
+    return job_key("tokenise", spec, inputs=[cfg.input])
 
 
 def run_tokenize(cfg: MixConfig, stages: list[StageConfig] | None = None, force: bool = False) -> dict[str, Any]:
@@ -300,11 +293,11 @@ def run_tokenize(cfg: MixConfig, stages: list[StageConfig] | None = None, force:
     t0 = time.time()
     stages = stages if stages is not None else [load_stage(s) for s in cfg.stages]
     datasets = token_datasets(stages)
-    key = job_key(cfg, datasets)
+    jk = tokenize_key(cfg, datasets)
+    key = jk.id
     out = Path(cfg.output) / "tokens"
-    if not force and is_committed(out) and read_marker(out).get("job") == key:
-        log.info("tokens already built for this input and config (%s): %s", key, out)
-        return read_marker(out)
+    if (done := reuse_if_committed(out, jk, force=force)) is not None:
+        return done
     work = Path(cfg.output) / ".work" / key
     work.mkdir(parents=True, exist_ok=True)
     log.info("tokenising %s into %d datasets, %d buckets (%s runner)", cfg.input, len(datasets),
@@ -315,7 +308,7 @@ def run_tokenize(cfg: MixConfig, stages: list[StageConfig] | None = None, force:
                             "tokenizer_sha256": tokenizer_files_hash(), "eod": EOD_ID}
     for k in ("docs_seen", "docs_unselected", "docs_tokenized"):
         meta[k] = sum(s.get(k, 0) for s in stats)
-    with atomic_dir(out, meta) as tmp:
+    with commit(out, jk, meta) as tmp:
         meta["datasets"] = _merge(datasets, stats, work, tmp)
     shutil.rmtree(work, ignore_errors=True)
     dt = time.time() - t0
