@@ -13,9 +13,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from q3.config import ConfigError
-from q3.errors import RunFailed
-from q3.verbs import describe, parse_args
+from q3.verbs import parse_args, script_main
 
 __all__ = ["AREAS", "main", "parse_args"]
 
@@ -72,21 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"q3 {area}: unknown verb {verb!r}; verbs: {', '.join(verbs)}", file=sys.stderr)
             return 2
         fn = verbs[verb]
-    try:
-        config, overrides, show = parse_args(rest)
-        if show:
-            return describe(fn, f"q3 {area} {verb}".rstrip(), config, overrides, show)
-        rc = fn(config, overrides)
-    except ConfigError as e:
-        print(f"{f'q3 {area} {verb}'.rstrip()}: {e}", file=sys.stderr)
-        return 2
-    except RunFailed as e:
-        print(f"{f'q3 {area} {verb}'.rstrip()}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return int(rc or 0)
+    return script_main(fn, None, rest, prog=f"q3 {area} {verb}".rstrip())
 
 
 if __name__ == "__main__":
