@@ -1,0 +1,342 @@
+"""Per-core cost of every corpus stage, measured on the stages' real code; the inputs of docs/scale.md.
+
+    PYTHONPATH=$PWD python -m bench.stage_costs                       # sizes 2,000 and 8,000 docs
+    PYTHONPATH=$PWD python -m bench.stage_costs --sizes 2000 20000 --repeats 3
+
+Corpus: the project's sample (Debian man pages in 26 languages, real text) scaled by the recipe of
+bench/dedup_scale.py (two ~800-char segments joined; 25% near-duplicates by `planted.mutate`, 5%
+exact copies), so the dedup phases see realistic candidate and cluster counts. Each stage is the
+function its runners call on a batch (normalise/LID/quality/PII stages, the dedup `Annotator`,
+`bucket_edges_np`, `verify_edges_np` + `exact_edge_filter`, `local_components`, line dedup,
+`Decontaminator`, `LabelStage`, `q3.tokenizer.encode_batch`), timed in process CPU time (the shared
+machine's load distorts wall time; CPU time is what a core-hour bills), best of `--repeats`.
+Map stages are also run in 1 and 2 worker processes (wall time) for their parallel scaling.
+Writes bench/results/stage_costs.json, which `q3 data estimate` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from q3.paths import ROOT
+
+OUT = ROOT / "bench" / "results" / "stage_costs.json"
+BATCH = 512
+MAP_STAGES = ("read", "normalise", "langid", "quality", "pii", "dedup_signatures", "decontam",
+              "label", "tokenise")
+
+
+def _sample_docs(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return [{"text": r["text"], "lang": r.get("lang_hint") or "und"} for r in rows]
+
+
+def scaled_docs(sample: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """bench/dedup_scale.py's recipe (unique = two joined segments; 25% near, 5% exact copies)."""
+    from bench.dedup_scale import segments
+    from dataproc.dedup.planted import mutate
+
+    by_lang: dict[str, list[str]] = {}
+    for t, lg in segments([d for d in sample if d["lang"] != "code_Python"]):
+        by_lang.setdefault(lg, []).append(t)
+    langs = sorted(by_lang)
+    rng = random.Random(seed)
+    recent: list[tuple[str, str]] = []
+    out = []
+    for i in range(n):
+        r = rng.random()
+        if recent and r < 0.05:
+            text, lg = rng.choice(recent)
+        elif recent and r < 0.30:
+            base, lg = rng.choice(recent)
+            text = mutate(base, lg, rng, rng.random())
+        else:
+            lg = rng.choice(langs)
+            text = rng.choice(by_lang[lg]) + "\n" + rng.choice(by_lang[lg])
+            recent.append((text, lg))
+        out.append({"id": f"d{i}", "text": text, "lang": lg, "source": "scale", "url": f"scale://{i}"})
+    return out
+
+
+def _batches(docs: list[dict]) -> list[pa.RecordBatch]:
+    from dataproc.stage import conform
+
+    t = pa.table({k: [d[k] for d in docs] for k in ("id", "text", "lang", "source", "url")})
+    return [conform(b) for b in t.to_batches(max_chunksize=BATCH)]
+
+
+def _best(fn: Callable[[], object], repeats: int) -> tuple[float, float, object]:
+    """(best, median) CPU seconds of `fn` over `repeats` runs, and its last result."""
+    times, res = [], None
+    for _ in range(repeats):
+        t = time.process_time()
+        res = fn()
+        times.append(time.process_time() - t)
+    return min(times), statistics.median(times), res
+
+
+class Stages:
+    """Each stage built once (models loaded), as the runners do per worker process."""
+
+    def __init__(self, work: Path, label_models: Path | None):
+        from dataproc.config import PipelineConfig
+        from dataproc.dedup.annotate import Annotator
+        from dataproc.dedup.config import DecontamConfig, DedupConfig
+        from dataproc.dedup.decontam import Decontaminator
+        from dataproc.stages import build_stages
+
+        cfg = PipelineConfig.model_validate({"input": [], "output": str(work / "unused"), "pii": {"enabled": True}})
+        self.normalise, self.langid, self.quality, self.pii = build_stages(cfg)
+        self.dedup_cfg = DedupConfig(runner="local")
+        self.annotator = Annotator(self.dedup_cfg)
+        self.decontam = Decontaminator(DecontamConfig(evals=[str(work / "evals" / "bench_eval.jsonl")]))
+        self.label = None
+        if label_models is not None:
+            from labeling.apply import LabelStage
+            self.label = LabelStage(label_models)
+
+    def run(self, name: str, batches: list[pa.RecordBatch], read_path: str | None = None) -> object:
+        if name == "read":
+            from dataproc.config import InputSpec
+            from dataproc.readers import read_file
+            return sum(b.num_rows for b in read_file(read_path, InputSpec(path=read_path, format="jsonl")))
+        if name == "tokenise":
+            from q3.tokenizer import encode_batch
+            return sum(len(x) + 1 for b in batches for x in encode_batch(b.column("text").to_pylist()))
+        if name == "dedup_signatures":
+            return [self.annotator(_ann_input(b, i * BATCH)) for i, b in enumerate(batches)]
+        stage = getattr(self, name)
+        return [stage(b) for b in batches]
+
+
+def _ann_input(b: pa.RecordBatch, rk0: int) -> pa.RecordBatch:
+    n = b.num_rows
+    return pa.RecordBatch.from_pydict({
+        "rk": pa.array(np.arange(rk0, rk0 + n, dtype=np.int64)), "id": b.column("id"), "url": b.column("url"),
+        "source": b.column("source"), "lang": b.column("lang"), "text": b.column("text"),
+        "score": pa.nulls(n, pa.float32())})
+
+
+_WORKER: dict = {}
+
+
+def _worker(args: tuple) -> float:
+    name, lo, hi = args
+    st, batches, path = _WORKER["stages"], _WORKER["batches"], _WORKER["path"]
+    t = time.process_time()
+    st.run(name, batches[lo:hi], path)
+    return time.process_time() - t
+
+
+def parallel_wall(name: str, n_batches: int, procs: int) -> float:
+    """Wall seconds for the stage over all batches split across `procs` forked processes."""
+    ctx = mp.get_context("fork")
+    step = -(-n_batches // procs)
+    parts = [(name, i, min(i + step, n_batches)) for i in range(0, n_batches, step)]
+    if name == "read":      # one file: each process reads it; halve the per-process share instead
+        parts = [(name, 0, 0)] * procs
+    t = time.perf_counter()
+    with ctx.Pool(procs) as pool:
+        pool.map(_worker, parts)
+    return time.perf_counter() - t
+
+
+def measure_size(st: Stages, docs: list[dict], work: Path, repeats: int, scaling: bool) -> dict:
+    from dataproc.dedup.components import (
+        bucket_edges_np,
+        exact_edge_filter,
+        local_components,
+        verify_edges_np,
+    )
+    from dataproc.dedup.lines import line_dedup_table
+    from dataproc.dedup.lsh import min_matches
+
+    n = len(docs)
+    text_bytes = sum(len(d["text"].encode("utf-8")) for d in docs)
+    path = work / f"corpus-{n}.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d["text"], "url": d["url"], "lang": d["lang"]}, ensure_ascii=False) + "\n")
+    raw = _batches(docs)
+    res: dict = {"docs": n, "text_bytes": text_bytes, "stages": {}}
+
+    def record(name: str, cpu: float, med: float, **extra) -> None:
+        res["stages"][name] = {"cpu_s": round(cpu, 4), "cpu_s_median": round(med, 4),
+                               "docs_per_cpu_s": round(n / cpu, 1), "bytes_per_cpu_s": round(text_bytes / cpu),
+                               **extra}
+        print(f"  {n:>7,} docs  {name:<18} {cpu:8.2f} CPU s  {n / cpu:10,.0f} docs/s  "
+              f"{text_bytes / cpu / 2**20:8.2f} MiB/s", flush=True)
+
+    b, m, _ = _best(lambda: st.run("read", raw, str(path)), repeats)
+    record("read", b, m)
+    # each stage sees every document (the upper bound per doc); later stages get the LID output
+    b, m, norm = _best(lambda: st.run("normalise", raw), repeats)
+    record("normalise", b, m)
+    b, m, lid = _best(lambda: st.run("langid", norm), repeats)
+    record("langid", b, m)
+    lid_in = [x.set_column(x.schema.get_field_index("reason"), "reason", pa.nulls(x.num_rows, pa.string()))
+              for x in lid]       # a rejected row would skip later stages: measure them on every row
+    for name in ("quality", "pii", "decontam"):
+        b, m, _ = _best(lambda name=name: st.run(name, lid_in), repeats)
+        record(name, b, m)
+    if st.label is not None:
+        b, m, _ = _best(lambda: st.run("label", raw), repeats)
+        record("label", b, m)
+    b, m, toks = _best(lambda: st.run("tokenise", raw), repeats)
+    record("tokenise", b, m, tokens=toks, bytes_per_token=round(text_bytes / toks, 3))
+    res["tokens"] = toks
+
+    # dedup phases, as the local runner runs them (Spark: the same functions per partition + shuffles)
+    b, m, metas = _best(lambda: st.run("dedup_signatures", raw), repeats)
+    meta = pa.Table.from_batches(metas)
+    band_bytes = meta.column("bands").nbytes
+    record("dedup_signatures", b, m, meta_bytes_per_doc=round(meta.nbytes / n, 1),
+           band_key_bytes_per_doc=round(band_bytes / n, 1))
+    from dataproc.dedup.exact import exact_keys
+    texts = [d["text"] for d in docs]
+    b, m, nh = _best(lambda: exact_keys(texts), repeats)
+    record("dedup_exact", b, m, exact_duplicates=int(n - len(np.unique(nh))))
+    import pyarrow.compute as pc
+    nb = len(meta.column("bands")[0])
+    keys = np.asarray(pc.list_flatten(meta.column("bands")).to_numpy()).reshape(-1, nb)
+    rks = meta.column("rk").to_numpy()
+    scope = np.unique(np.array([d["lang"] for d in docs]), return_inverse=True)[1]
+    b, m, edges = _best(lambda: bucket_edges_np(rks, scope, keys), repeats)
+    record("dedup_lsh_buckets", b, m, candidate_edges=int(len(edges)), bands=nb)
+    mh = st.dedup_cfg.minhash
+    p = mh.num_perm
+    sigs = np.asarray(pc.list_flatten(meta.column("sig")).to_numpy()).reshape(-1, p)
+    need = min_matches(mh.threshold - mh.prefilter_margin, p)
+
+    def verify() -> np.ndarray:
+        e = verify_edges_np(edges, {int(r): i for i, r in enumerate(rks)}, sigs, need)
+        if not len(e):
+            return e
+        batch = pa.RecordBatch.from_pydict({
+            "u": e[:, 0], "v": e[:, 1], "tu": [texts[u] for u in e[:, 0]], "lu": [docs[u]["lang"] for u in e[:, 0]],
+            "tv": [texts[v] for v in e[:, 1]], "lv": [docs[v]["lang"] for v in e[:, 1]]})
+        k = exact_edge_filter(batch, mh)
+        return np.stack([k.column("u").to_numpy(), k.column("v").to_numpy()], axis=1).astype(np.int64)
+
+    b, m, kept_edges = _best(verify, repeats)
+    record("dedup_verify", b, m, verified_edges=int(len(kept_edges)))
+    b, m, comp = _best(lambda: local_components(rks, kept_edges), repeats)
+    roots = np.array(list(comp.values()))
+    sizes = np.unique(roots, return_counts=True)[1]
+    record("dedup_components", b, m, near_removed=int(n - len(sizes)), largest_cluster=int(sizes.max()))
+    table = pa.Table.from_batches(lid_in)
+    b, m, (_, lstats) = _best(lambda: line_dedup_table(table, st.dedup_cfg.lines), repeats)
+    from dataproc.dedup.lines import unit_hashes
+    units = sum(unit_hashes(x, st.dedup_cfg.lines).num_rows for x in lid_in)
+    record("dedup_lines", b, m, unit_hashes_per_doc=round(units / n, 2), **lstats)
+
+    if scaling:
+        _WORKER.update(stages=st, batches=raw, path=str(path))
+        res["parallel"] = {}
+        for name in MAP_STAGES:
+            if name not in res["stages"]:
+                continue
+            w1, w2 = parallel_wall(name, len(raw), 1), parallel_wall(name, len(raw), 2)
+            if name == "read":
+                w2 = w2 / 2          # both processes read the whole file: 2x the work in that wall time
+            res["parallel"][name] = {"wall_1": round(w1, 3), "wall_2": round(w2, 3), "speedup": round(w1 / w2, 2)}
+            print(f"  {name:<18} 1 proc {w1:7.2f} s   2 procs {w2:7.2f} s   speed-up {w1 / w2:4.2f}", flush=True)
+    return res
+
+
+def lang_bytes_per_token(sample: list[dict]) -> dict:
+    """UTF-8 bytes per Qwen3 token per sample language (real, unmutated documents)."""
+    from q3.tokenizer import encode_batch
+
+    by: dict[str, list[str]] = {}
+    for d in sample:
+        by.setdefault(d["lang"], []).append(d["text"])
+    out = {}
+    for lg, texts in sorted(by.items()):
+        toks = sum(len(x) for x in encode_batch(texts))
+        out[lg] = round(sum(len(t.encode("utf-8")) for t in texts) / max(toks, 1), 3)
+    return out
+
+
+def write_eval_set(sample: list[dict], where: Path) -> None:
+    """A decontamination eval set: 300 paragraphs of the sample (so some documents do match)."""
+    where.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1)
+    with open(where / "bench_eval.jsonl", "w", encoding="utf-8") as f:
+        for d in rng.sample(sample, min(300, len(sample))):
+            f.write(json.dumps({"text": d["text"][:600]}, ensure_ascii=False) + "\n")
+
+
+def label_models(sample_path: Path, work: Path) -> Path | None:
+    try:
+        from bench.label_bench import ensure_models
+        from labeling.config import LabelConfig
+        cfg = LabelConfig(input=str(sample_path), output=str(work / "labeling"), judge={"sample_size": 300})
+        return ensure_models(cfg)
+    except Exception as e:     # the label models need a judge round and training: report, go on
+        print(f"label stage skipped: {type(e).__name__}: {e}", flush=True)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from q3.paths import data_dir
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sample", default=str(data_dir() / "sample-tests" / "docs.jsonl"))
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--no-label", action="store_true")
+    ap.add_argument("--out", default=str(OUT))
+    a = ap.parse_args(argv)
+    os.environ.setdefault("Q3_PROGRESS", "0")
+    sample_path = Path(a.sample)
+    sample = _sample_docs(sample_path)
+    work = Path(a.work or tempfile.mkdtemp(prefix="stage-costs-"))
+    write_eval_set(sample, work / "evals")
+    models = None if a.no_label else label_models(sample_path, work)
+    st = Stages(work, models)
+    load0 = os.getloadavg()
+    t0 = time.time()
+    sizes = []
+    for i, n in enumerate(sorted(a.sizes)):
+        docs = scaled_docs(sample, n)
+        print(f"size {n:,}: {sum(len(d['text']) for d in docs) / n:,.0f} chars/doc", flush=True)
+        sizes.append(measure_size(st, docs, work, a.repeats, scaling=i == len(a.sizes) - 1))
+    res = {
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python -m bench.stage_costs " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}",
+        "load_average_start": [round(x, 1) for x in load0],
+        "load_average_end": [round(x, 1) for x in os.getloadavg()],
+        "seconds": round(time.time() - t0, 1),
+        "repeats": a.repeats,
+        "dedup_config": {"num_perm": st.dedup_cfg.minhash.num_perm, "verify": st.dedup_cfg.minhash.verify,
+                         "scope": st.dedup_cfg.scope},
+        "label_measured": models is not None,
+        "sample_bytes_per_token": lang_bytes_per_token(sample),
+        "sizes": sizes,
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {a.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
