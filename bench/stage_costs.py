@@ -1,7 +1,7 @@
 """Per-core cost of every corpus stage, measured on the stages' real code; the inputs of docs/scale.md.
 
-    PYTHONPATH=$PWD python -m bench.stage_costs                       # sizes 2,000 and 8,000 docs
-    PYTHONPATH=$PWD python -m bench.stage_costs --sizes 2000 20000 --repeats 3
+    PYTHONPATH=$PWD python -m bench.stage_costs --spark-docs 50000    # sizes 2,000 and 10,000 docs
+    PYTHONPATH=$PWD python -m bench.stage_costs --sizes --spark-docs 50000   # only the Spark row, into --out
 
 Corpus: the project's sample (Debian man pages in 26 languages, real text) scaled by the recipe of
 bench/dedup_scale.py (two ~800-char segments joined; 25% near-duplicates by `planted.mutate`, 5%
@@ -143,17 +143,19 @@ def _worker(args: tuple) -> float:
     return time.process_time() - t
 
 
-def parallel_wall(name: str, n_batches: int, procs: int) -> float:
-    """Wall seconds for the stage over all batches split across `procs` forked processes."""
+def parallel_wall(name: str, n_batches: int, procs: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds summed over the workers) for the stage over all batches split
+    across `procs` forked processes. Equal CPU sums for 1 and 2 processes mean the work divides
+    with no per-process overhead; the wall speed-up then says how many cores the machine gave."""
     ctx = mp.get_context("fork")
     step = -(-n_batches // procs)
     parts = [(name, i, min(i + step, n_batches)) for i in range(0, n_batches, step)]
-    if name == "read":      # one file: each process reads it; halve the per-process share instead
+    if name == "read":      # one file: each process reads it all (2x the work, halved below)
         parts = [(name, 0, 0)] * procs
     t = time.perf_counter()
     with ctx.Pool(procs) as pool:
-        pool.map(_worker, parts)
-    return time.perf_counter() - t
+        cpu = sum(pool.map(_worker, parts))
+    return time.perf_counter() - t, cpu
 
 
 def measure_size(st: Stages, docs: list[dict], work: Path, repeats: int, scaling: bool) -> dict:
@@ -251,11 +253,13 @@ def measure_size(st: Stages, docs: list[dict], work: Path, repeats: int, scaling
         for name in MAP_STAGES:
             if name not in res["stages"]:
                 continue
-            w1, w2 = parallel_wall(name, len(raw), 1), parallel_wall(name, len(raw), 2)
+            (w1, c1), (w2, c2) = parallel_wall(name, len(raw), 1), parallel_wall(name, len(raw), 2)
             if name == "read":
-                w2 = w2 / 2          # both processes read the whole file: 2x the work in that wall time
-            res["parallel"][name] = {"wall_1": round(w1, 3), "wall_2": round(w2, 3), "speedup": round(w1 / w2, 2)}
-            print(f"  {name:<18} 1 proc {w1:7.2f} s   2 procs {w2:7.2f} s   speed-up {w1 / w2:4.2f}", flush=True)
+                w2, c2 = w2 / 2, c2 / 2      # both processes read the whole file: 2x the work
+            res["parallel"][name] = {"wall_1": round(w1, 3), "wall_2": round(w2, 3), "speedup": round(w1 / w2, 2),
+                                     "cpu_1": round(c1, 3), "cpu_2": round(c2, 3)}
+            print(f"  {name:<18} 1 proc {w1:7.2f} s ({c1:6.2f} CPU)  2 procs {w2:7.2f} s ({c2:6.2f} CPU)  "
+                  f"speed-up {w1 / w2:4.2f}  load {os.getloadavg()[0]:.1f}", flush=True)
     return res
 
 
@@ -293,17 +297,85 @@ def label_models(sample_path: Path, work: Path) -> Path | None:
         return None
 
 
+def spark_dedup(sample: list[dict], n: int, work: Path) -> dict:
+    """The whole Spark dedup job (default config) on n scaled documents, local[1] vs local[2]: wall
+    seconds (JVM start included) and the 2-core speed-up of a shuffle-heavy job."""
+    import pyarrow.parquet as pq
+
+    from dataproc.dedup.config import DedupConfig
+    from dataproc.jobs.dedup import run_dedup
+    from dataproc.spark import get_spark
+    from q3.schemas import DOC_SCHEMA, content_id
+
+    docs = scaled_docs(sample, n, seed=7)
+    inp = work / f"spark-in-{n}"
+    inp.mkdir(parents=True, exist_ok=True)
+    t = pa.table({"id": [content_id(d["text"]) for d in docs], "text": [d["text"] for d in docs],
+                  "source": ["scale"] * n, "url": [d["url"] for d in docs], "lang": [d["lang"] for d in docs],
+                  "n_chars": pa.array([len(d["text"]) for d in docs], pa.int64())})
+    arrays = [t.column(f.name) if f.name in t.schema.names else pa.nulls(n, f.type) for f in DOC_SCHEMA]
+    step = -(-n // 8)        # 8 files: both cores get scan tasks
+    full = pa.Table.from_arrays(arrays, schema=DOC_SCHEMA)
+    for i in range(0, n, step):
+        pq.write_table(full.slice(i, step), str(inp / f"part-{i // step:03d}.parquet"))
+    out = {"docs": n}
+    for cores in (1, 2):
+        spark = get_spark(f"stage-costs-{cores}", master=f"local[{cores}]",
+                          conf={"spark.sql.shuffle.partitions": "8", "spark.local.dir": str(work / "spark-tmp")})
+        w = time.perf_counter()
+        stats = run_dedup(inp, work / f"spark-out-{n}-{cores}", DedupConfig(runner="spark"), spark=spark)
+        out[f"wall_{cores}"] = round(time.perf_counter() - w, 1)
+        out[f"removed_{cores}"] = stats["exact_duplicate"] + stats["near_duplicate"]
+        spark.stop()
+        print(f"  spark dedup {n:,} docs local[{cores}]: {out[f'wall_{cores}']} s", flush=True)
+    out["speedup"] = round(out["wall_1"] / out["wall_2"], 2)
+    return out
+
+
+def plot(measured: Path, png: Path) -> None:
+    """Cost share per stage of the default 36T estimate (docs/scale.md)."""
+    from matplotlib.figure import Figure
+
+    from dataproc.estimate import EstimateConfig, estimate, load_measured
+
+    e = estimate(EstimateConfig(measured=str(measured)), load_measured(measured))
+    rows = sorted(e["stages"], key=lambda r: r["core_hours"])
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    ax.barh([r["stage"] for r in rows], [r["core_hours"] / 1e3 for r in rows], color="#4c72b0")
+    for i, r in enumerate(rows):
+        ax.text(r["core_hours"] / 1e3, i, f" {r['share']:.0%}", va="center", fontsize=8)
+    ax.set_xlabel("thousand core-hours (36T tokens, default assumptions)")
+    ax.set_title(f"Corpus pipeline cost per stage: {e['core_hours'] / 1e3:,.0f}k core-hours in total", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from q3.paths import data_dir
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sample", default=str(data_dir() / "sample-tests" / "docs.jsonl"))
-    ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[2000, 10000])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--work", default=None)
     ap.add_argument("--no-label", action="store_true")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--spark-docs", type=int, default=0, help="also time the Spark dedup job, local[1] vs [2]")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from --out, measure nothing")
     a = ap.parse_args(argv)
+    png = Path(a.out).with_suffix(".png")
+    if a.plot_only:
+        plot(Path(a.out), png)
+        return 0
+    if a.spark_docs and not a.sizes:     # `--sizes` with no value: add the Spark row to an existing --out
+        res = json.loads(Path(a.out).read_text())
+        res["spark_dedup"] = spark_dedup(_sample_docs(Path(a.sample)), a.spark_docs,
+                                         Path(a.work or tempfile.mkdtemp(prefix="stage-costs-")))
+        res["spark_load_average_end"] = [round(x, 1) for x in os.getloadavg()]
+        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+        return 0
     os.environ.setdefault("Q3_PROGRESS", "0")
     sample_path = Path(a.sample)
     sample = _sample_docs(sample_path)
@@ -318,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         docs = scaled_docs(sample, n)
         print(f"size {n:,}: {sum(len(d['text']) for d in docs) / n:,.0f} chars/doc", flush=True)
         sizes.append(measure_size(st, docs, work, a.repeats, scaling=i == len(a.sizes) - 1))
+    spark = spark_dedup(sample, a.spark_docs, work) if a.spark_docs else None
     res = {
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m bench.stage_costs " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -331,10 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         "label_measured": models is not None,
         "sample_bytes_per_token": lang_bytes_per_token(sample),
         "sizes": sizes,
+        "spark_dedup": spark,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {a.out}", flush=True)
+    plot(Path(a.out), png)
     return 0
 
 

@@ -9,7 +9,8 @@ stages' real code on the scaled sample); everything else is an assumption with a
 their sources: docs/scale.md). Volumes flow backwards from the token target: the tokenised output is
 `tokens x bytes/token`, and each earlier stage sees its output divided by the keep rates after it.
 Map stages cost bytes / (measured bytes per CPU-second); the global dedup phases cost documents /
-(measured docs per CPU-second) times a log2 growth factor (sorting by band key; union rounds).
+(measured docs per CPU-second) times a log2 growth factor (sorting by band key; union rounds); a
+stage that shuffles is also charged its shuffle bytes / `shuffle_mib_per_core_s`.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class EstimateConfig(Q3Config):
     languages: int = Field(119, ge=1)           # languages in the corpus (Qwen3: 119); dedup scope=lang runs per language
     largest_language_share: float = Field(0.4, gt=0, le=1)   # share of documents in the largest scope (English)
     doc_bytes: float = Field(3000, gt=0)        # mean raw document size in bytes (CommonCrawl text: 2-4 KB)
-    efficiency: float = Field(0.75, gt=0, le=1)   # parallel efficiency at cluster scale (stragglers, shuffles)
+    efficiency: float = Field(0.75, gt=0, le=1)   # parallel efficiency at cluster scale (stragglers, skew)
+    shuffle_mib_per_core_s: float = Field(25.0, gt=0)   # Spark shuffle write + read per core (serialise, disk, network)
     keep: KeepRates = Field(default_factory=KeepRates)
     mix: LangMix = Field(default_factory=LangMix)
     measured: str = "bench/results/stage_costs.json"   # per-core rates from `python -m bench.stage_costs` (relative: to the repo)
@@ -184,6 +186,7 @@ def estimate(cfg: EstimateConfig, measured: dict[str, Any]) -> dict[str, Any]:
             nbytes = vol[volume]
             cpu_s = nbytes / m["bytes_per_cpu_s"]
             docs = nbytes / cfg.doc_bytes
+        cpu_s += shuffle.get(name, 0.0) / (cfg.shuffle_mib_per_core_s * 2**20)   # shuffles are charged too
         rows.append({"stage": name, "input_bytes": nbytes, "docs": docs, "core_hours": cpu_s / 3600,
                      "shuffle_bytes": shuffle.get(name, 0.0), "scaling": scaling,
                      "measured_mib_per_cpu_s": m["bytes_per_cpu_s"] / 2**20,

@@ -64,6 +64,9 @@ def test_model_is_consistent(tmp_path):
     assert e["cores_needed"] == pytest.approx(e["effective_core_hours"] / 10, abs=1)
     assert e["wall_hours"] == pytest.approx(e["effective_core_hours"] / 1000)
     assert e["shuffle_bytes"] > 0 and by["dedup_lsh_buckets"]["shuffle_bytes"] > 0 and by["read"]["shuffle_bytes"] == 0
+    # a shuffling stage pays its bytes at shuffle_mib_per_core_s on top of its measured CPU
+    ex = by["dedup_exact"]
+    assert ex["core_hours"] == pytest.approx(ex["input_bytes"] / 1e7 / 3600 + ex["shuffle_bytes"] / (25 * 2**20) / 3600)
     # linear stages double with the tokens; the LSH sort grows by more (n log n)
     e2 = estimate(_cfg(tmp_path / "costs.json", tokens="2T"), m)
     by2 = {r["stage"]: r for r in e2["stages"]}
