@@ -10,7 +10,9 @@ their sources: docs/scale.md). Volumes flow backwards from the token target: the
 `tokens x bytes/token`, and each earlier stage sees its output divided by the keep rates after it.
 Map stages cost bytes / (measured bytes per CPU-second); the global dedup phases cost documents /
 (measured docs per CPU-second) times a log2 growth factor (sorting by band key; union rounds); a
-stage that shuffles is also charged its shuffle bytes / `shuffle_mib_per_core_s`.
+stage that shuffles is also charged its shuffle bytes / `shuffle_mib_per_core_s`; `overhead` multiplies
+the functions' CPU for what a runner adds around them (reading/writing Parquet, Arrow conversions,
+task scheduling: measured 1.6x for the local pipeline runner, ~3x for Spark dedup; docs/scale.md).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class EstimateConfig(Q3Config):
     largest_language_share: float = Field(0.4, gt=0, le=1)   # share of documents in the largest scope (English)
     doc_bytes: float = Field(3000, gt=0)        # mean raw document size in bytes (CommonCrawl text: 2-4 KB)
     efficiency: float = Field(0.75, gt=0, le=1)   # parallel efficiency at cluster scale (stragglers, skew)
+    overhead: float = Field(1.5, ge=1)          # runner cost over the stage functions' CPU (Parquet, Arrow, tasks)
     shuffle_mib_per_core_s: float = Field(25.0, gt=0)   # Spark shuffle write + read per core (serialise, disk, network)
     keep: KeepRates = Field(default_factory=KeepRates)
     mix: LangMix = Field(default_factory=LangMix)
@@ -186,7 +189,7 @@ def estimate(cfg: EstimateConfig, measured: dict[str, Any]) -> dict[str, Any]:
             nbytes = vol[volume]
             cpu_s = nbytes / m["bytes_per_cpu_s"]
             docs = nbytes / cfg.doc_bytes
-        cpu_s += shuffle.get(name, 0.0) / (cfg.shuffle_mib_per_core_s * 2**20)   # shuffles are charged too
+        cpu_s = cpu_s * cfg.overhead + shuffle.get(name, 0.0) / (cfg.shuffle_mib_per_core_s * 2**20)   # shuffles are charged too
         rows.append({"stage": name, "input_bytes": nbytes, "docs": docs, "core_hours": cpu_s / 3600,
                      "shuffle_bytes": shuffle.get(name, 0.0), "scaling": scaling,
                      "measured_mib_per_cpu_s": m["bytes_per_cpu_s"] / 2**20,
@@ -226,7 +229,8 @@ def print_estimate(cfg: EstimateConfig, e: dict[str, Any]) -> None:
                 [[r["stage"], _si(r["input_bytes"], "B"), _si(r["docs"]), round(r["measured_mib_per_cpu_s"], 2),
                   round(r["measured_docs_per_cpu_s"]), round(r["core_hours"]), f"{r['share']:.1%}",
                   _si(r["shuffle_bytes"], "B") if r["shuffle_bytes"] else "-", r["scaling"]] for r in e["stages"]])
-    print(f"total {e['core_hours']:,.0f} core-hours ({e['effective_core_hours']:,.0f} at {cfg.efficiency:.0%} "
+    print(f"total {e['core_hours']:,.0f} core-hours (runner overhead x{cfg.overhead:g}, shuffles at "
+          f"{cfg.shuffle_mib_per_core_s:g} MiB/s/core; {e['effective_core_hours']:,.0f} at {cfg.efficiency:.0%} "
           f"parallel efficiency); shuffle {_si(e['shuffle_bytes'], 'B')}; LSH/components growth x"
           f"{e['lsh_growth_factor']:.2f} over the measured size, {e['components_rounds']} components rounds")
     if "cores_needed" in e:

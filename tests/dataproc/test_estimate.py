@@ -35,7 +35,7 @@ def _measured(tmp_path, quality_bytes_per_s: float = 2e6):
 
 
 def _cfg(path, **kw) -> EstimateConfig:
-    return validate(EstimateConfig, {"measured": str(path), **kw})
+    return validate(EstimateConfig, {"measured": str(path), "overhead": 1.0, **kw})
 
 
 @pytest.mark.parametrize("text,value", [("36T", 36e12), ("800b", 800e9), ("5e12", 5e12), ("1.5M", 1.5e6), (7, 7.0)])
@@ -72,6 +72,9 @@ def test_model_is_consistent(tmp_path):
     by2 = {r["stage"]: r for r in e2["stages"]}
     assert by2["quality"]["core_hours"] == pytest.approx(2 * by["quality"]["core_hours"])
     assert by2["dedup_lsh_buckets"]["core_hours"] > 2 * by["dedup_lsh_buckets"]["core_hours"]
+    # the runner overhead multiplies the functions' CPU (not the shuffle)
+    oh = {r["stage"]: r for r in estimate(_cfg(tmp_path / "costs.json", tokens="1T", overhead=3), m)["stages"]}
+    assert oh["quality"]["core_hours"] == pytest.approx(3 * by["quality"]["core_hours"])
     # a slower filter costs proportionally more
     slow = estimate(_cfg(tmp_path / "costs.json", tokens="1T"), load_measured(_measured(tmp_path, 1e6)))
     assert {r["stage"]: r for r in slow["stages"]}["quality"]["core_hours"] == pytest.approx(2 * by["quality"]["core_hours"])
