@@ -332,6 +332,39 @@ def spark_dedup(sample: list[dict], n: int, work: Path) -> dict:
     return out
 
 
+def merge_best(runs: list[dict]) -> dict:
+    """Repeated runs (same sizes, same corpus) -> the last run with each stage's best rate of all runs."""
+    out = json.loads(json.dumps(runs[-1]))
+    for size in out["sizes"]:
+        for name, m in size["stages"].items():
+            for r in runs:
+                other = next((x for x in r["sizes"] if x["docs"] == size["docs"]), None)
+                o = other and other["stages"].get(name)
+                if o and o["cpu_s"] < m["cpu_s"]:
+                    size["stages"][name] = m = dict(o)
+    out["merged_runs"] = [{"measured_at": r["measured_at"], "load_average_start": r["load_average_start"],
+                           "load_average_end": r["load_average_end"]} for r in runs]
+    return out
+
+
+def markdown(res: dict) -> str:
+    """The measured table (both sizes, growth of the per-doc cost, 1 vs 2 processes) as Markdown."""
+    small, big = sorted(res["sizes"], key=lambda x: x["docs"])[0], sorted(res["sizes"], key=lambda x: x["docs"])[-1]
+    par = big.get("parallel", {})
+    lines = [f"| stage | docs/s/core @{small['docs']:,} | docs/s/core @{big['docs']:,} | MiB/s/core @{big['docs']:,} "
+             f"| per-doc cost {big['docs'] // small['docs']}x docs | CPU 1 proc / 2 procs (s) | wall speed-up 2 procs |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in big["stages"].items():
+        s0 = small["stages"].get(name)
+        growth = f"{s0['docs_per_cpu_s'] / m['docs_per_cpu_s']:.2f}x" if s0 else "-"
+        p = par.get(name)
+        cpu = f"{p['cpu_1']:.2f} / {p['cpu_2']:.2f}" if p and "cpu_1" in p else "-"
+        sp = f"{p['speedup']:.2f}" if p else "-"
+        lines.append(f"| {name} | {s0['docs_per_cpu_s']:,.0f} | {m['docs_per_cpu_s']:,.0f} | "
+                     f"{m['bytes_per_cpu_s'] / 2**20:,.2f} | {growth} | {cpu} | {sp} |" if s0 else "")
+    return "\n".join(x for x in lines if x)
+
+
 def plot(measured: Path, png: Path) -> None:
     """Cost share per stage of the default 36T estimate (docs/scale.md)."""
     from matplotlib.figure import Figure
@@ -363,9 +396,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-label", action="store_true")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--spark-docs", type=int, default=0, help="also time the Spark dedup job, local[1] vs [2]")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="write to --out the best rate per stage over these stage_costs.json runs")
+    ap.add_argument("--markdown", action="store_true", help="print the measured table of --out as Markdown")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from --out, measure nothing")
     a = ap.parse_args(argv)
     png = Path(a.out).with_suffix(".png")
+    if a.merge:
+        merged = merge_best([json.loads(Path(p).read_text()) for p in a.merge])
+        Path(a.out).write_text(json.dumps(merged, indent=1) + "\n")
+        plot(Path(a.out), Path(a.out).with_suffix(".png"))
+        return 0
+    if a.markdown:
+        print(markdown(json.loads(Path(a.out).read_text())))
+        return 0
     if a.plot_only:
         plot(Path(a.out), png)
         return 0
