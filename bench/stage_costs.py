@@ -371,7 +371,7 @@ def plot(measured: Path, png: Path) -> None:
 
     from dataproc.estimate import EstimateConfig, estimate, load_measured
 
-    e = estimate(EstimateConfig(measured=str(measured)), load_measured(measured))
+    e = estimate(EstimateConfig(input=str(measured)), load_measured(measured))
     rows = sorted(e["stages"], key=lambda r: r["core_hours"])
     fig = Figure(figsize=(7, 4.2))
     ax = fig.add_subplot()

@@ -102,7 +102,7 @@ class EstimateConfig(Q3Config):
     shuffle_mib_per_core_s: float = Field(25.0, gt=0)   # Spark shuffle write + read per core (serialise, disk, network)
     keep: KeepRates = Field(default_factory=KeepRates)
     mix: LangMix = Field(default_factory=LangMix)
-    measured: str = "bench/results/stage_costs.json"   # per-core rates from `python -m bench.stage_costs` (relative: to the repo)
+    input: str = "bench/results/stage_costs.json"   # measured per-core rates: `python -m bench.stage_costs` writes it (relative: to the repo)
 
     @field_validator("tokens", mode="before")
     @classmethod
@@ -223,7 +223,7 @@ def print_estimate(cfg: EstimateConfig, e: dict[str, Any]) -> None:
 
     print(f"target {_si(e['tokens'])} tokens, {cfg.languages} languages; {e['bytes_per_token']:.2f} bytes/token "
           f"(mix {cfg.mix.model_dump()}); raw input {_si(e['raw_bytes'], 'B')} = {_si(e['raw_docs'])} docs "
-          f"of {cfg.doc_bytes:,.0f} B; rates measured {e['measured_at']} ({cfg.measured})")
+          f"of {cfg.doc_bytes:,.0f} B; rates measured {e['measured_at']} ({cfg.input})")
     print_table("cost per stage", ["stage", "input", "docs", "MiB/s/core", "docs/s/core", "core-hours",
                                    "share", "shuffle", "grows"],
                 [[r["stage"], _si(r["input_bytes"], "B"), _si(r["docs"]), round(r["measured_mib_per_cpu_s"], 2),
@@ -242,7 +242,7 @@ def print_estimate(cfg: EstimateConfig, e: dict[str, Any]) -> None:
 def cli(config: str | None, overrides: list[str]) -> int:
     """Print the cost model (core-hours, shuffle bytes, cluster size) for a token target."""
     cfg = load_config(EstimateConfig, "estimate", config, overrides)
-    print_estimate(cfg, estimate(cfg, load_measured(cfg.measured)))
+    print_estimate(cfg, estimate(cfg, load_measured(cfg.input)))
     return 0
 
 

@@ -35,7 +35,7 @@ def _measured(tmp_path, quality_bytes_per_s: float = 2e6):
 
 
 def _cfg(path, **kw) -> EstimateConfig:
-    return validate(EstimateConfig, {"measured": str(path), "overhead": 1.0, **kw})
+    return validate(EstimateConfig, {"input": str(path), "overhead": 1.0, **kw})
 
 
 @pytest.mark.parametrize("text,value", [("36T", 36e12), ("800b", 800e9), ("5e12", 5e12), ("1.5M", 1.5e6), (7, 7.0)])
@@ -106,12 +106,12 @@ def _q3(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli(tmp_path):
-    p = _q3("tokens=36T", "cores=4096", "hours=72", f"measured={_measured(tmp_path)}")
+    p = _q3("tokens=36T", "cores=4096", "hours=72", f"input={_measured(tmp_path)}")
     assert p.returncode == 0, p.stderr
     assert "cost per stage" in p.stdout and "cluster for 72 h wall" in p.stdout and "wall time on 4,096 cores" in p.stdout
     bad = _q3("tokens=abc")
     assert bad.returncode == 2 and "tokens" in bad.stderr and "Traceback" not in bad.stderr
-    missing = _q3(f"measured={tmp_path / 'none.json'}")
+    missing = _q3(f"input={tmp_path / 'none.json'}")
     assert missing.returncode == 2 and "bench.stage_costs" in missing.stderr and "Traceback" not in missing.stderr
     helped = _q3("--help")
     assert helped.returncode == 0 and "tokens" in helped.stdout and "output tokens" in helped.stdout
