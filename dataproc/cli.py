@@ -7,4 +7,5 @@ VERBS = {
     "run": verb("dataproc.jobs.pipeline:cli", "Run ingest -> normalise -> language ID -> quality filters -> PII (Spark)."),
     "dedup": verb("dataproc.jobs.dedup:cli", "Exact + MinHash-LSH fuzzy + line-level dedup (Spark)."),
     "decontam": verb("dataproc.jobs.decontam:cli", "Remove documents overlapping evaluation sets by n-grams (Spark)."),
+    "estimate": verb("dataproc.estimate:cli", "Cost model to a token target: core-hours, shuffle bytes, cluster size."),
 }
