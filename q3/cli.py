@@ -18,7 +18,7 @@ from q3.verbs import parse_args, script_main
 __all__ = ["AREAS", "main", "parse_args"]
 
 AREAS: dict[str, tuple[str, str]] = {
-    "data": ("dataproc.cli", "corpus pipeline: sample, run, dedup, decontam"),
+    "data": ("dataproc.cli", "corpus pipeline: sample, run, dedup, decontam, estimate"),
     "label": ("labeling.cli", "multi-dimension annotation: judge, train classifiers, apply"),
     "synth": ("synth.cli", "synthetic data: generate, verifiable generators, cold-start builder"),
     "mix": ("dataproc.mix_cli", "tokenise into Megatron datasets, build stage manifests, optimise mixture"),
