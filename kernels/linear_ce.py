@@ -10,7 +10,9 @@ thus computed during the forward (as Liger-Kernel's fused linear-CE does) and on
 the incoming gradient in backward: peak extra memory is one [chunk, V] fp32 buffer plus the
 fp32 weight gradient [V, H] (accumulated over chunks in fp32 whatever the weight dtype).
 
-Reductions: "mean" over non-ignored tokens (F.cross_entropy's default) or "sum".
+Reductions: "mean" over non-ignored tokens (F.cross_entropy's default) or "sum"; with "sum",
+optional `token_weights` [T] scale each token's loss and gradient (the trainer's loss mask), and
+`return_token_losses` also hands back the unweighted per-token losses [T] (no gradient).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def _ce_rows(LOGITS, TARGETS, SCALE, LOSS, V, ignore_index, BLOCK: tl.constexpr,
 
 class _LinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, reduction, chunk_size):
+    def forward(ctx, hidden, weight, targets, ignore_index, reduction, chunk_size, token_weights):
         T, V = hidden.shape[0], weight.shape[0]
         valid = targets != ignore_index
         count = valid.sum()
@@ -73,7 +75,8 @@ class _LinearCE(torch.autograd.Function):
             denom = count.clamp(min=1).float()
         else:
             denom = torch.ones((), device=hidden.device)
-        scale = valid.float() / denom
+        w = valid.float() if token_weights is None else valid.float() * token_weights.float()
+        scale = w / denom
         grad_h = torch.empty_like(hidden) if hidden.requires_grad else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if weight.requires_grad else None
@@ -93,24 +96,28 @@ class _LinearCE(torch.autograd.Function):
             del logits
         ctx.save_for_backward(grad_h, grad_w)            # None where no gradient is wanted
         ctx.weight_dtype = weight.dtype
-        loss = losses.sum()
-        return loss / denom if reduction == "mean" else loss
+        ctx.mark_non_differentiable(losses)
+        loss = (losses * w).sum()
+        return (loss / denom if reduction == "mean" else loss), losses
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx, g, _g_losses):
         grad_h, grad_w = ctx.saved_tensors
         grad_h = grad_h * g.to(grad_h.dtype) if grad_h is not None else None
         grad_w = (grad_w * g).to(ctx.weight_dtype) if grad_w is not None else None
-        return grad_h, grad_w, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          ignore_index: int = -100, reduction: str = "mean",
-                         chunk_size: int = 1024) -> torch.Tensor:
+                         chunk_size: int = 1024, token_weights: torch.Tensor | None = None,
+                         return_token_losses: bool = False):
     """cross_entropy(hidden @ weight.T, targets) without the full logits.
 
     hidden [T, H], weight [V, H], targets [T] (ignore_index skipped). chunk_size tokens' logits
-    exist at a time (1024 x 151,936 fp32 = 0.6 GB).
+    exist at a time (1024 x 151,936 fp32 = 0.6 GB). `token_weights` [T] (reduction "sum" only):
+    the loss is sum_t w_t * CE_t, gradients weighted alike. `return_token_losses`: return
+    (loss, per-token CE [T] fp32, unweighted, 0 where ignored, no gradient).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"linear_cross_entropy: reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -118,4 +125,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
             or targets.shape != hidden.shape[:1]:
         raise ValueError(f"linear_cross_entropy: hidden [T, H], weight [V, H], targets [T]; got "
                          f"{tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(targets.shape)}")
-    return _LinearCE.apply(hidden, weight, targets, ignore_index, reduction, max(1, int(chunk_size)))
+    if token_weights is not None and (reduction != "sum" or token_weights.shape != targets.shape):
+        raise ValueError("linear_cross_entropy: token_weights [T] need reduction='sum' "
+                         "(a weighted mean's denominator is the caller's choice)")
+    loss, losses = _LinearCE.apply(hidden, weight, targets, ignore_index, reduction, max(1, int(chunk_size)),
+                                   token_weights)
+    return (loss, losses) if return_token_losses else loss

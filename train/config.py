@@ -72,7 +72,8 @@ class ModelConfig(Q3Config):
     # fused MoE token permute/unpermute (TE kernels). None: on with transformer_engine, off otherwise
     moe_permute_fusion: bool | None = None    # TE's fused token permute; None: on exactly with transformer_engine
     # Triton kernels (kernels/, issue 16) in the local spec, for GPUs without TE; CPU: interpreter, tests only
-    triton_kernels: list[Literal["rmsnorm", "swiglu", "qk_norm_rope", "moe_permute"]] = Field(default_factory=list)  # any of rmsnorm, swiglu, qk_norm_rope, moe_permute (transformer_impl: local)
+    # linear_ce: the trainer's default LM loss by kernels/linear_ce.py, never the full [tokens x vocab] logits
+    triton_kernels: list[Literal["rmsnorm", "swiglu", "qk_norm_rope", "moe_permute", "linear_ce"]] = Field(default_factory=list)  # any of rmsnorm, swiglu, qk_norm_rope, moe_permute (transformer_impl: local); linear_ce (the LM loss, either impl; TP 1)
     # emulated FP8 (issue 16, kernels/fp8_emulation.py): quantise-dequantise the inputs, weights and
     # grad-outputs of the local spec's linears (not the LM head) with a TE recipe, on any device;
     # reuses fp8_amax_history_len / fp8_amax_compute_algo for `delayed`. For numerics, not speed.
@@ -95,8 +96,9 @@ class ModelConfig(Q3Config):
         if full != (self.recompute_method is not None) or full != (self.recompute_num_layers is not None):
             raise ValueError("recompute_granularity: full needs recompute_method and recompute_num_layers "
                              "(and only full takes them)")
-        if self.triton_kernels and self.transformer_impl != "local":
-            raise ValueError("triton_kernels are for transformer_impl: local (Transformer Engine fuses these ops)")
+        if set(self.triton_kernels) - {"linear_ce"} and self.transformer_impl != "local":
+            raise ValueError("triton_kernels are for transformer_impl: local (Transformer Engine fuses these ops; "
+                             "only linear_ce, the LM loss, works with either)")
         if "moe_permute" in self.triton_kernels and self.is_moe and self.moe_token_dispatcher_type != "allgather":
             raise ValueError("triton_kernels moe_permute is wired into the allgather token dispatcher only")
         if "swiglu" in self.triton_kernels and self.is_moe and self.moe_grouped_gemm:

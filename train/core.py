@@ -16,7 +16,9 @@ sequences pass a block-diagonal mask and positions that restart at every sample.
 
 An algorithm plugs in through two callables (both see the batch on the device, defaults filled):
 - `forward_fn(model, batch) -> output`; default: per-token CE from megatron's fused LM head,
-  `model(tokens, position_ids, attention_mask, labels=labels)` -> [mb,s].
+  `model(tokens, position_ids, attention_mask, labels=labels)` -> [mb,s]. With the model's
+  `triton_kernels: [linear_ce]` the default pair (both None) computes the same loss from the final
+  hidden states with kernels/linear_ce.py instead (train/kernel_spec.py), never the full logits.
 - `loss_fn(output, batch) -> (loss_sum, n_tokens, metrics)`; default: sum of the masked per-token
   losses and the number of loss tokens. The reported loss is sum / tokens over the whole global
   batch (all microbatches and DP ranks); the gradient is normalised the same way when
@@ -173,6 +175,24 @@ def _default_loss(per_token: torch.Tensor, batch: Batch):
     return (per_token.float() * loss_mask).sum(), loss_mask.sum(), {}
 
 
+def check_linear_ce(triton_kernels: list[str] | tuple[str, ...], tensor_parallel: int) -> None:
+    """Reject what `linear_ce_lm_loss` cannot do, before the model is built."""
+    if "linear_ce" in triton_kernels and tensor_parallel > 1:
+        raise ConfigError(f"triton_kernels linear_ce needs tensor_model_parallel_size 1 (got {tensor_parallel}): "
+                          "with TP the output layer is split over the vocabulary (and the hidden states over "
+                          "the sequence) and the kernel's logsumexp is not reduced across ranks; drop linear_ce")
+
+
+def _linear_ce_forward(model, batch: Batch):
+    from train.kernel_spec import linear_ce_lm_loss
+
+    return linear_ce_lm_loss(model, batch)
+
+
+def _linear_ce_loss(out, batch: Batch):
+    return out[0], batch["loss_mask"].sum(), {}      # out[0]: the masked sum already (per-token CE: out[1])
+
+
 # ----------------------------------------------------------------------------- the trainer
 class Trainer:
     """Model + DDP + optimizer + schedule + checkpoints + guard + metrics of one run.
@@ -200,6 +220,7 @@ class Trainer:
             raise ConfigError("use_distributed_optimizer needs CUDA: megatron's DistributedOptimizer "
                               "accepts CUDA parameters only (leave it off on CPU)")
         par = cfg.parallel
+        check_linear_ce(mcfg.triton_kernels, par.tensor_model_parallel_size)
         init_parallel(tp=par.tensor_model_parallel_size, pp=par.pipeline_model_parallel_size,
                       ep=par.expert_model_parallel_size, seed=cfg.seed)
         if par.pipeline_model_parallel_size != 1:
@@ -347,6 +368,9 @@ class Trainer:
     # ------------------------------------------------------------------------- forward/backward
     def _forward_step(self, forward_fn: ForwardFn | None, loss_fn: LossFn | None):
         """megatron's forward_step_func: run the model on the next microbatch, return its loss."""
+        if forward_fn is None and loss_fn is None and "linear_ce" in self.mcfg.triton_kernels:
+            forward_fn, loss_fn = _linear_ce_forward, _linear_ce_loss    # same loss, no full logits
+
         def forward_step(data_iterator, model):
             batch = self._on_device(next(data_iterator))
             out = (forward_fn or _default_forward)(model, batch)

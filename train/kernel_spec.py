@@ -6,7 +6,9 @@ are interchangeable with the plain local spec (same state-dict keys):
 - `rmsnorm`: every RMSNorm of the layers (input, pre-MLP; q/k norms unless `qk_norm_rope`);
 - `swiglu`: the SwiGLU between fc1 and fc2 of the dense MLP and of every routed expert;
 - `qk_norm_rope`: Qwen3's per-head q/k RMSNorm and the rotary embedding as one kernel;
-- `moe_permute`: the MoE token permute/unpermute of the all-gather dispatcher (no atomics).
+- `moe_permute`: the MoE token permute/unpermute of the all-gather dispatcher (no atomics);
+- `linear_ce`: not a spec change but the trainer's default LM loss (`linear_ce_lm_loss`): the
+  loss from the final hidden states and the output weight, chunked, never the full logits.
 Each module falls back to megatron's own code for what the kernel does not cover (biases,
 other activations, inference KV caches, packed sequences, context parallelism). On CPU the kernels run in
 Triton's interpreter: correct but slow, for tests at tiny sizes.
@@ -25,7 +27,8 @@ from megatron.core.transformer.moe.token_dispatcher import MoEAllGatherTokenDisp
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
-KERNEL_NAMES = ("rmsnorm", "swiglu", "qk_norm_rope", "moe_permute")
+KERNEL_NAMES = ("rmsnorm", "swiglu", "qk_norm_rope", "moe_permute", "linear_ce")
+LOSS_KERNELS = ("linear_ce",)          # the trainer's loss path, not the layer spec
 
 
 class KernelRMSNorm(torch.nn.Module):
@@ -168,6 +171,7 @@ def use_kernels(spec: ModuleSpec, names: list[str] | tuple[str, ...]) -> ModuleS
     unknown = set(names) - set(KERNEL_NAMES)
     if unknown:
         raise ValueError(f"unknown triton_kernels {sorted(unknown)}; known: {', '.join(KERNEL_NAMES)}")
+    names = tuple(n for n in names if n not in LOSS_KERNELS)
     if not names:
         return spec
     spec = copy.deepcopy(spec)
@@ -188,3 +192,37 @@ def use_kernels(spec: ModuleSpec, names: list[str] | tuple[str, ...]) -> ModuleS
         spec.module = KernelTransformerLayer
         spec.params = {**spec.params, "triton_kernels": tuple(names)}
     return spec
+
+
+# ----------------------------------------------------------------------------- linear_ce: the LM loss
+def lm_output_weight(model) -> torch.Tensor:
+    """The output layer's weight [V, H] the LM head multiplies by: the tied input embedding or
+    `output_layer.weight` (whichever the model uses), the parameter itself so gradients reach it."""
+    from train.logprobs import unwrap
+
+    m = unwrap(model)
+    if m.share_embeddings_and_output_weights:
+        return m.shared_embedding_or_output_weight()
+    return m.output_layer.weight
+
+
+def linear_ce_lm_loss(model, batch: dict, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trainer's default LM loss with `triton_kernels: [linear_ce]`: (sum over tokens of
+    loss_mask x CE, differentiable; per-token CE [mb, s], detached). The model runs with its
+    output layer bypassed (final hidden states, final norm applied) and kernels/linear_ce.py forms
+    at most `chunk_size` tokens' logits at a time, so the [tokens x vocab] logits never exist."""
+    from kernels.linear_ce import linear_cross_entropy
+    from train.logprobs import hidden_states_only, unwrap
+
+    if unwrap(model).config.sequence_parallel:
+        raise NotImplementedError("linear_ce: sequence-parallel hidden states are not gathered")
+    with hidden_states_only(model):
+        hidden = model(batch["tokens"], batch["position_ids"], batch["attention_mask"])   # [s, mb, h]
+    s, mb, h = hidden.shape
+    # megatron's layout is [s, mb]: flatten the hidden states as they are (no copy of [s*mb, h])
+    # and transpose the small [mb, s] labels and mask to match
+    loss_sum, per_token = linear_cross_entropy(
+        hidden.reshape(s * mb, h), lm_output_weight(model), batch["labels"].t().reshape(-1),
+        reduction="sum", chunk_size=chunk_size, token_weights=batch["loss_mask"].t().reshape(-1),
+        return_token_losses=True)
+    return loss_sum, per_token.view(s, mb).t()

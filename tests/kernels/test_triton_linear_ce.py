@@ -66,3 +66,26 @@ def test_bad_arguments_are_clear():
         linear_cross_entropy(h, w, t, reduction="none")
     with pytest.raises(ValueError, match=r"hidden \[T, H\]"):
         linear_cross_entropy(h, torch.randn(5, 3), t)
+
+
+def test_token_weights_and_per_token_losses():
+    """The trainer's use: sum_t w_t * CE_t with a (loss-mask) weight per token, and the per-token
+    CE handed back; weighted tokens' gradients scale, zero-weight tokens get none."""
+    torch.manual_seed(3)
+    h0, w0 = torch.randn(6, 8, device=DEV), 0.5 * torch.randn(37, 8, device=DEV)
+    t = torch.randint(0, 37, (6,), device=DEV)
+    wt = torch.tensor([1.0, 0.0, 1.0, 0.5, 1.0, 0.0], device=DEV)
+    h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    loss, per_tok = linear_cross_entropy(h, w, t, reduction="sum", chunk_size=4, token_weights=wt,
+                                         return_token_losses=True)
+    loss.backward()
+    hr, wr = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    ce = torch.nn.functional.cross_entropy(hr @ wr.t(), t, reduction="none")
+    (ce * wt).sum().backward()
+    torch.testing.assert_close(per_tok, ce.detach(), atol=1e-5, rtol=1e-5)   # unweighted, every token
+    torch.testing.assert_close(loss, (ce * wt).sum().detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h.grad, hr.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w.grad, wr.grad, atol=1e-5, rtol=1e-5)
+    assert h.grad[1].abs().max() == 0 and not per_tok.requires_grad
+    with pytest.raises(ValueError, match="reduction='sum'"):
+        linear_cross_entropy(h0, w0, t, token_weights=wt)
