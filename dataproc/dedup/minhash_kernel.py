@@ -110,7 +110,7 @@ def sha1_32(buf, s, e, w):
             | (((h0 >> _U(16)) & _U(0xFF)) << _U(8)) | (h0 >> _U(24)))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _sha1_sb(sb, m, w, tf, ctx):
     """sha1_hash32 of sb[:m]. With OpenSSL's block function (`tf`, state in `ctx`; SHA-NI where the
     CPU has it, ~2x our compiled rounds) the message is padded in place: sb has 72 spare bytes.
@@ -148,7 +148,7 @@ def _decode(buf, i):
             | ((_U(buf[i + 2]) & _U(0x3F)) << _U(6)) | (_U(buf[i + 3]) & _U(0x3F))), 4
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _fold(blk, nb, a, b, sig):
     # uint32 arrays, truncated products: LLVM narrows this to 32-bit vector multiplies and mins
     for p in range(a.shape[0]):
