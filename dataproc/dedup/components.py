@@ -25,17 +25,22 @@ log = get_logger("dedup")
 
 def exact_edge_filter(batch, cfg_minhash):
     """Arrow batch (u, v, tu, lu, tv, lv) -> (u, v) of the edges with true Jaccard >= threshold.
-    Shared by both runners (Spark: mapInArrow over edges joined with their texts)."""
+    Shared by both runners (Spark: mapInArrow over edges joined with their texts). Each document's
+    sorted shingle-hash set is computed once per batch (a node is often in several edges) and the
+    pairs are compared by a compiled merge count, not Python sets."""
     import pyarrow as pa
 
-    from dataproc.dedup.minhash import exact_jaccard
+    from dataproc.dedup.minhash import jaccard_pairs
 
-    cols = {n: batch.column(n).to_pylist() for n in ("u", "v", "tu", "lu", "tv", "lv")}
-    keep = [exact_jaccard(tu, lu, tv, lv, cfg_minhash) >= cfg_minhash.threshold - 1e-12
-            for tu, lu, tv, lv in zip(cols["tu"], cols["lu"], cols["tv"], cols["lv"], strict=True)]
-    idx = [i for i, k in enumerate(keep) if k]
-    return pa.RecordBatch.from_arrays([pa.array([cols["u"][i] for i in idx], pa.int64()),
-                                       pa.array([cols["v"][i] for i in idx], pa.int64())], names=["u", "v"])
+    u = batch.column("u").to_numpy(zero_copy_only=False).astype(np.int64)
+    v = batch.column("v").to_numpy(zero_copy_only=False).astype(np.int64)
+    nodes, first, inv = np.unique(np.concatenate([u, v]), return_index=True, return_inverse=True)
+    texts = pa.concat_arrays([batch.column("tu"), batch.column("tv")]).take(pa.array(first)).to_pylist()
+    langs = pa.concat_arrays([batch.column("lu"), batch.column("lv")]).take(pa.array(first)).to_pylist()
+    j = jaccard_pairs(texts, langs, inv[:len(u)], inv[len(u):], cfg_minhash)
+    keep = j >= cfg_minhash.threshold - 1e-12
+    return pa.RecordBatch.from_arrays([pa.array(u[keep], pa.int64()), pa.array(v[keep], pa.int64())],
+                                      names=["u", "v"])
 
 
 # --- local (numpy) --------------------------------------------------------------------------

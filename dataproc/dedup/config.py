@@ -32,7 +32,9 @@ class MinHashConfig(Q3Config):
     # then computes the true Jaccard of the two shingle sets; "none" keeps every LSH candidate.
     verify: Literal["none", "signature", "exact"] = "exact"
     prefilter_margin: float = Field(0.15, ge=0.0, lt=1.0)
-    window_chars: int = Field(1 << 20, ge=1024)   # long docs are shingled in windows this long
+    # ignored since the compiled kernel (bounded memory per document without windows); kept so
+    # that old configs still load
+    window_chars: int = Field(1 << 20, ge=1024)
 
     @model_validator(mode="after")
     def _preset(self) -> MinHashConfig:

@@ -15,6 +15,9 @@ from dataproc.dedup.annotate import Annotator
 from dataproc.dedup.components import bucket_edges_np, exact_edge_filter, local_components, verify_edges_np
 from dataproc.dedup.config import DedupConfig
 from dataproc.dedup.lsh import min_matches
+from q3.log import get_logger, timed
+
+log = get_logger("dedup")
 
 ORDER = ["neg_score", "id", "url", "source", "rk"]    # survivor order: best score, smallest id
 
@@ -44,7 +47,9 @@ def _empty_meta() -> pa.Table:
 
 def dedup_table(docs: pa.Table, cfg: DedupConfig) -> pd.DataFrame:
     """DOC_SCHEMA table -> one result row per document (see `dedup_meta`), in row order."""
-    return dedup_meta(annotate_table(docs, cfg), cfg, docs.column("text").to_pylist())
+    with timed(log, "dedup: hashes, MinHash signatures and band keys"):
+        meta = annotate_table(docs, cfg)
+    return dedup_meta(meta, cfg, docs.column("text").to_pylist())
 
 
 def dedup_meta(meta: pa.Table, cfg: DedupConfig, texts: list | None = None) -> pd.DataFrame:
@@ -69,9 +74,11 @@ def dedup_meta(meta: pa.Table, cfg: DedupConfig, texts: list | None = None) -> p
             keys = np.asarray(pc.list_flatten(bands.take(pa.array(idx))).to_numpy()).reshape(-1, b)
             sc_codes = pd.factorize(df["scope"].to_numpy()[idx])[0]
             rks = df["rk"].to_numpy()[idx]
-            edges = bucket_edges_np(rks, sc_codes, keys)
+            with timed(log, "dedup: candidate pairs (LSH buckets)"):
+                edges = bucket_edges_np(rks, sc_codes, keys)
             mh = cfg.minhash
             if mh.verify != "none" and len(edges):
+                log.info("dedup: %d candidate edges", len(edges))
                 p = mh.num_perm
                 sigs = np.asarray(pc.list_flatten(meta.column("sig").take(pa.array(idx))).to_numpy()).reshape(-1, p)
                 margin = mh.prefilter_margin if mh.verify == "exact" else 0.0
@@ -85,12 +92,15 @@ def dedup_meta(meta: pa.Table, cfg: DedupConfig, texts: list | None = None) -> p
                     "u": edges[:, 0], "v": edges[:, 1],
                     "tu": [texts[u] for u in edges[:, 0]], "lu": [lang[u] for u in edges[:, 0]],
                     "tv": [texts[v] for v in edges[:, 1]], "lv": [lang[v] for v in edges[:, 1]]})
-                kept = exact_edge_filter(batch, mh)
+                with timed(log, f"dedup: exact Jaccard of {len(edges)} edges"):
+                    kept = exact_edge_filter(batch, mh)
                 edges = np.stack([kept.column("u").to_numpy(), kept.column("v").to_numpy()], axis=1).astype(np.int64)
-            root = local_components(rks, edges)
+            with timed(log, "dedup: connected components"):
+                root = local_components(rks, edges)
             comp_rep = {r: root.get(r, r) for r in df["rk"][reps]}
             comp = {rk: comp_rep[rep] for rk, rep in zip(df["rk"], df["rep"], strict=True)}
     df["comp"] = df["rk"].map(comp)
+    log.info("dedup: survivors ...")
     surv = (df.sort_values(["comp", *ORDER], kind="mergesort").groupby("comp", sort=False)
               .agg(surv_rk=("rk", "first"), dup_cluster=("id", "first"), dup_cluster_size=("rk", "size")))
     df = df.join(surv, on="comp")

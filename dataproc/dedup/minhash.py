@@ -1,27 +1,30 @@
-"""Vectorised MinHash signatures, bit-identical to `datasketch.MinHash` (scheme "affine32").
+"""MinHash signatures, bit-identical to `datasketch.MinHash` (scheme "affine32"), from a compiled kernel.
 
 datasketch hashes each shingle with a Python callable, pre-mixes it with the 32-bit MurmurHash3
-finaliser and applies `a*h + b mod 2^32` permutations, one document at a time. We do the same
-arithmetic for a whole Arrow batch at once in numpy:
+finaliser and applies `a*h + b mod 2^32` permutations, one document at a time. We compute the same
+values in `minhash_kernel` (numba): a batch of normalised documents is packed into one UTF-8 buffer
+(`pack`) and each document is shingled, hashed and permuted in one pass, with no per-shingle Python
+object, in both shingle hashes:
 
-- shingles are hashed without a Python loop: `poly64` is a polynomial hash of the shingle's code
-  points mod 2^64 (then fmix64, low 32 bits), computed for all words / n-grams of a document with
-  array ops; `shingle_hash32` is the same function on one shingle, so
-  `datasketch.MinHash(hashfunc=shingle_hash32)` fed with `shingles(...)` gives the same signature.
-  `hash="sha1"` uses datasketch's own default `sha1_hash32` instead (exact, but a Python loop).
-- permutations and the per-document min are computed over stacked shingle hashes of many
-  documents with `np.minimum.reduceat`, in chunks, so memory stays bounded.
+- `poly64` (default): a polynomial hash of the shingle's code points mod 2^64, then fmix64, low 32
+  bits; `shingle_hash32` is the same function in Python, so `datasketch.MinHash(hashfunc=
+  shingle_hash32)` fed with `shingles(...)` gives the same signature.
+- `sha1`: datasketch's own default `sha1_hash32` (SHA-1 of the shingle's UTF-8 bytes, compiled).
 
 Shingles: word n-grams for space-delimited scripts, character n-grams for CJK, Thai and other
 unsegmented scripts (chosen from the script part of `lang`). Text is normalised first (lower case,
-non-word characters to single spaces). Long documents are shingled in windows of `window_chars`
-(overlapping by n-1 units), so a multi-MB document costs bounded memory and gives the same set.
+non-word characters to single spaces; character scripts drop the spaces). The kernel's memory per
+document is a fixed block of hashes, so multi-MB documents need no windowing.
+
+Exact Jaccard of candidate pairs (`jaccard_pairs`) compares sorted unique shingle-hash arrays with a
+compiled merge count, each document's set computed once per batch.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -60,15 +63,6 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
     h = h ^ (h >> np.uint64(33))
     h = h * np.uint64(0xC4CEB9FE1A85EC53)
     return h ^ (h >> np.uint64(33))
-
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """datasketch's affine32 pre-mix (MurmurHash3 fmix32)."""
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
 
 
 def _fmix64_int(h: int) -> int:
@@ -149,59 +143,6 @@ def _char_ngram_hashes(seg: str, n: int) -> np.ndarray:
     return h
 
 
-def _windows(norm: str, char_mode: bool, n: int, window: int) -> list[str]:
-    """Split a long normalised text into windows overlapping by n-1 units (same shingle set)."""
-    if char_mode:
-        norm = norm.replace(" ", "")
-    if len(norm) <= window:
-        return [norm]
-    out, start = [], 0
-    while True:
-        end = start + window
-        if end >= len(norm):
-            out.append(norm[start:])
-            return out
-        if char_mode:
-            out.append(norm[start:end])
-            start = end - (n - 1)
-            continue
-        cut = norm.rfind(" ", start + 1, end)
-        if cut <= start:                              # one gigantic "word": cut it anyway
-            cut = end
-        out.append(norm[start:cut])
-        nxt = cut
-        for _ in range(n - 1):                        # back up n-1 words for the overlap
-            p = norm.rfind(" ", start + 1, nxt)
-            if p <= start:
-                break
-            nxt = p
-        start = nxt + 1 if nxt < cut else cut + 1
-
-
-def doc_shingle_hashes(text: str, lang: str | None, cfg: MinHashConfig) -> np.ndarray:
-    """The 32-bit shingle hashes of one document (uint32; repeats kept: they cannot change a min,
-    and dropping them costs more than it saves)."""
-    char_mode = is_char_lang(lang)
-    n = cfg.char_ngram if char_mode else cfg.word_ngram
-    norm = normalise(text or "")
-    if not norm:
-        return np.empty(0, np.uint32)
-    parts = []
-    for seg in _windows(norm, char_mode, n, cfg.window_chars):
-        if cfg.hash == "sha1":
-            parts.append(np.array([_sha1_32(s) for s in _segment_shingles(seg, char_mode, n)],
-                                  dtype=np.uint32))
-            continue
-        h = _char_ngram_hashes(seg, n) if char_mode else _word_ngram_hashes(seg, n)
-        parts.append((_fmix64(h) & np.uint64(0xFFFFFFFF)).astype(np.uint32))
-    return np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-
-def _sha1_32(s: str) -> int:
-    import hashlib
-    return int.from_bytes(hashlib.sha1(s.encode("utf-8")).digest()[:4], "little")
-
-
 def _segment_shingles(seg: str, char_mode: bool, n: int) -> list[str]:
     if char_mode:
         if not seg:
@@ -225,7 +166,50 @@ def shingles(text: str, lang: str | None, cfg: MinHashConfig) -> set[str]:
     return set(_segment_shingles(norm, char_mode, n)) if norm else set()
 
 
-# --- permutations and signatures --------------------------------------------------------------
+
+
+# --- the compiled path ------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def word_table() -> np.ndarray:
+    """uint8[0x110000]: 1 where Python's `re` counts the code point as a word character and not
+    `_` (what `normalise` keeps), so the kernel normalises exactly like `normalise`. ~0.3 s, once."""
+    every = np.arange(0x110000, dtype=np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
+    kept = re.sub(r"[\W_]", "\0", every)                  # one char for one: lengths stay equal
+    return (np.frombuffer(kept.encode("utf-32-le", "surrogatepass"), np.uint32) != 0).astype(np.uint8)
+
+
+@lru_cache(maxsize=1)
+def sha1_block_fn() -> tuple[object, bool]:
+    """(ctypes SHA1_Transform of libcrypto, True), or a never-called stand-in of the same ctypes type
+    and False when libcrypto is missing (the kernel then runs its own SHA-1 rounds)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        fn, ok = ctypes.CDLL(ctypes.util.find_library("crypto") or "libcrypto.so.3").SHA1_Transform, True
+    except (OSError, AttributeError):
+        fn, ok = ctypes.CDLL(None).memset, False
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p], None
+    return fn, ok
+
+
+def _sha1_args(sha1: bool) -> tuple[object, np.ndarray]:
+    fn, ok = sha1_block_fn()
+    return fn, np.zeros(24 if (ok and sha1) else 0, np.uint32)   # 24 words >= sizeof(SHA_CTX)
+
+
+def pack(texts: Sequence[str | None], langs: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower-cased documents as one UTF-8 buffer, their byte offsets and char-mode flags (the rest
+    of the normalisation happens in the kernel)."""
+    parts = [(t or "").lower().encode("utf-8", "surrogatepass") for t in texts]
+    flags = np.fromiter((is_char_lang(lg) for lg in langs), np.uint8, len(langs))
+    if len(flags) != len(parts):
+        raise ValueError("texts and langs differ in length")
+    offs = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([len(p) for p in parts], out=offs[1:])
+    return np.frombuffer(b"".join(parts), np.uint8), offs, flags
+
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's affine32 permutation parameters (a odd) for (num_perm, seed)."""
@@ -235,45 +219,19 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def signatures_from_hashes(hashes: Sequence[np.ndarray], a: np.ndarray, b: np.ndarray,
-                           chunk: int = 4096) -> np.ndarray:
-    """(n_docs, num_perm) uint32 MinHash signatures; an empty document is all 0xFFFFFFFF.
+def unique_hashes(texts: Sequence[str | None], langs: Sequence[str | None],
+                  cfg: MinHashConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique 32-bit shingle hashes of each document: (flat uint32, offsets int64)."""
+    from dataproc.dedup.minhash_kernel import unique_hashes_batch
 
-    Shingle hashes of consecutive documents are stacked into chunks of ~`chunk` values; each chunk
-    is permuted as a (num_perm, chunk) matrix (contiguous rows: ~3x faster than the transpose) and
-    reduced per document with `np.minimum.reduceat`. Memory: num_perm * chunk * 4 bytes."""
-    n, p = len(hashes), len(a)
-    out = np.full((n, p), MAX32, dtype=np.uint32)
-    ac, bc = a[:, None], b[:, None]
-    docs: list[int] = []
-    total = 0
+    buf, offs, flags = pack(texts, langs)
+    return unique_hashes_batch(buf, offs, flags, cfg.word_ngram, cfg.char_ngram, cfg.hash == "sha1",
+                               word_table(), *_sha1_args(cfg.hash == "sha1"))
 
-    def flush() -> None:
-        nonlocal docs, total
-        if not docs:
-            return
-        h = _fmix32(np.concatenate([hashes[i] for i in docs]))
-        starts = np.cumsum([0] + [len(hashes[i]) for i in docs[:-1]])
-        out[docs] = np.minimum.reduceat(ac * h[None, :] + bc, starts, axis=1).T
-        docs, total = [], 0
 
-    for i, h in enumerate(hashes):
-        if len(h) == 0:
-            continue
-        if len(h) > chunk:                              # a long document: stream its own chunks
-            flush()
-            acc = out[i]
-            for s in range(0, len(h), chunk):
-                part = _fmix32(h[s:s + chunk])
-                acc = np.minimum(acc, (ac * part[None, :] + bc).min(axis=1))
-            out[i] = acc
-            continue
-        if total + len(h) > chunk:
-            flush()
-        docs.append(i)
-        total += len(h)
-    flush()
-    return out
+def doc_shingle_hashes(text: str, lang: str | None, cfg: MinHashConfig) -> np.ndarray:
+    """The sorted unique 32-bit shingle hashes of one document (uint32)."""
+    return unique_hashes([text], [lang], cfg)[0]
 
 
 class Signer:
@@ -284,17 +242,25 @@ class Signer:
         self.a, self.b = permutations(cfg.num_perm, cfg.seed)
 
     def sign(self, texts: Sequence[str | None], langs: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        hashes = [doc_shingle_hashes(t or "", lg, self.cfg) for t, lg in zip(texts, langs, strict=True)]
-        has = np.array([len(h) > 0 for h in hashes], dtype=bool)
-        return signatures_from_hashes(hashes, self.a, self.b), has
+        from dataproc.dedup.minhash_kernel import sign_batch
+
+        buf, offs, flags = pack(texts, langs)
+        return sign_batch(buf, offs, flags, self.cfg.word_ngram, self.cfg.char_ngram,
+                          self.cfg.hash == "sha1", word_table(), self.a, self.b,
+                          *_sha1_args(self.cfg.hash == "sha1"))
+
+
+def jaccard_pairs(texts: Sequence[str | None], langs: Sequence[str | None], iu: np.ndarray,
+                  iv: np.ndarray, cfg: MinHashConfig) -> np.ndarray:
+    """Exact Jaccard (over the 32-bit shingle hashes) of documents iu[k] and iv[k], k = 0..;
+    each document's shingle set is computed once, however many pairs it is in."""
+    from dataproc.dedup.minhash_kernel import jaccard_pairs as merge_count
+
+    flat, offs = unique_hashes(texts, langs, cfg)
+    return merge_count(flat, offs, np.asarray(iu, np.int64), np.asarray(iv, np.int64))
 
 
 def exact_jaccard(text_a: str, lang_a: str | None, text_b: str, lang_b: str | None,
                   cfg: MinHashConfig) -> float:
     """Jaccard of two documents' shingle sets (over the 32-bit shingle hashes)."""
-    a = np.unique(doc_shingle_hashes(text_a or "", lang_a, cfg))
-    b = np.unique(doc_shingle_hashes(text_b or "", lang_b, cfg))
-    if len(a) == 0 or len(b) == 0:
-        return 0.0
-    inter = len(np.intersect1d(a, b, assume_unique=True))
-    return inter / (len(a) + len(b) - inter)
+    return float(jaccard_pairs([text_a, text_b], [lang_a, lang_b], np.array([0]), np.array([1]), cfg)[0])
