@@ -249,6 +249,6 @@ def cli(config: str | None, overrides: list[str]) -> int:
 if __name__ == "__main__":
     import sys
 
-    from q3.cli import script_main
+    from q3.verbs import script_main
 
-    sys.exit(script_main(cli, __doc__))
+    sys.exit(script_main(cli, __doc__, prog="q3 data estimate"))
