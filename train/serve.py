@@ -710,6 +710,13 @@ def main(config: str | None, overrides: list[str]) -> NoReturn:
     host, port = server.server_address[:2]
 
     def _stop(*_):                              # SIGTERM: cancel running work, stop accepting, exit 0
+        if service.stopping.is_set():           # a second SIGTERM: no more waiting
+            _hard_exit("second SIGTERM")
+        # a watchdog, so that SIGTERM always ends the process even if the orderly path below hangs
+        # (a CI run once saw the process alive 120 s after SIGTERM, cause not found)
+        watchdog = threading.Timer(STOP_TIMEOUT_S + 5, _hard_exit, args=("shutdown took too long",))
+        watchdog.daemon = True
+        watchdog.start()
         service.stop()
         threading.Thread(target=server.shutdown, daemon=True).start()
 
@@ -739,6 +746,12 @@ def main(config: str | None, overrides: list[str]) -> NoReturn:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    os._exit(0)
+
+
+def _hard_exit(why: str) -> None:
+    """Exit 0 now, bypassing locks a stuck thread may hold (no logging: its lock may be one)."""
+    os.write(2, f"q3 serve: {why}; exiting now\n".encode())
     os._exit(0)
 
 
