@@ -228,6 +228,8 @@ def validate(model: type[C], data: dict[str, Any], source: str = "config") -> C:
         return model.model_validate(with_nested_defaults(model, data))
     except ValidationError as e:
         lines = [_format_error(model, err, source) for err in e.errors()]
+        if len(lines) == 1:                     # one mistake: one line
+            raise ConfigError(f"invalid config: {lines[0]}") from None
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 

@@ -29,6 +29,14 @@ def one_line_error(r: subprocess.CompletedProcess, code: int) -> str:
     return r.stderr.strip().splitlines()[-1]
 
 
+def main_in_child(argv: list[str], modules: list[str]) -> subprocess.CompletedProcess:
+    """`q3 <argv>` in a fresh interpreter; stdout: its exit code, then whether each module got imported."""
+    code = (f"import sys; from q3.cli import main; rc = main({argv!r}); "
+            f"print(rc, *[m in sys.modules for m in {modules!r}])")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+
+
 def closed_port() -> int:
     """A local port nothing listens on: connecting is refused at once (a dead endpoint)."""
     s = socket.socket()
@@ -112,10 +120,7 @@ def test_missing_inputs_are_one_line(tmp_path):
 
 def test_pretrain_bad_manifest_fails_before_torch(tmp_path):
     """The path is checked before megatron (and torch) are imported: a second, not 15."""
-    code = ("import sys; from q3.cli import main; rc = main(['train', 'pretrain', 'manifest=/nope.yaml']); "
-            "print(rc, 'torch' in sys.modules, 'megatron.core' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    r = main_in_child(["train", "pretrain", "manifest=/nope.yaml"], ["torch", "megatron.core"])
     assert r.stdout.split() == ["2", "False", "False"], (r.stdout, r.stderr)
     assert r.stderr.strip() == ("q3 train pretrain: manifest=/nope.yaml: no such file or directory; a stage "
                                 "manifest YAML (`q3 mix build` writes them)")
@@ -129,9 +134,6 @@ def test_generate_values_checked(tmp_path):
 
 
 def test_serve_bad_load_fails_before_torch(tmp_path):
-    code = ("import sys; from q3.cli import main; rc = main(['serve', 'load=/nope']); "
-            "print(rc, 'torch' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    r = main_in_child(["serve", "load=/nope"], ["torch"])
     assert r.stdout.split() == ["2", "False"], (r.stdout, r.stderr)
     assert r.stderr.startswith("q3 serve: load=/nope: no such file or directory")
