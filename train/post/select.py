@@ -162,7 +162,7 @@ class SeenIndex:
         import numpy as np
 
         from dataproc.dedup.exact import exact_normalise
-        from dataproc.dedup.minhash import exact_jaccard
+        from dataproc.dedup.minhash import jaccard_pairs
 
         out: list[tuple[str, str, float] | None] = [None] * len(queries)
         if not queries or not self.texts:
@@ -174,15 +174,27 @@ class SeenIndex:
             hi = np.searchsorted(sorted_keys, keys[:, j], "right")
             for n in np.flatnonzero((hi > lo) & has):
                 cands[n].update(order[lo[n]:hi[n]].tolist())
+        pending: list[tuple[int, int]] = []          # (query, candidate) pairs left after exact hits
         for n, q in enumerate(queries):
             i = self.exact.get(exact_normalise(q))
             if i is not None:
                 out[n] = ("seen_exact", self.texts[i], 1.0)
                 continue
-            best = max(((exact_jaccard(q, _lang(q), self.texts[i], _lang(self.texts[i]), self.cfg), i)
-                        for i in sorted(cands[n])), default=(0.0, -1))
-            if best[0] >= self.cfg.threshold:
-                out[n] = ("seen_near_duplicate", self.texts[best[1]], round(best[0], 4))
+            pending.extend((n, i) for i in sorted(cands[n]))
+        if not pending:
+            return out
+        # one batched Jaccard: each query's and candidate's shingle set is computed once
+        used = sorted({i for _, i in pending})
+        slot = {i: len(queries) + k for k, i in enumerate(used)}
+        texts = [*queries, *(self.texts[i] for i in used)]
+        js = jaccard_pairs(texts, [_lang(t) for t in texts], np.array([n for n, _ in pending]),
+                           np.array([slot[i] for _, i in pending]), self.cfg)
+        best: dict[int, tuple[float, int]] = {}
+        for (n, i), j in zip(pending, js.tolist(), strict=True):
+            best[n] = max(best.get(n, (0.0, -1)), (j, i))
+        for n, (j, i) in best.items():
+            if j >= self.cfg.threshold:
+                out[n] = ("seen_near_duplicate", self.texts[i], round(j, 4))
         return out
 
 
