@@ -295,7 +295,7 @@ def bench_e2e(docs: list[dict], args) -> dict:
         res["ours_local_phases"], phases.phases = phases.phases, []
         print(f"e2e: ours local {res['ours_local_s']:.1f} s {res['ours_local_phases']}", flush=True)
         if not args.no_spark:
-            from dataproc.spark import get_spark
+            from q3.engine.session import get_spark
             parts = str(max(8, min(64, n // 20_000)))
             spark = get_spark("q3-dedup-bench", master="local[2]", conf={"spark.sql.shuffle.partitions": parts})
             spark.range(10).count()                                    # JVM warm-up outside the timing

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corpus ready: {args.docs:,} docs, {size / 2**20:.0f} MiB parquet, {counts}", flush=True)
 
     from dataproc.jobs.dedup import run_dedup
-    from dataproc.spark import get_spark
+    from q3.engine.session import get_spark
 
     with PeakRSS() as mem:
         spark = get_spark("q3-dedup-scale", master="local[2]",

@@ -304,7 +304,7 @@ def spark_dedup(sample: list[dict], n: int, work: Path) -> dict:
 
     from dataproc.dedup.config import DedupConfig
     from dataproc.jobs.dedup import run_dedup
-    from dataproc.spark import get_spark
+    from q3.engine.session import get_spark
     from q3.schemas import DOC_SCHEMA, content_id
 
     docs = scaled_docs(sample, n, seed=7)

@@ -346,7 +346,7 @@ def _run_chunk_spark(spark, cfg: PipelineConfig, chunk: list[tuple[int, str]], t
 
 
 def spark_conf_for(cfg: PipelineConfig) -> tuple[dict[str, str], str | None]:
-    from dataproc.spark import load_cluster_profile
+    from q3.engine.session import load_cluster_profile
 
     profile = load_cluster_profile(cfg.spark.cluster)
     conf = dict(profile.conf)
@@ -370,7 +370,7 @@ def run(cfg: PipelineConfig, spark=None) -> dict[str, Any]:
     log.info("%d input files in %d chunks; %d already committed, %d to run (%s engine)",
              len(items), len(chunks), len(chunks) - len(todo), len(todo), cfg.runner)
     if todo and cfg.runner == "spark" and spark is None:
-        from dataproc.spark import get_spark
+        from q3.engine.session import get_spark
 
         conf, master = spark_conf_for(cfg)
         spark = get_spark("q3-pipeline", conf=conf, master=master)

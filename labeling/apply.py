@@ -106,7 +106,7 @@ def label_spark(inp: Path, models_dir: Path, dest: Path, cfg: LabelConfig) -> No
     from pyspark.sql.pandas.types import from_arrow_type
     from pyspark.sql.types import StructField, StructType
 
-    from dataproc.spark import get_spark
+    from q3.engine.session import get_spark
 
     spark = get_spark("q3-label")
     df = spark.read.parquet(str(inp))

@@ -44,7 +44,7 @@ JUDGEMENT_SCHEMA = pa.schema([
 @functools.cache
 def _registry_names() -> dict[str, str]:
     """`lang` code -> English name, from the corpus's language registry (conf/languages.yaml)."""
-    from dataproc.languages import load_registry
+    from q3.languages import load_registry
 
     return {code: lang.name for code, lang in load_registry().by_code.items()}
 

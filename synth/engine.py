@@ -281,7 +281,7 @@ STATUS_SCHEMA = pa.schema([("shard", pa.int64()), ("stats", pa.string())])
 
 def run_spark(cfg: EngineConfig, seeds: pa.Table, output: Path, spark=None, job: str = "") -> list[dict[str, Any]]:
     """Shards as Spark tasks: mapInArrow runs `process_shard` (with its async pool) per shard."""
-    from dataproc.spark import get_spark
+    from q3.engine.session import get_spark
 
     own = spark is None
     spark = spark or get_spark("q3-synth")

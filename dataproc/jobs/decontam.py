@@ -71,7 +71,7 @@ def run_decontam(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig
             from pyspark.sql import functions as F
             from pyspark.sql.pandas.types import from_arrow_schema
 
-            from dataproc.spark import get_spark
+            from q3.engine.session import get_spark
             spark = spark or get_spark("q3-decontam")
             spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
             docs = spark.read.parquet(str(input_dir))

@@ -85,7 +85,7 @@ def _run_spark(cfg: DedupConfig, input_dir: str, out: Path, spark=None) -> dict[
     from pyspark.sql import functions as F
 
     from dataproc.dedup.spark_dedup import annotate, dedup_meta, with_row_key
-    from dataproc.spark import get_spark
+    from q3.engine.session import get_spark
 
     spark = spark or get_spark("q3-dedup")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))

@@ -219,7 +219,7 @@ def _local_stats(cfg: MixConfig, datasets: list[TokenDataset], workdir: Path) ->
 def _spark_stats(cfg: MixConfig, datasets: list[TokenDataset], workdir: Path) -> list[dict]:
     from pyspark.sql import functions as F
 
-    from dataproc.spark import get_spark
+    from q3.engine.session import get_spark
 
     spark = get_spark("q3-mix-tokenize", conf={"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.batch_size)})
     df = spark.read.option("basePath", cfg.input).parquet(cfg.input) if Path(cfg.input).is_dir() \

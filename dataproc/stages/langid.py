@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataproc.config import LangIdConfig
-from dataproc.languages import load_registry
 from dataproc.stage import reject
 from q3.config import ConfigError
+from q3.languages import load_registry
 from q3.schemas import UNKNOWN_LANG
 
 # lid.176's 176 labels -> the `lang` code used when the label is not in the registry (untargeted

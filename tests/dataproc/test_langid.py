@@ -7,10 +7,10 @@ import pytest
 from lid_corpus import TEXTS
 
 from dataproc.config import LangIdConfig, PipelineConfig
-from dataproc.languages import load_registry, parse_registry
 from dataproc.stage import chain, conform
 from dataproc.stages.langid import LangIdStage, chinese_script, default_model_path, load_model
 from q3.config import ConfigError, load_config
+from q3.languages import load_registry, parse_registry
 
 
 def _run(stage: LangIdStage, texts: list[str], langs: list[str | None] | None = None) -> list[dict]:

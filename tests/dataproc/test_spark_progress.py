@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataproc.spark import StageProgress, load_cluster_profile
+from q3.engine.session import StageProgress, load_cluster_profile
 
 
 def test_stage_progress_lines_and_ui_off_locally(spark):
