@@ -1,0 +1,138 @@
+"""Writing a job's result: kept rows (partitioned by lang) and rejected rows (with reason, stage,
+detail), and the invariant kept + rejected = input, checked on every job.
+
+The result is `STAGE_OUTPUT_SCHEMA` rows (null `reason` = kept), as local record batches or a Spark
+DataFrame. Both runners write the same layout:
+
+    <where>/kept/lang=<lang>/*.parquet       DOC_SCHEMA columns (lang in the path)
+    <where>/rejected/lang=<lang>/*.parquet   + reason, stage, detail
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from q3.engine.schema import conform
+from q3.schemas import DOC_SCHEMA, STAGE_OUTPUT_SCHEMA, UNKNOWN_LANG
+
+KEPT_COLS = [n for n in DOC_SCHEMA.names if n != "lang"]
+REJECTED_COLS = [n for n in STAGE_OUTPUT_SCHEMA.names if n != "lang"]
+
+
+class LostRows(RuntimeError):
+    """kept + rejected != input: a job dropped or duplicated rows (a bug, never a user's mistake)."""
+
+
+@dataclass
+class SplitCounts:
+    kept: int = 0
+    rejected: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.kept + self.rejected
+
+    def check(self, n_in: int | None, job: str) -> SplitCounts:
+        if n_in is not None and self.total != n_in:
+            raise LostRows(f"{job}: {n_in} rows in, but {self.kept} kept + {self.rejected} rejected "
+                           f"= {self.total} written")
+        return self
+
+
+class _LangWriters:
+    """One Parquet file per lang partition, rows appended batch by batch (memory: one batch)."""
+
+    def __init__(self, where: Path, cols: list[str]):
+        self.where, self.cols = where, cols
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        where.mkdir(parents=True, exist_ok=True)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if not batch.num_rows:
+            return
+        langs = pc.fill_null(batch.column("lang"), UNKNOWN_LANG)
+        for lang in pc.unique(langs).to_pylist():
+            part = batch.filter(pc.equal(langs, lang)).select(self.cols)
+            w = self.writers.get(lang)
+            if w is None:
+                d = self.where / f"lang={lang}"
+                d.mkdir(parents=True, exist_ok=True)
+                w = self.writers[lang] = pq.ParquetWriter(d / "part-0.parquet", part.schema)
+            w.write_batch(part)
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
+def write_split_local(batches: Iterable[pa.RecordBatch], where: str | Path, n_in: int | None = None,
+                      job: str = "job") -> SplitCounts:
+    """Stream STAGE_OUTPUT_SCHEMA batches into kept/ and rejected/; returns the counts, checked
+    against `n_in` (the input's row count) when given."""
+    where = Path(where)
+    kept, rejected = _LangWriters(where / "kept", KEPT_COLS), _LangWriters(where / "rejected", REJECTED_COLS)
+    counts = SplitCounts()
+    reasons: Counter[str] = Counter()
+    try:
+        for b in batches:
+            if not b.schema.equals(STAGE_OUTPUT_SCHEMA):
+                b = conform(b, STAGE_OUTPUT_SCHEMA)
+            live = pc.is_null(b.column("reason"))
+            k, r = b.filter(live), b.filter(pc.invert(live))
+            kept.write(k)
+            rejected.write(r)
+            counts.kept += k.num_rows
+            counts.rejected += r.num_rows
+            reasons.update(r.column("reason").to_pylist())
+    finally:
+        kept.close()
+        rejected.close()
+    counts.by_reason = dict(sorted(reasons.items()))
+    return counts.check(n_in, job)
+
+
+def written_rows(where: str | Path) -> int:
+    """Rows in the Parquet files under `where`, from their footers (no data read)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in Path(where).rglob("*.parquet")
+               if not any(p.startswith(("_", ".")) for p in f.relative_to(where).parts))
+
+
+def write_split_spark(df: Any, where: str | Path, n_in: int | None = None, job: str = "job") -> SplitCounts:
+    """Write a STAGE_OUTPUT_SCHEMA DataFrame into kept/ and rejected/ (computed once: persisted
+    between the two writes); counts come from the written files' footers and one small aggregate."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    where = Path(where)
+    df = df.withColumn("lang", F.coalesce(F.col("lang"), F.lit(UNKNOWN_LANG)))   # as the local writer does
+    df = df.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        live = F.col("reason").isNull()
+        (df.where(live).select(*DOC_SCHEMA.names)
+           .write.mode("overwrite").partitionBy("lang").parquet(str(where / "kept")))
+        rej = df.where(~live).select(*STAGE_OUTPUT_SCHEMA.names)
+        rej.write.mode("overwrite").partitionBy("lang").parquet(str(where / "rejected"))
+        by_reason = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}
+    finally:
+        df.unpersist()
+    for kind in ("kept", "rejected"):      # Spark's own markers are noise next to ours
+        for junk in [*(where / kind).glob("_SUCCESS"), *(where / kind).rglob(".*.crc")]:
+            junk.unlink()
+    counts = SplitCounts(written_rows(where / "kept"), written_rows(where / "rejected"), dict(sorted(by_reason.items())))
+    return counts.check(n_in, job)
+
+
+def write_split(result: Any, where: str | Path, n_in: int | None = None, job: str = "job") -> SplitCounts:
+    """kept/ + rejected/ from local batches or a Spark DataFrame; kept + rejected = `n_in` checked."""
+    if hasattr(result, "sparkSession"):
+        return write_split_spark(result, where, n_in, job)
+    return write_split_local(result, where, n_in, job)

@@ -1,0 +1,128 @@
+"""The corpus engine: one read, one map, one write, one commit — local and Spark give the same rows."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from pyspark import cloudpickle
+
+from q3.commit import job_key
+from q3.engine.io import corpus_size, read_corpus, scan_corpus
+from q3.engine.job import run_committed
+from q3.engine.map import map_batches
+from q3.engine.runner import AutoRunner, choose_runner
+from q3.engine.schema import conform, spark_schema
+from q3.engine.write import LostRows, write_split
+from q3.schemas import DOC_SCHEMA, STAGE_OUTPUT_SCHEMA, content_id
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])   # Spark workers cannot import tests/
+
+
+def _short_docs_out(min_chars: int):
+    """A batch function factory: reject documents shorter than `min_chars` (reason short_doc)."""
+    def fn(batch: pa.RecordBatch) -> pa.RecordBatch:
+        b = conform(batch, STAGE_OUTPUT_SCHEMA)
+        short = pc.less(pc.utf8_length(b.column("text")), min_chars)
+        reason = pc.if_else(short, pa.scalar("short_doc"), pa.scalar(None, pa.string()))
+        stage = pc.if_else(short, pa.scalar("length"), pa.scalar(None, pa.string()))
+        b = b.set_column(b.schema.get_field_index("reason"), "reason", reason)
+        return b.set_column(b.schema.get_field_index("stage"), "stage", stage)
+    return fn
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Two lang= partitions, only some DOC_SCHEMA columns, one extra column."""
+    texts = {"eng_Latn": ["a long enough document", "tiny", "another long document here"],
+             "deu_Latn": ["ein langes Dokument", "kurz"]}
+    for lang, ts in texts.items():
+        d = tmp_path / "kept" / f"lang={lang}"
+        d.mkdir(parents=True)
+        pq.write_table(pa.table({"id": [content_id(t) for t in ts], "text": ts, "source": ["s"] * len(ts),
+                                 "extra": list(range(len(ts)))}), d / "part-0.parquet")
+    (tmp_path / "kept" / "_SUCCESS").write_text("")
+    return tmp_path / "kept"
+
+
+def _rows(t: pa.Table) -> list[dict]:
+    return sorted(t.to_pylist(), key=lambda r: r["id"])
+
+
+def test_read_corpus_local_and_spark_agree(corpus, spark):
+    local = read_corpus(corpus)
+    assert local.schema == DOC_SCHEMA and local.num_rows == 5
+    assert set(local.column("lang").to_pylist()) == {"eng_Latn", "deu_Latn"}
+    df = read_corpus(corpus, spark=spark)
+    assert _rows(pa.Table.from_pandas(df.toPandas(), preserve_index=False).select(["id", "text", "lang"])) == \
+        _rows(local.select(["id", "text", "lang"]))
+    assert read_corpus(corpus, ["id", "extra"], keep_extra=True).column("extra").to_pylist() is not None
+    assert sum(b.num_rows for b in scan_corpus(corpus, batch_size=2)) == 5
+    assert corpus_size(corpus)[1] == 5
+
+
+def test_map_and_write_split_same_rows_on_both_runners(corpus, spark, tmp_path):
+    fac = functools.partial(_short_docs_out, 8)
+    local = map_batches(fac, scan_corpus(corpus, batch_size=2), STAGE_OUTPUT_SCHEMA, runner="local")
+    c_local = write_split(local, tmp_path / "local", n_in=5, job="t")
+    remote = map_batches(fac, read_corpus(corpus, spark=spark), STAGE_OUTPUT_SCHEMA, runner="spark")
+    c_spark = write_split(remote, tmp_path / "spark", n_in=5, job="t")
+    assert (c_local.kept, c_local.rejected, c_local.by_reason) == (3, 2, {"short_doc": 2})
+    assert (c_spark.kept, c_spark.rejected, c_spark.by_reason) == (3, 2, {"short_doc": 2})
+    for kind in ("kept", "rejected"):
+        a, b = read_corpus(tmp_path / "local" / kind, keep_extra=True), read_corpus(tmp_path / "spark" / kind,
+                                                                                   keep_extra=True)
+        assert _rows(a) == _rows(b.select(a.schema.names))
+    assert read_corpus(tmp_path / "local" / "rejected", ["stage"], keep_extra=True).num_rows == 2
+
+
+def test_write_split_checks_kept_plus_rejected_equals_input(corpus, tmp_path):
+    out = map_batches(functools.partial(_short_docs_out, 8), scan_corpus(corpus), STAGE_OUTPUT_SCHEMA,
+                      runner="local")
+    with pytest.raises(LostRows, match="6 rows in, but 3 kept \\+ 2 rejected"):
+        write_split(out, tmp_path / "o", n_in=6, job="t")
+
+
+def test_spark_schema_refuses_types_spark_cannot_hold():
+    assert [f.name for f in spark_schema(STAGE_OUTPUT_SCHEMA).fields] == STAGE_OUTPUT_SCHEMA.names
+    with pytest.raises(TypeError, match="column 'h'"):
+        spark_schema(pa.schema([("h", pa.float16())]))
+
+
+def test_auto_runner_chooses_by_input_size_and_says_why(corpus, monkeypatch):
+    monkeypatch.delenv("Q3_SPARK_MASTER", raising=False)
+    assert choose_runner("auto", [corpus]).runner == "local"
+    big = choose_runner("auto", [corpus], AutoRunner(local_max_rows=4))
+    assert big.runner == "spark" and "auto.local_max_rows" in big.why
+    assert choose_runner("auto", [corpus], AutoRunner(local_max_bytes=10)).runner == "spark"
+    assert choose_runner("local", [corpus], AutoRunner(local_max_rows=1)).runner == "local"
+    assert choose_runner("auto", [corpus], cluster="standalone").runner == "spark"
+    monkeypatch.setenv("Q3_SPARK_MASTER", "spark://127.0.0.1:7077")
+    assert "Q3_SPARK_MASTER" in choose_runner("auto", [corpus]).why
+
+
+def test_run_committed_skips_unchanged_and_redoes_changed_input(corpus, tmp_path):
+    calls = []
+
+    def body(tmp, meta):
+        calls.append(1)
+        (tmp / "x").write_text("done")
+        return {"docs_in": read_corpus(corpus).num_rows}
+
+    def key():
+        return job_key("t", {"a": 1}, inputs=[corpus])
+
+    out = tmp_path / "out"
+    assert run_committed(out, key(), body)["docs_in"] == 5
+    t0 = time.time()
+    again = run_committed(out, key(), body)
+    assert again["skipped"] is True and len(calls) == 1 and time.time() - t0 < 1.0
+    pq.write_table(pa.table({"id": ["z"], "text": ["new document"]}), corpus / "lang=eng_Latn" / "part-1.parquet")
+    assert run_committed(out, key(), body)["docs_in"] == 6 and len(calls) == 2
+    assert json.loads((out / "stats.json").read_text())["docs_in"] == 6
