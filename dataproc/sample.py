@@ -19,8 +19,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import shutil
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -30,6 +28,7 @@ from pydantic import Field
 from dataproc.troff import troff_to_text
 from q3.atomic import atomic_dir, is_committed, read_marker
 from q3.config import Q3Config, config_hash, load_config
+from q3.debs import DebUnavailable, download_deb, require_tools, unpack_deb
 from q3.log import get_logger, print_table, progress
 from q3.paths import data_dir
 
@@ -96,49 +95,26 @@ def lang_from_man_path(path: str) -> str | None:
     return None
 
 
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-
-
 def fetch_packages(packages: list[str], cache: Path) -> dict[str, Path]:
     """Download (once) and unpack each package; returns package -> unpacked root."""
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"`q3 data sample` needs {tool} (a Debian/Ubuntu machine)")
+    try:
+        require_tools("`q3 data sample`")
+    except DebUnavailable as e:
+        raise RuntimeError(str(e)) from None
     debs = cache / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
     roots: dict[str, Path] = {}
-    updated = False
     for pkg in progress(packages, "packages", unit="pkg"):
         root = cache / "manpages" / pkg
-        if is_committed(root):
-            roots[pkg] = root
-            continue
-        deb = _find_deb(debs, pkg)
-        if deb is None:
-            r = _run(["apt-get", "download", pkg], debs)
-            if r.returncode != 0 and not updated:
-                # A fresh machine/container often has no package lists yet.
-                log.info("apt-get download %s failed (%s); running apt-get update once",
-                         pkg, r.stderr.strip().splitlines()[-1:] or "")
-                _run(["apt-get", "update"], debs)
-                updated = True
-                r = _run(["apt-get", "download", pkg], debs)
-            deb = _find_deb(debs, pkg)
-            if r.returncode != 0 or deb is None:
-                log.warning("skipping %s: apt-get download failed: %s", pkg, r.stderr.strip()[-300:])
+        if not is_committed(root):
+            try:
+                deb = download_deb(pkg, debs)
+            except DebUnavailable as e:
+                log.warning("skipping %s: %s", pkg, e)
                 continue
-        with atomic_dir(root, {"deb": deb.name}) as tmp:
-            r = _run(["dpkg-deb", "-x", str(deb), str(tmp)], debs)
-            if r.returncode != 0:
-                raise RuntimeError(f"dpkg-deb -x {deb} failed: {r.stderr.strip()}")
+            with atomic_dir(root, {"deb": deb.name}) as tmp:
+                unpack_deb(deb, tmp)
         roots[pkg] = root
     return roots
-
-
-def _find_deb(debs: Path, pkg: str) -> Path | None:
-    found = sorted(debs.glob(f"{pkg}_*.deb"))
-    return found[-1] if found else None
 
 
 def _stable_key(s: str) -> str:

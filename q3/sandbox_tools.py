@@ -13,11 +13,12 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from q3.debs import DebUnavailable, download_deb, require_tools, unpack_deb
 
 PACKAGES = ("bubblewrap", "python3-seccomp")
 _FAILED: set[str] = set()   # optional packages whose fetch failed in this process
@@ -39,26 +40,14 @@ def cache_dir() -> Path:
     return data_dir() / "cache" / "sandbox"
 
 
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-
-
 def _fetch(pkg: str, root: Path, debs: Path) -> None:
     """apt-get download + dpkg-deb -x into `root` (atomically: a half-unpacked tree is never used)."""
-    found = sorted(debs.glob(f"{pkg}_*.deb"))
-    if not found:
-        r = _run(["apt-get", "download", pkg], debs)
-        if r.returncode != 0:   # a fresh machine often has no package lists yet
-            _run(["apt-get", "update"], debs)
-            r = _run(["apt-get", "download", pkg], debs)
-        found = sorted(debs.glob(f"{pkg}_*.deb"))
-        if r.returncode != 0 or not found:
-            raise ToolsUnavailable(f"apt-get download {pkg} failed: {r.stderr.strip()[-300:]}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{pkg}-", dir=root.parent))
-    r = _run(["dpkg-deb", "-x", str(found[-1]), str(tmp)], debs)
-    if r.returncode != 0:
+    try:
+        unpack_deb(download_deb(pkg, debs), tmp)
+    except DebUnavailable as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ToolsUnavailable(f"dpkg-deb -x {found[-1].name} failed: {r.stderr.strip()[-300:]}")
+        raise ToolsUnavailable(str(e)) from None
     _world_readable(tmp)
     tmp.rename(root)
 
@@ -96,9 +85,10 @@ def ensure_tools(fetch: bool = True) -> Tools:
 
 
 def _fetch_missing(cache: Path, missing: list[str]) -> None:
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise ToolsUnavailable(f"no {tool} (install bubblewrap yourself)")
+    try:
+        require_tools("fetching the sandbox tools (or install bubblewrap yourself)")
+    except DebUnavailable as e:
+        raise ToolsUnavailable(str(e)) from None
     cache.mkdir(parents=True, exist_ok=True)
     for d in (cache, *cache.parents[:2]):
         if d.stat().st_uid == os.geteuid():
