@@ -32,6 +32,15 @@ def committed_stats(out: str | Path, key: JobKey, stats_file: str = "stats.json"
     return stats
 
 
+def _check_stats(stats: dict[str, Any], where: Path) -> None:
+    """A corpus job's counts follow the stats contract (kept + rejected = input where both are
+    reported); checked before the commit, so a broken run never lands."""
+    from q3.contracts import CorpusStats, parse_contract
+
+    if "docs_in" in stats or "input_docs" in stats:
+        parse_contract(CorpusStats, stats, where).check_balance(where)
+
+
 def run_committed(out: str | Path, key: JobKey, body: Body, *, stats_file: str = "stats.json",
                   force: bool = False, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Skip (returning the committed stats, `skipped: true`) or run `body(tmp, meta)` -> stats and
@@ -43,6 +52,7 @@ def run_committed(out: str | Path, key: JobKey, body: Body, *, stats_file: str =
     meta = dict(meta or {})
     with commit(out, key, meta) as tmp:
         stats = body(tmp, meta)
+        _check_stats(stats, Path(out) / stats_file)
         stats.setdefault("seconds", round(time.time() - t0, 2))
         (tmp / stats_file).write_text(json.dumps(stats, indent=2, ensure_ascii=False))
         meta.update({k: v for k, v in stats.items() if isinstance(v, int | float | str)})

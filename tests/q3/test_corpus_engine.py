@@ -126,3 +126,13 @@ def test_run_committed_skips_unchanged_and_redoes_changed_input(corpus, tmp_path
     pq.write_table(pa.table({"id": ["z"], "text": ["new document"]}), corpus / "lang=eng_Latn" / "part-1.parquet")
     assert run_committed(out, key(), body)["docs_in"] == 6 and len(calls) == 2
     assert json.loads((out / "stats.json").read_text())["docs_in"] == 6
+
+
+def test_run_committed_refuses_unbalanced_stats_and_commits_nothing(tmp_path):
+    from q3.contracts import ContractError
+
+    out = tmp_path / "out"
+    with pytest.raises(ContractError, match="3 kept \\+ 1 rejected != 5 in"):
+        run_committed(out, job_key("t", {}, inputs=[]), lambda tmp, meta: {"docs_in": 5, "docs_kept": 3,
+                                                                            "docs_rejected": 1})
+    assert not out.exists()
