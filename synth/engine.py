@@ -119,12 +119,14 @@ def _on_spark(work: Any, pending: pa.Table, spark: Any, cluster: str | None) -> 
 
 def run(cfg: EngineConfig, spark: Any = None) -> dict[str, Any]:
     output = Path(cfg.output) if cfg.output else data_dir() / "synth" / "run"
-    seeds = read_seeds(cfg.input, cfg.max_docs)
-    require_nonempty(seeds.num_rows, "0 seed documents", f"input {cfg.input} holds no rows",
-                     allow_empty=cfg.allow_empty)
+    if not cfg.input or not Path(cfg.input).exists():
+        raise InputMissing(f"seed input not found: {cfg.input!r} (input=<corpus folder, Parquet file or JSONL>)")
     key = synth_key(cfg)
 
-    def body(tmp: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    def body(tmp: Path, meta: dict[str, Any]) -> dict[str, Any]:   # not committed under `key`: work
+        seeds = read_seeds(cfg.input, cfg.max_docs)
+        require_nonempty(seeds.num_rows, "0 seed documents", f"input {cfg.input} holds no rows",
+                         allow_empty=cfg.allow_empty)
         choice = choose(cfg)
         shards = run_shards(cfg, shard_plan(seeds, cfg.shard_size), output, key, choice.runner, spark)
         stats = finalize(cfg, output, shards, tmp)
