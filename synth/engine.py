@@ -52,6 +52,7 @@ __all__ = ["SYNTH_SCHEMA", "EngineConfig", "cli", "decontaminate", "plan_request
            "run_config_hash", "shard_dir", "synth_key", "template_for"]
 log = get_logger("synth.engine")
 _template = template_for   # the name tests and older callers use
+MAX_TASKS = 64             # Spark tasks generating at once (each with its own request pool)
 
 
 def read_seeds(path: str, max_docs: int | None = None) -> pa.Table:
@@ -104,13 +105,18 @@ def run_shards(cfg: EngineConfig, plan: pa.Table, output: Path, key: JobKey, run
 
 
 def _on_spark(work: Any, pending: pa.Table, spark: Any, cluster: str | None) -> list[dict[str, Any]]:
-    """The pending shards as Spark tasks (one row per shard; a task runs its shards' pools)."""
+    """The pending shards as Spark tasks (one row per shard; a task runs its shards' pools, so at most
+    MAX_TASKS x endpoint.concurrency requests are in flight)."""
     from q3.engine.session import get_spark
 
     own = spark is None
     spark = spark or get_spark("q3-synth", profile=cluster)
     try:
-        df = spark.createDataFrame(pending).repartition(min(pending.num_rows, 64), "shard")
+        # createDataFrame makes one partition per Arrow batch: cut the plan into as many batches as
+        # there are task slots (no shuffle stage to spread a few rows)
+        parts = min(pending.num_rows, max(1, spark.sparkContext.defaultParallelism), MAX_TASKS)
+        per = -(-pending.num_rows // parts)
+        df = spark.createDataFrame(pa.Table.from_batches(pending.combine_chunks().to_batches(max_chunksize=per)))
         return [r.asDict() for r in map_batches(work, df, STATUS_SCHEMA, runner="spark").collect()]
     finally:
         if own:   # a session we started is ours to stop (a caller's stays up)
