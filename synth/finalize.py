@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 from dataproc.dedup.config import DecontamConfig
 from dataproc.dedup.decontam import Decontaminator
 from dataproc.dedup.exact import exact_normalise
+from q3.engine.io import read_corpus
+from q3.engine.schema import conform
 from q3.engine.write import SplitCounts
 from q3.log import get_logger
 from q3.schemas import content_id
@@ -44,8 +46,10 @@ def decontaminate(rows: list[dict[str, Any]], cfg: DecontamConfig) -> list[tuple
 def finalize(cfg: EngineConfig, output: Path, shard_stats: list[dict[str, Any]], tmp: Path) -> dict[str, Any]:
     """Write the final kept/rejected files into `tmp` (the commit's work dir); returns the stats."""
     n_shards = len(shard_stats)
-    tables = [pq.read_table(shard_dir(output, k) / "rows.parquet") for k in range(n_shards)]
-    t = pa.concat_tables(tables) if tables else SYNTH_SCHEMA.empty_table()
+    # this run's shards only (a folder may also hold shards of an earlier, longer plan)
+    tables = [read_corpus(shard_dir(output, k) / "rows.parquet", keep_extra=True) for k in range(n_shards)]
+    t = pa.concat_tables([pa.Table.from_batches([conform(x, SYNTH_SCHEMA)]) for x in tables]) if tables \
+        else SYNTH_SCHEMA.empty_table()
     rows = t.to_pylist()
     seen: dict[str, str] = {}
     if cfg.dedup:
