@@ -31,7 +31,7 @@ from q3.engine.job import run_committed
 from q3.engine.map import map_batches
 from q3.engine.runner import RunnerChoice, choose_runner, cluster_configured
 from q3.errors import InputMissing, require_nonempty
-from q3.log import get_logger, print_table, progress
+from q3.log import get_logger, print_table, progress, timed
 from q3.paths import data_dir
 from q3.schemas import UNKNOWN_LANG
 from synth.engine_config import SYNTH_SCHEMA, EngineConfig, run_config_hash, template_for
@@ -134,8 +134,11 @@ def run(cfg: EngineConfig, spark: Any = None) -> dict[str, Any]:
         require_nonempty(seeds.num_rows, "0 seed documents", f"input {cfg.input} holds no rows",
                          allow_empty=cfg.allow_empty)
         choice = choose(cfg)
-        shards = run_shards(cfg, shard_plan(seeds, cfg.shard_size), output, key, choice.runner, spark)
-        stats = finalize(cfg, output, shards, tmp)
+        plan = shard_plan(seeds, cfg.shard_size)
+        with timed(log, f"synth: {plan.num_rows} shards of {seeds.num_rows} seeds ({choice.runner})"):
+            shards = run_shards(cfg, plan, output, key, choice.runner, spark)
+        with timed(log, "synth: dedup, decontamination, final output"):
+            stats = finalize(cfg, output, shards, tmp)
         if stats["requests"]:   # the empty-run rule (q3.errors): an endpoint that answered nothing failed
             require_nonempty(stats["requests"] - stats["failed"], f"0 of {stats['requests']} requests answered",
                              f"every request to {cfg.endpoint.resolved_base_url()} failed; check "
