@@ -171,6 +171,7 @@ def cli(config: str | None, overrides: list[str]) -> int:
     meta = run_cli_job(lambda: run(cfg), log)
     if meta is None:
         return 1
-    print(json.dumps({k: meta.get(k) for k in ("kept", "rejected", "requests", "cache_hits", "prompt_tokens",
-                                               "completion_tokens", "seconds", "skipped")}))
+    print(json.dumps({**{k: meta.get(k) for k in ("kept", "rejected", "requests", "cache_hits", "prompt_tokens",
+                                                  "completion_tokens", "seconds")},
+                      "skipped": bool(meta.get("skipped"))}))
     return 0
