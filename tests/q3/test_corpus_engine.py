@@ -136,3 +136,30 @@ def test_run_committed_refuses_unbalanced_stats_and_commits_nothing(tmp_path):
         run_committed(out, job_key("t", {}, inputs=[]), lambda tmp, meta: {"docs_in": 5, "docs_kept": 3,
                                                                             "docs_rejected": 1})
     assert not out.exists()
+
+
+def test_part_keys_resume_parts_of_one_run_and_redo_them_on_changed_input(corpus, tmp_path):
+    """q3.engine.parts (synth's shards): parts of an unchanged run are reused one by one; a changed
+    input, or a part that now covers other rows, is redone."""
+    from q3.engine.parts import key_from_dict, key_to_dict, part_key
+
+    done = []
+
+    def body(name):
+        def run(tmp, meta):
+            done.append(name)
+            return {"part": name}
+        return run
+
+    run_key = job_key("t", {"a": 1}, inputs=[corpus])
+    k0, k1 = part_key(run_key, "p0", ["a", "b"]), part_key(run_key, "p1", ["c"])
+    assert len({k0.id, k1.id, part_key(run_key, "p0", ["a"]).id, run_key.id}) == 4
+    assert key_from_dict(key_to_dict(k0)) == k0 and k0.input == run_key.input and k0.code == run_key.code
+    run_committed(tmp_path / "p0", k0, body("p0"))          # the run is killed before part 1
+    assert run_committed(tmp_path / "p0", part_key(run_key, "p0", ["a", "b"]), body("p0"))["skipped"]
+    run_committed(tmp_path / "p1", k1, body("p1"))
+    assert done == ["p0", "p1"]
+    pq.write_table(pa.table({"id": ["z"], "text": ["new document"]}), corpus / "lang=eng_Latn" / "part-1.parquet")
+    changed = job_key("t", {"a": 1}, inputs=[corpus])
+    assert "skipped" not in run_committed(tmp_path / "p0", part_key(changed, "p0", ["a", "b"]), body("p0"))
+    assert done == ["p0", "p1", "p0"]

@@ -20,6 +20,10 @@ from synth.templates import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ["textbook", "qa", "code_exercise", "multilingual"]
+# stats that say what was generated (the same however the run went); the rest says how it went
+# (cache hits, retries, seconds, shards reused, runner)
+CONTENT_STATS = ("kept", "rejected", "rejected_by_reason", "by_template", "requests", "failed", "prompt_tokens",
+                 "completion_tokens", "shards", "config_hash")
 
 
 def _overrides(seed_file: Path, out: Path, url: str, **extra) -> list[str]:
@@ -48,6 +52,32 @@ def _q3(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.
 def _final(out: Path) -> list[tuple]:
     t = pq.read_table(out / "final" / "data.parquet").to_pylist()
     return sorted((r["id"], r["text"], r["provenance"]["template"], r["provenance"]["seed_id"]) for r in t)
+
+
+def _rows(out: Path, drop_cached: bool = False) -> dict[str, list[dict]]:
+    """Every final row, kept and rejected, in file order (`cached` dropped: a resumed run's replies
+    come from the cache)."""
+    got = {}
+    for name in ("data", "rejected"):
+        rows = pq.read_table(out / "final" / f"{name}.parquet").to_pylist()
+        for r in rows if drop_cached else ():
+            r["provenance"].pop("cached")
+        got[name] = rows
+    return got
+
+
+def _content(stats: dict) -> dict:
+    return {k: stats[k] for k in CONTENT_STATS}
+
+
+@pytest.fixture(scope="module")
+def reference(seed_file, tmp_path_factory) -> tuple[Path, dict]:
+    """An uninterrupted local run with the tests' default config: what every other way must equal."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    with FaultServer(models=("test-model",), responder=synth_reply) as server:
+        stats = run(_cfg(seed_file, out, server.base_url, runner="local"))
+    assert stats["kept"] > 0 and stats["rejected"] > 0 and stats["shards"] == 3
+    return out, stats
 
 
 def test_run_rows_provenance_dedup_decontam_tokens(seed_file, llm_server, tmp_path):
@@ -90,7 +120,7 @@ def test_run_rows_provenance_dedup_decontam_tokens(seed_file, llm_server, tmp_pa
     assert llm_server.total == 0 and meta2["kept"] == meta["kept"]
 
 
-def test_killed_run_resumes_with_every_request_answered_once(seed_file, tmp_path):
+def test_killed_run_resumes_with_every_request_answered_once(seed_file, tmp_path, reference):
     gated = GatedResponder(open_for=9)
     with FaultServer(models=("test-model",), responder=gated) as server:
         out = tmp_path / "out"
@@ -119,39 +149,47 @@ def test_killed_run_resumes_with_every_request_answered_once(seed_file, tmp_path
         assert len(server.ok) == n and set(server.ok.values()) == {1}, server.ok
         # only the requests that were in flight at the kill were sent a second time
         assert sum(server.attempts.values()) == n + in_flight
-        resumed = _final(out)
-    # identical to an uninterrupted run
-    with FaultServer(models=("test-model",), responder=synth_reply) as fresh:
-        run(_cfg(seed_file, tmp_path / "fresh", fresh.base_url))
-    assert resumed == _final(tmp_path / "fresh")
+    # identical to an uninterrupted run: every row (kept and rejected) and what the stats count
+    ref_out, ref_stats = reference
+    assert _rows(out, drop_cached=True) == _rows(ref_out, drop_cached=True)
+    assert _content(json.loads((out / "final" / "stats.json").read_text())) == _content(ref_stats)
 
 
-def test_crash_after_responses_resends_nothing(seed_file, tmp_path, llm_server):
+def test_crash_after_responses_resends_nothing(seed_file, tmp_path, llm_server, reference):
     out = tmp_path / "out"
     args = _overrides(seed_file, out, llm_server.base_url)
-    proc = _q3(args, {"Q3_SYNTH_CRASH_AT_SHARD": "1"})   # dies after shard 1's replies, before its commit
+    proc = _q3(args, {"Q3_SYNTH_CRASH_AT_SHARD": "1"})   # dies as kill -9 would, after shard 1's replies
     log = proc.communicate(timeout=180)[0]
-    assert proc.returncode == 17, log
+    assert proc.returncode == 137, log
     assert is_committed(shard_dir(out, 0)) and not is_committed(shard_dir(out, 1))
+    assert list((out / "shards").glob(".shard-00001.tmp-*")), "the killed shard's half-written work dir"
     proc = _q3(args)
     log = proc.communicate(timeout=180)[0]
     assert proc.returncode == 0, log
+    assert not list((out / "shards").glob(".*tmp-*"))      # the rerun removed it
     n = _n_requests(_cfg(seed_file, out, llm_server.base_url))
     assert len(llm_server.attempts) == n and set(llm_server.attempts.values()) == {1}
     marker = json.loads((shard_dir(out, 1) / "_Q3_SUCCESS").read_text())
     assert marker["cache_hits"] == marker["requests"] > 0
+    stats = json.loads((out / "final" / "stats.json").read_text())
+    assert stats["shards_skipped"] == 1                   # shard 0 was reused, shards 1 and 2 generated
+    ref_out, ref_stats = reference
+    assert _rows(out, drop_cached=True) == _rows(ref_out, drop_cached=True)
+    assert _content(stats) == _content(ref_stats)
 
 
-@pytest.mark.slow   # JVM start-up + Spark workers: minutes on a busy 2-core machine
-@pytest.mark.spark
-def test_spark_runner_matches_local(seed_file, tmp_path, llm_server, spark):
-    run(_cfg(seed_file, tmp_path / "local", llm_server.base_url))
-    n = len(llm_server.ok)
-    llm_server.reset_counts()
-    meta = run(_cfg(seed_file, tmp_path / "spark", llm_server.base_url, runner="spark",
-                    **{"endpoint.cache_dir": str(tmp_path / "spark-cache")}), spark=spark)
-    assert meta["requests"] == n and len(llm_server.ok) == n and set(llm_server.ok.values()) == {1}
-    assert _final(tmp_path / "spark") == _final(tmp_path / "local")
+@pytest.mark.parametrize("runner", ["local", pytest.param("spark", marks=pytest.mark.spark)])
+def test_runners_give_identical_rows_and_stats(runner, seed_file, tmp_path, llm_server, reference, request):
+    """The shard batch function by the local loop or inside Spark mapInArrow: the same rows (kept
+    and rejected, provenance included) and the same stats as the reference run; every request sent once."""
+    spark = request.getfixturevalue("spark") if runner == "spark" else None
+    stats = run(_cfg(seed_file, tmp_path / "out", llm_server.base_url, runner=runner), spark=spark)
+    assert stats["runner"] == runner and stats["cache_hits"] == 0
+    ref_out, ref_stats = reference
+    assert len(llm_server.ok) == stats["requests"] and set(llm_server.ok.values()) == {1}
+    assert _rows(tmp_path / "out") == _rows(ref_out)
+    same = {k: v for k, v in ref_stats.items() if k not in ("seconds", "runner", "skipped")}
+    assert {k: stats[k] for k in same} == same
 
 
 def test_bad_replies_become_rejected_rows(seed_file, tmp_path):

@@ -56,3 +56,64 @@ def test_synth_skips_unchanged_and_redoes_changed_seeds(seed_file, llm_server, t
     assert llm_server.total == 1 and redone["requests"] == 2 and redone["cache_hits"] == 1
     texts = pq.read_table(out / "final" / "data.parquet").column("text").to_pylist()
     assert any("Completely rewritten seed." in t for t in texts)
+
+
+def _upstream(root: Path, docs: list[dict]) -> Path:
+    """(Re-)commit an upstream stage as `q3 data decontam` commits it: kept/lang=*/ + rejected/."""
+    import pyarrow as pa
+
+    from q3.atomic import atomic_dir
+    from q3.engine.schema import conform
+    from q3.engine.write import write_split
+    from q3.schemas import STAGE_OUTPUT_SCHEMA
+
+    with atomic_dir(root, {"stage": "decontam"}) as tmp:
+        write_split([conform(pa.Table.from_pylist(docs), STAGE_OUTPUT_SCHEMA)], tmp, n_in=len(docs))
+    return root / "kept"
+
+
+def _final_rows(out: Path) -> list[dict]:
+    rows = pq.read_table(out / "final" / "data.parquet").to_pylist()
+    for r in rows:
+        r["provenance"].pop("cached")
+    return rows
+
+
+def test_synth_on_committed_upstream_redoes_when_upstream_reruns(seed_file, llm_server, tmp_path, caplog):
+    """Seeds from a committed upstream output (the demo seeds synth from decontam's kept/): the key
+    names the upstream commit, so re-running upstream - even on the same documents - recomputes
+    (from the cache: nothing re-sent), and a changed document is generated anew."""
+    from q3.schemas import content_id
+
+    caplog.set_level(logging.INFO, logger="q3.commit")
+    picks = [json.loads(line) for line in seed_file.read_text(encoding="utf-8").splitlines()][:3]
+    docs = [{"id": content_id(d["text"]), "text": d["text"], "lang": d["lang"], "source": d["source"]}
+            for d in picks]
+    kept, out = _upstream(tmp_path / "decontam", docs), tmp_path / "out"
+    cfg = load_config(EngineConfig, "synth", "default", [
+        f"input={kept}", f"output={out}", f"endpoint.base_url={llm_server.base_url}", "endpoint.model=test-model",
+        "endpoint.max_retries=1", "shard_size=1", "templates=[textbook]", "dedup=false"])
+    first = run(cfg)
+    assert first["requests"] == 3 and llm_server.total == 3 and first["runner"] == "local"
+    rows = _final_rows(out)
+
+    llm_server.reset_counts()
+    t0 = time.perf_counter()
+    again = run(cfg)
+    print(f"synth skip on a committed upstream: {time.perf_counter() - t0:.3f}s")
+    assert again["skipped"] and llm_server.total == 0
+
+    _upstream(tmp_path / "decontam", docs)               # upstream re-ran: same documents, a new commit
+    caplog.clear()
+    rerun = run(cfg)
+    assert "recomputing (input changed)" in caplog.text and not rerun.get("skipped")
+    assert llm_server.total == 0 and rerun["cache_hits"] == rerun["requests"] == 3
+    assert _final_rows(out) == rows
+
+    new_text = "A rewritten seed about tide tables and harbour pilots. " + docs[1]["text"]
+    docs[1] = dict(docs[1], id=content_id(new_text), text=new_text)
+    _upstream(tmp_path / "decontam", docs)               # upstream re-ran on changed input
+    changed = run(cfg)
+    assert llm_server.total == 1 and changed["cache_hits"] == 2
+    seeds = {r["provenance"]["seed_id"] for r in _final_rows(out)}
+    assert seeds == {d["id"] for d in docs}
