@@ -62,6 +62,7 @@ def ngram_chars(ids: np.ndarray, wlen: np.ndarray, top_k: np.ndarray, dup_k: np.
         if ti < 0 and di < 0:
             continue
         used[:] = False
+        distinct = 0
         for i in range(m):
             g = h[i]
             s = ((g * _MIX) >> shift) & mask
@@ -72,8 +73,16 @@ def ngram_chars(ids: np.ndarray, wlen: np.ndarray, top_k: np.ndarray, dup_k: np.
                 keys[s] = g
                 cnt[s] = 0
                 first[s] = i
+                distinct += 1
             cnt[s] += 1
             slot_of[i] = s
+        if distinct == m and compat:
+            # no k-gram repeats, so no longer one does: nothing repeated for any n >= k, and each
+            # top n-gram is the first one, seen once (datatrove keeps the first of equal counts)
+            for j in range(len(top_k)):
+                if top_k[j] >= k and top_k[j] <= n:
+                    top_out[j] = csum[top_k[j]] + top_k[j] - 1
+            break
         if ti >= 0:
             best_c = 0
             best_len = 0
