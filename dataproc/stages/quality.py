@@ -13,7 +13,10 @@ starts with a skip prefix (code) get signals but are never dropped.
 
 Per document this is one tokenisation (one regex `findall`) and a few passes over ints; regexes
 are compiled once, words are interned to ints and every n-gram rule
-is one compiled call (quality_kernels, numba).
+is one compiled call (quality_kernels, numba). In datatrove_compat mode a whole batch is one
+compiled pass instead (quality_kernels.compat_signals over the Arrow UTF-8 buffer: the same tokens
+as the regex, no Python strings per word) and rules are numpy over columns (_call_compiled); the
+per-document path (_call_python) is its reference and serves C4 rewriting.
 """
 
 from __future__ import annotations
