@@ -114,6 +114,7 @@ def utf8_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(UTF-8 bytes, n + 1 byte offsets, valid mask) of an Arrow string array, without copying text."""
     if texts.type != pa.large_string():
         texts = texts.cast(pa.large_string())
+    texts.validate(full=True)   # valid UTF-8 (the kernel decodes without checks), as str would need
     n = len(texts)
     _, off_buf, data_buf = texts.buffers()
     offsets = np.frombuffer(off_buf, np.int64)[texts.offset: texts.offset + n + 1]

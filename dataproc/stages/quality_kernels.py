@@ -402,7 +402,7 @@ def compat_signals(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray, fla
     te = np.empty(longest, np.int64)
     ls = np.empty(longest + 1, np.int64)
     le = np.empty(longest + 1, np.int64)
-    ids = np.empty(longest, np.uint64)
+    ids = np.empty(longest + 1, np.uint64)     # spans of \n-split pieces: up to n + 1
     wlen = np.empty(longest, np.int64)
     buf = np.empty(longest, np.int32)
     low = np.empty(2 * longest, np.int32)

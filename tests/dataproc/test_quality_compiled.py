@@ -111,6 +111,7 @@ def test_compiled_pass_equals_reference_on_fuzz(cfg):
     texts: list[str | None] = _fuzz(3, 800) + _lines_of_words(4, 800) + [None, "", "\n"]
     langs = ["code_python" if i % 7 == 0 else "eng_Latn" for i in range(len(texts))]
     _assert_same(stage, texts, langs)
+    _assert_same(stage, ["\n", "", "\n\n", "a", None, "\r\n"])   # scratch sized by the longest doc: 2 bytes
 
 
 def test_compiled_pass_equals_reference_on_real_text():
