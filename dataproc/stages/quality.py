@@ -13,12 +13,16 @@ starts with a skip prefix (code) get signals but are never dropped.
 
 Per document this is one tokenisation (one regex `findall`) and a few passes over ints; regexes
 are compiled once, words are interned to ints and every n-gram rule
-is one compiled call (quality_kernels, numba).
+is one compiled call (quality_kernels, numba). In datatrove_compat mode a whole batch is one
+compiled pass instead (quality_kernels.compat_signals over the Arrow UTF-8 buffer: the same tokens
+as the regex, no Python strings per word) and rules are numpy over columns (_call_compiled); the
+per-document path (_call_python) is its reference and serves C4 rewriting.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +32,7 @@ import pyarrow.compute as pc
 from dataproc.config import QualityConfig
 from dataproc.stage import conform, reject
 from dataproc.stages import quality_compat as dt
+from dataproc.stages import quality_kernels as qk
 from dataproc.stages.quality_kernels import ngram_chars
 from q3.schemas import QUALITY_TYPE
 
@@ -324,6 +329,13 @@ class QualityStage:
     # ---- a batch -----------------------------------------------------------------------------
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         batch = conform(batch)
+        if self.compat and not ("c4" in self.families and self.cfg.c4.rewrite_text):
+            return self._call_compiled(batch)
+        return self._call_python(batch)
+
+    def _call_python(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Document by document through measure() (every mode; the reference of _call_compiled)."""
+        batch = conform(batch)
         names = batch.schema.names
         texts = batch.column("text").to_pylist()
         langs = batch.column("lang").to_pylist()
@@ -351,16 +363,7 @@ class QualityStage:
                 new_texts.append(rewritten)
             else:
                 new_texts.append(text)
-        old = batch.column("quality")
-        children = []
-        for field in QUALITY_TYPE:
-            if field.name in _PII:   # PII counts belong to the pii stage: carry them over
-                children.append(pc.struct_field(old, field.name) if old.null_count < len(old)
-                                else pa.nulls(len(old), field.type))
-            else:
-                children.append(pa.array(cols[field.name], field.type))
-        quality = pa.StructArray.from_arrays(children, fields=list(QUALITY_TYPE))
-        batch = batch.set_column(names.index("quality"), "quality", quality)
+        batch = _set_quality(batch, {f: pa.array(cols[f], QUALITY_TYPE.field(f).type) for f in _FIELDS})
         if rewrote:
             text = pa.array(new_texts, pa.string())
             batch = batch.set_column(names.index("text"), "text", text)
@@ -368,6 +371,47 @@ class QualityStage:
                                      pc.fill_null(pc.utf8_length(text).cast(pa.int64()), 0))
         mask = pc.is_valid(pa.array(reasons, pa.string()))
         return reject(batch, mask, self.name, pa.array(reasons, pa.string()), pa.array(details, pa.string()))
+
+    def _call_compiled(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """datatrove_compat mode over a whole batch: one compiled pass (quality_kernels.compat_signals)
+        gives every count; signals, rules, `failed`, score and reason are then numpy over columns.
+        Same values as _call_python (tests/dataproc/test_quality_compiled.py)."""
+        sig, valid = dt.compat_signals(
+            batch.column("text"), self.dt_stop, _POLICY, self.cfg.c4, self.cfg.fineweb.short_line_length,
+            [k for k, _ in self.ngram_top], [k for k, _ in self.ngram_dup])
+        q, present, rules = _compat_rules(self, sig, valid)
+        n = batch.num_rows
+        fails = np.array([m for _, m, _ in rules], np.bool_).reshape(len(rules), n)
+        n_failed = fails.sum(axis=0)
+        doc_idx, rule_idx = np.nonzero(fails.T)          # doc-major: each doc's rules in rule order
+        offsets = np.concatenate([[0], np.cumsum(n_failed)]).astype(np.int32)
+        rule_names = pa.array([name for name, _, _ in rules], pa.string())
+        failed = pa.ListArray.from_arrays(pa.array(offsets), rule_names.take(pa.array(rule_idx)))
+        n_rules = sum((present[k] for k in _SCORED if k in present), np.zeros(n, np.int64))
+        score = np.where(n_rules > 0, np.maximum(0.0, 1.0 - n_failed / np.maximum(n_rules, 1)), 1.0)
+        lang = batch.column("lang")
+        exempt = np.zeros(n, np.bool_)
+        for prefix in self.skip:
+            exempt |= pc.fill_null(pc.starts_with(lang, prefix), False).to_numpy(zero_copy_only=False)
+        reasons: list[str | None] = [None] * n
+        details: list[str | None] = [None] * n
+        first = np.argmax(fails, axis=0) if len(rules) else np.zeros(n, np.int64)
+        texts = batch.column("text")
+        for i in np.flatnonzero((n_failed > 0) & ~exempt).tolist():
+            name, _, detail = rules[first[i]]
+            reasons[i] = name
+            # C4's document rules quote the line: rare, taken from the reference path
+            details[i] = detail(i) if detail is not None else dict(
+                self._measure_compat(texts[i].as_py())[1])[name]
+        children: dict[str, pa.Array] = {"score": pa.array(score.astype(np.float32)), "failed": failed}
+        for f in _FIELDS:
+            if f in q:
+                t = QUALITY_TYPE.field(f).type
+                vals = q[f].astype(np.int32 if pa.types.is_integer(t) else np.float32)
+                children[f] = pa.array(vals, t, mask=~present[f])
+        batch = _set_quality(batch, children)
+        reason = pa.array(reasons, pa.string())
+        return reject(batch, pc.is_valid(reason), self.name, reason, pa.array(details, pa.string()))
 
     @staticmethod
     def _n_rules(q: dict) -> int:
@@ -382,3 +426,125 @@ _SCORED = ("n_words", "mean_word_len", "hash_word_ratio", "ellipsis_word_ratio",
            "dup_5gram_frac", "dup_6gram_frac", "dup_7gram_frac", "dup_8gram_frac", "dup_9gram_frac",
            "dup_10gram_frac", "c4_sentences", "line_punct_ratio", "short_line_ratio", "char_dup_ratio",
            "list_ratio")
+
+
+def _set_quality(batch: pa.RecordBatch, children: dict[str, pa.Array]) -> pa.RecordBatch:
+    """Replace the `quality` struct: the given fields, PII counts carried over, the rest null."""
+    old = batch.column("quality")
+    arrays = []
+    for field in QUALITY_TYPE:
+        if field.name in _PII:   # PII counts belong to the pii stage: carry them over
+            arrays.append(pc.struct_field(old, field.name) if old.null_count < len(old)
+                          else pa.nulls(len(old), field.type))
+        else:
+            arrays.append(children.get(field.name, pa.nulls(len(old), field.type)))
+    quality = pa.StructArray.from_arrays(arrays, fields=list(QUALITY_TYPE))
+    return batch.set_column(batch.schema.names.index("quality"), "quality", quality)
+
+
+_Rule = tuple[str, np.ndarray, "Callable[[int], str] | None"]
+
+
+def _compat_rules(stage: QualityStage, sig: np.ndarray,
+                  valid: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[_Rule]]:
+    """(signal columns, where each is present, rules as (reason, fails, detail of doc i)) from the
+    kernel's counts: _measure_compat's formulas and rule order, over columns."""
+    cfg = stage.cfg
+    g, r, c4, fw = cfg.gopher_quality, cfg.gopher_repetition, cfg.c4, cfg.fineweb
+    col = sig.T
+    n_tok = col[qk.S_N_TOK]
+    per_tok = np.maximum(n_tok, 1)
+    n_words = n_tok - col[qk.S_N_SYM]
+    n_lines = col[qk.S_N_LINES]
+    q = {"n_words": n_words, "n_lines": n_lines,
+         "alpha_word_ratio": col[qk.S_ALPHA] / per_tok,
+         "mean_word_len": np.where(n_words > 0, (col[qk.S_TOK_CHARS] - col[qk.S_SYM_CHARS])
+                                   / np.maximum(n_words, 1), 0.0),
+         "hash_word_ratio": col[qk.S_HASH] / per_tok, "ellipsis_word_ratio": col[qk.S_ELLIPSIS] / per_tok,
+         "bullet_line_ratio": col[qk.S_BULLET] / np.maximum(n_lines, 1),
+         "ellipsis_line_ratio": col[qk.S_ELL_LINES] / np.maximum(n_lines, 1),
+         "stopword_count": col[qk.S_STOP]}
+    q["symbol_word_ratio"] = np.maximum(q["hash_word_ratio"], q["ellipsis_word_ratio"])
+    present = dict.fromkeys(q, valid)
+    rules: list[_Rule] = []
+
+    def rule(name: str, fails: np.ndarray, detail: Callable[[int], str] | None) -> None:
+        rules.append((name, fails & valid, detail))
+
+    def over(key: str, thr: float, when: np.ndarray = valid) -> tuple[np.ndarray, Callable[[int], str]]:
+        return when & (q[key] > thr), lambda i: f"{float(q[key][i]):.3f} > {thr}"
+
+    fams = stage.families
+    if "gopher_quality" in fams:
+        if g.min_words:
+            rule("gopher_min_words", n_words < g.min_words, lambda i: f"{int(n_words[i])} words < {g.min_words}")
+        if g.max_words:
+            rule("gopher_max_words", n_words > g.max_words, lambda i: f"{int(n_words[i])} words > {g.max_words}")
+        mwl = q["mean_word_len"]
+        if g.min_avg_word_len:
+            rule("gopher_min_avg_word_len", (n_words > 0) & (mwl < g.min_avg_word_len), lambda i: f"{mwl[i]:.2f}")
+        if g.max_avg_word_len:
+            rule("gopher_max_avg_word_len", (n_words > 0) & (mwl > g.max_avg_word_len), lambda i: f"{mwl[i]:.2f}")
+        for key, reason, thr in (
+                ("hash_word_ratio", "gopher_hash_ratio", g.max_symbol_word_ratio),
+                ("ellipsis_word_ratio", "gopher_ellipsis_ratio", g.max_symbol_word_ratio),
+                ("bullet_line_ratio", "gopher_bullet_lines", g.max_bullet_lines_ratio),
+                ("ellipsis_line_ratio", "gopher_ellipsis_lines", g.max_ellipsis_lines_ratio)):
+            if thr is not None:
+                v = q[key]
+                rule(reason, v > thr, lambda i, v=v: f"{float(v[i]):.3f}")
+        if g.min_alpha_words_ratio is not None:
+            alpha = q["alpha_word_ratio"]
+            rule("gopher_alpha_words", alpha < g.min_alpha_words_ratio, lambda i: f"{float(alpha[i]):.3f}")
+        if g.min_stop_words:
+            sw = q["stopword_count"]
+            rule("gopher_stop_words", sw < g.min_stop_words, lambda i: f"{int(sw[i])} < {g.min_stop_words}")
+    if "gopher_repetition" in fams:
+        n_text = col[qk.S_LEN]
+        has_text = valid & (n_text > 0)
+        rule("gopher_empty", n_text == 0, lambda i: "empty text")
+        per_char = np.maximum(n_text, 1)
+        rep = {"dup_para_frac": col[qk.S_DUP_PARAS] / np.maximum(col[qk.S_N_PARAS], 1),
+               "dup_para_char_frac": col[qk.S_DUP_PARA_CHARS] / per_char,
+               "dup_line_frac": col[qk.S_DUP_RLINES] / np.maximum(col[qk.S_N_RLINES], 1),
+               "dup_line_char_frac": col[qk.S_DUP_RLINE_CHARS] / per_char}
+        q.update(rep)
+        for key, thr in (("dup_para_frac", r.dup_para_frac), ("dup_para_char_frac", r.dup_para_char_frac),
+                         ("dup_line_frac", r.dup_line_frac), ("dup_line_char_frac", r.dup_line_char_frac)):
+            if thr is not None:
+                rule(f"gopher_{key}", *over(key, thr, has_text))
+        grams = [(f"top_{k}gram", thr) for k, thr in stage.ngram_top] + \
+                [(f"dup_{k}gram", thr) for k, thr in stage.ngram_dup]
+        for j, (name, thr) in enumerate(grams):
+            q[f"{name}_frac"] = col[qk.N_FIXED + j] / per_char
+            rep[f"{name}_frac"] = q[f"{name}_frac"]
+            rule(f"gopher_{name}", *over(f"{name}_frac", thr, has_text))
+        present.update(dict.fromkeys(rep, has_text))
+    if "c4" in fams:
+        q["c4_sentences"] = sent = col[qk.S_C4_SENT]
+        q["c4_line_ratio"] = col[qk.S_C4_KEPT] / np.maximum(n_lines, 1)
+        present.update(c4_sentences=valid, c4_line_ratio=valid)
+        rule("c4_lorem_ipsum", col[qk.S_C4_DOC] == qk.C4_LOREM, None)
+        rule("c4_curly_bracket", col[qk.S_C4_DOC] == qk.C4_CURLY, None)
+        if c4.min_sentences is not None:
+            rule("c4_min_sentences", sent < c4.min_sentences, lambda i: f"{int(sent[i])} < {c4.min_sentences}")
+    if "fineweb" in fams:
+        nf = col[qk.S_FW_LINES]
+        per_line = np.maximum(nf, 1)
+        rule("fineweb_empty", nf == 0, lambda i: "no non-empty line")
+        q["line_punct_ratio"] = punct = col[qk.S_FW_PUNCT] / per_line
+        q["short_line_ratio"] = col[qk.S_FW_SHORT] / per_line
+        q["char_dup_ratio"] = col[qk.S_FW_DUP_CHARS] / np.maximum(col[qk.S_LEN] - col[qk.S_NEWLINES], 1)
+        q["list_ratio"] = col[qk.S_NEWLINES] / per_tok
+        present.update(dict.fromkeys(("line_punct_ratio", "short_line_ratio", "char_dup_ratio", "list_ratio"), valid))
+        if fw.line_punct_thr is not None:
+            low = punct < fw.line_punct_thr
+            if fw.line_punct_exclude_zero:
+                low &= punct != 0
+            rule("fineweb_line_punct", low, lambda i: f"{float(punct[i]):.3f} < {fw.line_punct_thr}")
+        for key, reason, thr in (("short_line_ratio", "fineweb_short_lines", fw.short_line_thr),
+                                 ("char_dup_ratio", "fineweb_char_dup", fw.char_dup_ratio),
+                                 ("list_ratio", "fineweb_list_ratio", fw.new_line_ratio)):
+            if thr is not None:
+                rule(reason, *over(key, thr))
+    return q, present, rules

@@ -13,7 +13,13 @@ The two character sets are datatrove's `PUNCTUATION` and `TERMINAL_PUNCTUATION`
 
 from __future__ import annotations
 
+import functools
 import re
+
+import numpy as np
+import pyarrow as pa
+
+from dataproc.stages import quality_kernels as qk
 
 DT_PUNCTUATION = (
     '\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\r\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18'
@@ -74,3 +80,64 @@ def compat_sentence_spans(text: str) -> list[tuple[int, int]]:
 def n_sentences(line: str) -> int:
     """len(compat_sentences(line)) for a stripped, non-empty line, without building the list."""
     return 1 + len(_SENT_BOUNDARY.findall(line))
+
+
+# ---- the compiled pass (quality_kernels.compat_signals) ------------------------------------------
+@functools.cache
+def char_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(class flags per code point, single-char lowercase per code point), built once per process
+    by running Python's own `re` classes and str methods over every code point, so the compiled
+    tokeniser matches the regexes exactly (tests/dataproc/test_quality_compiled.py checks it)."""
+    every = "".join(map(chr, range(0x110000)))
+    flags = np.zeros(0x110000, np.uint8)
+    for pattern, bit in ((r"\w+", qk.C_WORD), (r"\s+", qk.C_SPACE), (r"\d+", qk.C_DIGIT)):
+        for m in re.finditer(pattern, every):
+            flags[m.start():m.end()] |= bit
+    for chars, bit in ((DT_PUNCTUATION, qk.C_PUNCT), (DT_TERMINAL, qk.C_TERM)):
+        flags[[ord(c) for c in chars]] |= bit
+    # no "\r\n" pair in `every`: each piece but the last ends with one boundary character
+    flags[[ord(p[-1]) for p in every.splitlines(keepends=True)[:-1]]] |= qk.C_BREAK
+    # str.lower() maps one char to one, except U+0130 (-> "i\u0307", expanded by the kernel); the
+    # context rule for final sigma only picks between two non-ASCII letters (needles are ASCII)
+    lowered = every.replace("\u0130", "I").lower()
+    assert len(lowered) == len(every)
+    lower = np.frombuffer(lowered.encode("utf-32-le", "surrogatepass"), np.uint32).astype(np.int32)
+    return flags, lower
+
+
+def _packed(words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    flat = np.array([ord(c) for w in words for c in w], np.int32)
+    return flat, np.cumsum([0] + [len(w) for w in words]).astype(np.int64)
+
+
+def utf8_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(UTF-8 bytes, n + 1 byte offsets, valid mask) of an Arrow string array, without copying text."""
+    if texts.type != pa.large_string():
+        texts = texts.cast(pa.large_string())
+    texts.validate(full=True)   # valid UTF-8 (the kernel decodes without checks), as str would need
+    n = len(texts)
+    _, off_buf, data_buf = texts.buffers()
+    offsets = np.frombuffer(off_buf, np.int64)[texts.offset: texts.offset + n + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None and offsets[-1] > 0 else np.zeros(1, np.uint8)
+    valid = texts.is_valid().to_numpy(zero_copy_only=False) if texts.null_count else np.ones(n, np.bool_)
+    return data, offsets, valid
+
+
+def compat_token_spans(texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The compiled tokeniser over a string array: (tokens per doc, starts, ends) in code points."""
+    data, offsets, _ = utf8_buffers(texts)
+    return qk.token_spans(data, offsets, char_tables()[0])
+
+
+def compat_signals(texts: pa.Array, stop_words: frozenset[str], policy: tuple[str, ...], c4: object,
+                   short_line_length: int, top_k: list[int], dup_k: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(counts per doc as quality_kernels.S_* columns, valid mask): one compiled call per batch."""
+    flags, lower = char_tables()
+    data, offsets, valid = utf8_buffers(texts)
+    needles, noff = _packed(["lorem ipsum", "javascript", *policy])
+    stops, soff = _packed(sorted(stop_words))
+    params = np.array([c4.max_word_len, c4.min_words_per_line, c4.lorem_ipsum, c4.drop_javascript_lines,
+                       c4.curly_bracket, c4.drop_policy_lines, c4.remove_citations, short_line_length], np.int64)
+    sig = qk.compat_signals(data, offsets, valid, flags, lower, needles, noff, stops, soff,
+                            np.array(top_k, np.int64), np.array(dup_k, np.int64), params)
+    return sig, valid
