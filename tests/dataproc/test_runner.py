@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -67,19 +68,38 @@ def test_kept_plus_rejected_is_input(corpus, local_run):
 def test_rerun_is_a_noop(corpus, local_run):
     out, stats = local_run
     before = (out / "_Q3_SUCCESS").stat().st_mtime_ns
-    assert runner.run(_cfg(corpus, out)) == stats
+    again = runner.run(_cfg(corpus, out))
+    assert again.pop("skipped") is True and again == stats
     assert (out / "_Q3_SUCCESS").stat().st_mtime_ns == before
 
 
-@pytest.mark.spark
-def test_spark_output_equals_local(spark, corpus, local_run, tmp_path):
+def _same_stats(a: dict, b: dict) -> dict:
+    drop = {"fingerprint", "seconds", "skipped"}   # the key differs with chunk_files; timings differ
+    return {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+@pytest.mark.parametrize("which", ["local", "spark"])
+def test_both_runners_give_the_same_rows_and_stats(which, request, corpus, local_run, tmp_path, caplog):
+    """Other chunks (6 files), each runner: the same kept/rejected rows and stats as the reference.
+    Spark comes from `runner: auto` over a size limit the corpus exceeds, as on a big input."""
     out, stats = local_run
-    sout = tmp_path / "spark"
-    sstats = runner.run(_cfg(corpus, sout, runner="spark", chunk_files=6), spark=spark)   # chunking: same rows
+    caplog.set_level(logging.INFO, logger="q3.engine")
+    spark = request.getfixturevalue("spark") if which == "spark" else None
+    kw = {"runner": "auto", "auto": {"local_max_bytes": 1}} if which == "spark" else {"runner": "local"}
+    other = runner.run(_cfg(corpus, tmp_path / which, chunk_files=6, **kw), spark=spark)
+    if which == "spark":
+        assert "pipeline: runner spark (input" in caplog.text and "> auto.local_max_bytes" in caplog.text
     for kind in ("kept", "rejected"):
-        assert runner.read_output(sout, kind).equals(runner.read_output(out, kind)), kind
-    assert {k: v for k, v in sstats.items() if k != "fingerprint"} == \
-        {k: v for k, v in stats.items() if k != "fingerprint"}
+        assert runner.read_output(tmp_path / which, kind).equals(runner.read_output(out, kind)), kind
+    assert _same_stats(other, stats)
+
+
+def test_auto_runner_is_local_on_a_small_input(corpus, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="q3.engine")
+    cfg = _cfg(corpus, tmp_path / "auto", runner="auto", quality={"enabled": []}, pii={"enabled": False})
+    assert cfg.runner == "auto" and PipelineConfig().runner == "auto"      # the default
+    runner.run(cfg)
+    assert "pipeline: runner local (input" in caplog.text and "under the auto.local_max_* limits" in caplog.text
 
 
 def test_killed_run_resumes_to_the_same_output(corpus, local_run, tmp_path):
