@@ -78,7 +78,8 @@ def run_decontam(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig
         counts = write_split(result if runner == "spark" else _die_midway(result), tmp, n_in=n_in, job="decontam")
         shared.unpersist()
         meta["runner"] = runner
-        return {"docs_in": n_in, "rejected": counts.by_reason, "benchmarks": index.items,
+        return {"docs_in": n_in, "docs_kept": counts.kept, "docs_rejected": counts.rejected,
+                "rejected": counts.by_reason, "benchmarks": index.items,
                 "eval_items_too_short": index.skipped, "ngram_index": int(len(index.hashes)),
                 "mode": cfg.decontam.mode}
 

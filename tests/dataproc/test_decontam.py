@@ -21,6 +21,7 @@ from dataproc.dedup.planted import sample_docs as load_docs
 from dataproc.jobs.decontam import run_decontam
 from dataproc.runner import read_output
 from dataproc.stage import split
+from q3.contracts import read_stats
 from q3.engine.schema import conform as conform_to
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +113,7 @@ def _same(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if k not in ("seconds", "skipped")}
 
 
-EXPECTED = {"docs_in": 15, "rejected": {"contaminated:cjkbench": 1, "contaminated:toybench": 3},
+EXPECTED = {"docs_in": 15, "docs_kept": 11, "docs_rejected": 4, "rejected": {"contaminated:cjkbench": 1, "contaminated:toybench": 3},
             "benchmarks": {"cjkbench": 1, "toybench": 6}, "eval_items_too_short": {"toybench": 3},  # answers "A"
             "mode": "reject"}
 
@@ -128,6 +129,7 @@ def test_decontam_job_rows_and_stats_equal_the_stage_on_both_runners(runner, req
     stats = run_decontam(tmp_path / "in", tmp_path / "out", cfg, spark=spark)
     assert {k: v for k, v in _same(stats).items() if k != "ngram_index"} == EXPECTED and stats["ngram_index"] > 50
     assert json.loads((tmp_path / "out" / "stats.json").read_text()) == stats
+    read_stats(tmp_path / "out").check_balance()                # the stats contract (q3/contracts.py)
     # the reference: the stage over every document in one batch, no runner, no files
     whole = Decontaminator(cfg.decontam)(docs_table(docs).combine_chunks().to_batches()[0])
     want_kept, want_rej = split(whole)
