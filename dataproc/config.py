@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from q3.config import Q3Config
+from q3.engine.runner import AutoRunner, Runner
 
 
 class OcrConfig(Q3Config):
@@ -149,7 +150,10 @@ class PipelineConfig(Q3Config):
     aliases = {"inputs": "input"}
     input: list[InputSpec] = Field(default_factory=list)   # a path, a list of paths, or [{path, format, ...}]
     output: str = "data/pipeline"
-    runner: Literal["spark", "local"] = "spark"
+    # auto: the local runner below auto.local_max_bytes / local_max_rows of input (file sizes; rows
+    # where the files say), Spark above either or on a cluster (spark.cluster, Q3_SPARK_MASTER)
+    runner: Runner = "auto"
+    auto: AutoRunner = Field(default_factory=AutoRunner)
     allow_empty: bool = False            # True: a run whose every input row is rejected at read exits 0
     chunk_files: int = Field(default=64, ge=1)   # files per resumable chunk (each commits atomically)
     keep_parts: bool = False            # keep <output>.parts/ (per-chunk commits) after the final commit

@@ -1,19 +1,22 @@
-"""Runners of the corpus pipeline: one logic, two engines.
+"""The corpus pipeline on the corpus engine (q3/engine/): one logic, both runners.
 
-    files --(read_file)--> Arrow batches --(stage chain)--> rows with reason/stage --> kept | rejected
+    (spec, path) work items --map_batches(stage chain factory)--> STAGE_OUTPUT rows --write_split--> kept | rejected
 
-`process_file` is the whole per-file logic. The local runner calls it in a loop; the Spark runner
-calls it inside `mapInArrow` over a DataFrame of file paths. Everything after that (where files go,
-counters, commits) is shared, so both engines give the same rows.
+`process_file` is the whole per-file logic: read one input file and run the stage chain on it.
+`map_batches` runs it over the chunk's work items, by a local loop or by Spark `mapInArrow` over a
+DataFrame of paths (`runner: auto` picks by the input's size); `write_split` writes the chunk's
+kept/ and rejected/ and checks kept + rejected = rows read (counted by the readers in the same pass,
+`q3.engine.shared.Tally`). Everything after that (parts, counters, the final commit) is shared.
 
 Resumability: the input files are split into deterministic chunks (`chunk_files`); each chunk is
 committed atomically as its own part under `<output>.parts/<fingerprint>/chunk-NNNNN` (tmp dir +
 rename + `_Q3_SUCCESS` with its counters). A rerun skips committed chunks, redoes the rest, and the
-final commit assembles the parts into `<output>/{kept,rejected}/lang=*/` + `stats.json`, atomically.
-The fingerprint is the job key of `q3.commit` (config minus engine settings, the input files'
-content fingerprint, the code version), so a changed config or input never reuses old parts.
+final commit (`q3.engine.job.run_committed`) assembles the parts into `<output>/{kept,rejected}/lang=*/`
++ `stats.json`, atomically. The fingerprint is the job key of `q3.commit` (config minus engine
+settings, the input files' content fingerprint, the code version), so a changed config or input
+never reuses old parts, and an unchanged rerun skips before reading anything.
 
-Layout of the output (both engines):
+Layout of the output (both runners):
     <output>/kept/lang=<lang>/*.parquet       DOC_SCHEMA rows (lang in the path, hive style)
     <output>/rejected/lang=<lang>/*.parquet   + reason, stage, detail
     <output>/stats.json                       per-stage in/out by reason and language, per-language kept
@@ -22,28 +25,33 @@ Layout of the output (both engines):
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from dataproc.config import InputSpec, PipelineConfig
-from dataproc.stage import chain, conform, split
+from dataproc.stage import chain, conform
 from q3.atomic import atomic_dir, clean_stale, is_committed, read_marker
-from q3.commit import JobKey, commit, job_key, reuse_if_committed
+from q3.commit import JobKey, job_key
 from q3.config import ConfigError
+from q3.engine.io import read_corpus
+from q3.engine.job import run_committed
+from q3.engine.map import map_batches
+from q3.engine.runner import choose_runner
+from q3.engine.schema import conform as conform_to
+from q3.engine.schema import spark_schema
+from q3.engine.shared import Tally
+from q3.engine.write import SplitCounts, write_split
 from q3.log import get_logger, progress
-from q3.schemas import STAGE_OUTPUT_SCHEMA, UNKNOWN_LANG, content_id
+from q3.schemas import DOC_SCHEMA, STAGE_OUTPUT_SCHEMA, UNKNOWN_LANG, content_id
 
 log = get_logger("dataproc.runner")
-REJECT_COLS = ["reason", "stage", "detail"]
 WORK_SCHEMA = pa.schema([("spec", pa.int32()), ("path", pa.string())])
 
 # ---------------------------------------------------------------- the per-file logic (both engines)
@@ -96,8 +104,10 @@ def _read_guarded(path: str, spec: InputSpec) -> Iterator[pa.RecordBatch]:
         yield _read_error(path, source_name(spec), e, n)
 
 
-def process_file(cfg: PipelineConfig, spec_index: int, path: str) -> Iterator[pa.RecordBatch]:
+def process_file(cfg: PipelineConfig, spec_index: int, path: str,
+                 on_read: Callable[[int], None] | None = None) -> Iterator[pa.RecordBatch]:
     """Read one input file and run the stage chain on it; yields STAGE_OUTPUT_SCHEMA batches.
+    `on_read(n)` is told the rows of each batch the reader yields (a read error is one row).
 
     Only reading is guarded: a stage that raises is a bug in our code and fails the run, instead of
     turning a batch of good documents into one `read_error` row."""
@@ -105,6 +115,8 @@ def process_file(cfg: PipelineConfig, spec_index: int, path: str) -> Iterator[pa
     run = stage_chain(cfg)
     size = cfg.spark.batch_size
     for batch in _read_guarded(path, spec):
+        if on_read is not None:
+            on_read(batch.num_rows)
         for sub in pa.Table.from_batches([conform(batch)]).to_batches(max_chunksize=size):
             if sub.num_rows:
                 yield _finish(run(sub))
@@ -125,14 +137,29 @@ def _use_shipped_conf(archive: str | None) -> None:
         os.environ["Q3_CONF"] = str(shipped)
 
 
-def process_paths(cfg_json: str, batches: Iterable[pa.RecordBatch],
-                  conf_archive: str | None = None) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: batches of (spec, path) -> stage outputs."""
+WORK_SCHEMA = pa.schema([("spec", pa.int32()), ("path", pa.string())])
+
+
+def work_key(spec_index: int, path: str) -> str:
+    return f"{spec_index}:{path}"
+
+
+def files_fn(cfg_json: str, conf_archive: str | None, read: Tally
+             ) -> Callable[[pa.RecordBatch], Iterator[pa.RecordBatch]]:
+    """The batch-function factory of `map_batches` (both runners): a batch of (spec, path) work
+    items -> the stage outputs of their files, streamed; the rows each file's reader yielded go to
+    `read` (keyed by work item, so a Spark task that runs again counts its files once)."""
     _use_shipped_conf(conf_archive)
     cfg = PipelineConfig.model_validate_json(cfg_json)
-    for b in batches:
-        for row in b.to_pylist():
-            yield from process_file(cfg, row["spec"], row["path"])
+    stage_chain(cfg)    # build (load the models) once per process, before the first file
+
+    def fn(work: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        for row in work.to_pylist():
+            rows: list[int] = []
+            yield from process_file(cfg, row["spec"], row["path"], on_read=rows.append)
+            read.set(work_key(row["spec"], row["path"]), sum(rows))
+
+    return fn
 
 
 # ---------------------------------------------------------------- planning
@@ -159,7 +186,7 @@ def chunked(items: list[tuple[int, str]], size: int) -> list[list[tuple[int, str
 def fingerprint(cfg: PipelineConfig, items: list[tuple[int, str]]) -> JobKey:
     """What the output depends on (`q3.commit`): config (not the engine), the input files' content
     fingerprint (their upstream commit, or names + sizes + mtimes) and the code version."""
-    semantic = cfg.model_dump(mode="json", exclude={"runner", "spark", "output", "allow_empty"})
+    semantic = cfg.model_dump(mode="json", exclude={"runner", "auto", "spark", "output", "allow_empty", "keep_parts"})
     semantic["inputs"] = semantic.pop("input")
     return job_key("pipeline", semantic, inputs=[p for _, p in items])
 
@@ -185,40 +212,14 @@ def parts_dir(cfg: PipelineConfig) -> Path:
 
 # ---------------------------------------------------------------- writing and counting (both engines)
 
-def _write_lang_partitioned(table: pa.Table, where: Path) -> None:
-    where.mkdir(parents=True, exist_ok=True)
-    if table.num_rows == 0:
-        return
-    table = table.sort_by("id")
-    ds.write_dataset(table, where, format="parquet", partitioning=["lang"], partitioning_flavor="hive",
-                     basename_template="part-{i}.parquet", existing_data_behavior="overwrite_or_ignore")
-
-
-def write_tables(outputs: Iterable[pa.RecordBatch], where: Path) -> None:
-    """Local engine: split stage outputs into kept/ and rejected/, partitioned by lang."""
-    batches = list(outputs)
-    table = pa.Table.from_batches(batches, schema=STAGE_OUTPUT_SCHEMA)
-    kept, rejected = split(table)
-    _write_lang_partitioned(kept, where / "kept")
-    _maybe_fail_midway()
-    _write_lang_partitioned(rejected, where / "rejected")
-
-
 def read_output(path: str | Path, kind: str = "kept", columns: list[str] | None = None) -> pa.Table:
-    """Read kept/ or rejected/ of a run (or a part) back, lang as a plain string, sorted by id."""
+    """kept/ or rejected/ of a run (or a part) read back by `q3.engine.io.read_corpus`, sorted by
+    (id, url, reason): DOC_SCHEMA columns, STAGE_OUTPUT_SCHEMA for rejected (a thin alias that the
+    tests, `check_read` and the part counters share)."""
     d = Path(path) / kind
-    files = sorted(d.rglob("*.parquet"))
-    if not files:
-        schema = STAGE_OUTPUT_SCHEMA if kind == "rejected" else pa.schema(
-            [f for f in STAGE_OUTPUT_SCHEMA if f.name not in REJECT_COLS])
-        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
-    read_cols = None if columns is None else [c for c in columns if c != "lang"]
-    tables = []
-    for f in files:
-        t = pq.read_table(f, columns=read_cols)
-        lang = f.parent.name.split("=", 1)[1] if f.parent.name.startswith("lang=") else UNKNOWN_LANG
-        tables.append(t.append_column("lang", pa.array([lang] * t.num_rows, pa.string())))
-    t = pa.concat_tables(tables, promote_options="default")
+    schema = STAGE_OUTPUT_SCHEMA if kind == "rejected" else DOC_SCHEMA
+    t = pa.Table.from_batches([conform_to(read_corpus(d, keep_extra=True), schema)]) if d.exists() \
+        else schema.empty_table()
     if columns is not None:
         t = t.select(columns)
     keys = [(k, "ascending") for k in ("id", "url", "reason") if k in t.schema.names]
@@ -270,29 +271,19 @@ def merge_stats(counts: list[dict[str, Any]], stage_names: list[str]) -> dict[st
             "stages": stages, "kept_by_lang": dict(sorted(kept.items()))}
 
 
-# ---------------------------------------------------------------- engines
+# ---------------------------------------------------------------- running
 
-def _stop_after() -> int | None:
-    v = os.environ.get("Q3_RUNNER_DIE_IN_CHUNK")
-    return int(v) if v else None
-
-
-_CURRENT_CHUNK = -1
-
-
-def _maybe_fail_midway() -> None:
-    """Test hook: die hard (like kill -9) halfway through writing chunk N, after N-1 committed."""
-    n = _stop_after()
-    if n is not None and n == _CURRENT_CHUNK:
-        os._exit(137)
-
-
-def _run_chunk_local(cfg: PipelineConfig, chunk: list[tuple[int, str]], tmp: Path) -> None:
-    def outputs() -> Iterator[pa.RecordBatch]:
-        for spec_index, path in chunk:
-            yield from process_file(cfg, spec_index, path)
-
-    write_tables(outputs(), tmp)
+def _die_in_chunk(chunk: int, outputs: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Test hook (Q3_RUNNER_DIE_IN_CHUNK=N): die hard, like kill -9, in the middle of chunk N (local
+    runner), after its first batch went to the writer and chunks before it committed."""
+    stop = os.environ.get("Q3_RUNNER_DIE_IN_CHUNK")
+    if not stop or int(stop) != chunk:
+        yield from outputs
+        return
+    for i, b in enumerate(outputs):
+        if i == 1:
+            os._exit(137)
+        yield b
 
 
 def _ship_conf(spark) -> str | None:
@@ -321,28 +312,29 @@ def _ship_conf(spark) -> str | None:
 _SHIPPED: dict[str, str] = {}
 
 
-def _run_chunk_spark(spark, cfg: PipelineConfig, chunk: list[tuple[int, str]], tmp: Path) -> None:
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    archive = _ship_conf(spark)
-    cfg_json = cfg.model_dump_json()
-    n_parts = cfg.spark.partitions or max(1, min(len(chunk), spark.sparkContext.defaultParallelism * 2))
-    paths = spark.createDataFrame([(i, p) for i, p in chunk], "spec int, path string").repartition(n_parts)
-    out = paths.mapInArrow(lambda it: process_paths(cfg_json, it, archive), from_arrow_schema(STAGE_OUTPUT_SCHEMA))
-    out = out.persist(StorageLevel.MEMORY_AND_DISK)   # written twice (kept, rejected): run the stages once
-    try:
-        (out.filter(F.col("reason").isNull()).drop(*REJECT_COLS)
-            .write.mode("overwrite").partitionBy("lang").parquet(str(tmp / "kept")))
-        _maybe_fail_midway()
-        (out.filter(F.col("reason").isNotNull())
-            .write.mode("overwrite").partitionBy("lang").parquet(str(tmp / "rejected")))
-    finally:
-        out.unpersist()
-    for kind in ("kept", "rejected"):   # Spark's own markers are noise next to ours
-        for junk in list((tmp / kind).glob("_SUCCESS")) + list((tmp / kind).rglob(".*.crc")):
-            junk.unlink()
+def run_chunk(cfg: PipelineConfig, chunk: list[tuple[int, str]], tmp: Path, runner: str, spark=None,
+              index: int = 0) -> SplitCounts:
+    """One chunk through the engine: its work items -> map_batches(files_fn) -> write_split(tmp),
+    kept + rejected checked against the rows the readers yielded in that same pass."""
+    work = pa.table({"spec": pa.array([i for i, _ in chunk], pa.int32()), "path": [p for _, p in chunk]},
+                    schema=WORK_SCHEMA)
+    size = cfg.spark.batch_size
+    if runner == "spark":
+        read = Tally(spark)
+        factory = functools.partial(files_fn, cfg.model_dump_json(), _ship_conf(spark), read)
+        n_parts = cfg.spark.partitions or max(1, min(len(chunk), spark.sparkContext.defaultParallelism * 2))
+        source = spark.createDataFrame(work.to_pylist(), spark_schema(WORK_SCHEMA)).repartition(n_parts)
+        result = map_batches(factory, source, STAGE_OUTPUT_SCHEMA, runner="spark", batch_size=size)
+    else:
+        read = Tally()
+        factory = functools.partial(files_fn, cfg.model_dump_json(), None, read)
+        result = _die_in_chunk(index, map_batches(factory, work, STAGE_OUTPUT_SCHEMA, runner="local",
+                                                  batch_size=size))
+    counts = write_split(result, tmp, job=f"pipeline chunk {index}")
+    missing = {work_key(i, p) for i, p in chunk} - set(read.value)
+    if missing:   # a file the batch function never finished: its rows cannot be accounted for
+        raise RuntimeError(f"pipeline chunk {index}: no read count for {sorted(missing)[:3]}")
+    return counts.check(read.total(), f"pipeline chunk {index}")
 
 
 def spark_conf_for(cfg: PipelineConfig) -> tuple[dict[str, str], str | None]:
@@ -355,37 +347,49 @@ def spark_conf_for(cfg: PipelineConfig) -> tuple[dict[str, str], str | None]:
 
 
 def run(cfg: PipelineConfig, spark=None) -> dict[str, Any]:
-    """Run the pipeline of `cfg` with its engine; returns the stats (also in <output>/stats.json)."""
-    global _CURRENT_CHUNK
+    """Run the pipeline of `cfg`; returns the stats (also in <output>/stats.json). An output
+    committed under the same key is reused (`skipped: true`); committed chunks are not redone."""
     cfg = resolve_paths(cfg)
     items = plan(cfg)
     key = fingerprint(cfg, items)
-    fp = key.id
-    out = Path(cfg.output)
-    if reuse_if_committed(out, key) is not None:
-        return json.loads((out / "stats.json").read_text())
-    chunks = chunked(items, cfg.chunk_files)
-    pdir = parts_dir(cfg) / fp
-    todo = [i for i in range(len(chunks)) if not is_committed(pdir / f"chunk-{i:05d}")]
-    log.info("%d input files in %d chunks; %d already committed, %d to run (%s engine)",
-             len(items), len(chunks), len(chunks) - len(todo), len(todo), cfg.runner)
-    if todo and cfg.runner == "spark" and spark is None:
-        from q3.engine.session import get_spark
+    meta: dict[str, Any] = {"fingerprint": key.id, "config": cfg.model_dump(mode="json")}
+    stats = run_committed(cfg.output, key, lambda tmp, m: _run_chunks(cfg, items, key, tmp, m, spark),
+                          meta=meta)
+    if not stats.get("skipped"):
+        if not cfg.keep_parts:
+            shutil.rmtree(parts_dir(cfg), ignore_errors=True)
+        clean_stale(cfg.output)
+    return stats
 
-        conf, master = spark_conf_for(cfg)
-        spark = get_spark("q3-pipeline", conf=conf, master=master)
+
+def _run_chunks(cfg: PipelineConfig, items: list[tuple[int, str]], key: JobKey, tmp: Path,
+                meta: dict[str, Any], spark=None) -> dict[str, Any]:
+    """The uncommitted chunks, each through the engine and committed as a part; then the parts
+    assembled into `tmp` (the final output, committed by run_committed)."""
+    chunks = chunked(items, cfg.chunk_files)
+    pdir = parts_dir(cfg) / key.id
+    todo = [i for i in range(len(chunks)) if not is_committed(pdir / f"chunk-{i:05d}")]
+    runner = "local"
+    if todo:
+        choice = choose_runner(cfg.runner, [p for _, p in items], cfg.auto, cfg.spark.cluster, job="pipeline")
+        runner = choice.runner
+        if runner == "spark" and spark is None:
+            from q3.engine.session import get_spark
+
+            conf, master = spark_conf_for(cfg)
+            spark = get_spark("q3-pipeline", conf=conf, master=master)
+    log.info("%d input files in %d chunks; %d already committed, %d to run (%s runner)",
+             len(items), len(chunks), len(chunks) - len(todo), len(todo), runner)
     for i in progress(todo, desc="chunks", unit="chunk"):
-        _CURRENT_CHUNK = i
         part = pdir / f"chunk-{i:05d}"
-        meta: dict[str, Any] = {"chunk": i, "files": [p for _, p in chunks[i]], "fingerprint": fp}
-        with atomic_dir(part, meta) as tmp:
-            if cfg.runner == "spark":
-                _run_chunk_spark(spark, cfg, chunks[i], tmp)
-            else:
-                _run_chunk_local(cfg, chunks[i], tmp)
-            meta["counts"] = part_counts(tmp)
-    _CURRENT_CHUNK = -1
-    return _commit(cfg, key, pdir, len(chunks))
+        pmeta: dict[str, Any] = {"chunk": i, "files": [p for _, p in chunks[i]], "fingerprint": key.id}
+        with atomic_dir(part, pmeta) as ptmp:
+            run_chunk(cfg, chunks[i], ptmp, runner, spark, index=i)
+            pmeta["counts"] = part_counts(ptmp)
+    stats = _assemble(cfg, pdir, len(chunks), tmp)
+    stats["fingerprint"] = key.id
+    meta.update({"chunks": len(chunks), "runner": runner})
+    return stats
 
 
 def _stage_names(cfg: PipelineConfig) -> list[str]:
@@ -394,30 +398,20 @@ def _stage_names(cfg: PipelineConfig) -> list[str]:
     return [getattr(s, "name", type(s).__name__) for s in build_stages(cfg)]
 
 
-def _commit(cfg: PipelineConfig, key: JobKey, pdir: Path, n_chunks: int) -> dict[str, Any]:
-    """Assemble the committed parts into the final output (one atomic rename)."""
-    out = Path(cfg.output)
+def _assemble(cfg: PipelineConfig, pdir: Path, n_chunks: int, tmp: Path) -> dict[str, Any]:
+    """Link the committed parts' files into the final output's kept/ and rejected/ (no copy, no
+    rewrite) and merge their counters into the stats."""
     counts = []
-    fp = key.id
-    meta: dict[str, Any] = {"fingerprint": fp, "chunks": n_chunks, "config": cfg.model_dump(mode="json")}
-    with commit(out, key, meta) as tmp:
-        for i in range(n_chunks):
-            part = pdir / f"chunk-{i:05d}"
-            counts.append(read_marker(part)["counts"])
-            for kind in ("kept", "rejected"):
-                (tmp / kind).mkdir(exist_ok=True)
-                for f in sorted((part / kind).rglob("*.parquet")):
-                    dest = tmp / kind / f.parent.name / f"c{i:05d}-{f.name}"
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    try:
-                        os.link(f, dest)   # same filesystem: no copy
-                    except OSError:
-                        shutil.copy2(f, dest)
-        stats = merge_stats(counts, _stage_names(cfg))
-        stats["fingerprint"] = fp
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=False))
-        meta.update({k: stats[k] for k in ("input_docs", "kept_docs", "rejected_docs")})
-    if not cfg.keep_parts:
-        shutil.rmtree(parts_dir(cfg), ignore_errors=True)
-    clean_stale(out)
-    return stats
+    for i in range(n_chunks):
+        part = pdir / f"chunk-{i:05d}"
+        counts.append(read_marker(part)["counts"])
+        for kind in ("kept", "rejected"):
+            (tmp / kind).mkdir(exist_ok=True)
+            for f in sorted((part / kind).rglob("*.parquet")):
+                dest = tmp / kind / f.parent.name / f"c{i:05d}-{f.name}"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(f, dest)   # same filesystem: no copy
+                except OSError:
+                    shutil.copy2(f, dest)
+    return merge_stats(counts, _stage_names(cfg))

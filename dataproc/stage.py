@@ -19,6 +19,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from q3.engine.schema import conform as _conform
 from q3.schemas import STAGE_OUTPUT_SCHEMA
 
 
@@ -30,19 +31,7 @@ class Stage(Protocol):
 
 def conform(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
     """Cast/complete a batch to STAGE_OUTPUT_SCHEMA (missing columns become nulls)."""
-    n = batch.num_rows
-    cols = []
-    for field in STAGE_OUTPUT_SCHEMA:
-        if field.name in batch.schema.names:
-            col = batch.column(field.name)
-            if isinstance(col, pa.ChunkedArray):
-                col = col.combine_chunks()
-            if col.type != field.type:
-                col = col.cast(field.type)
-            cols.append(col)
-        else:
-            cols.append(pa.nulls(n, field.type))
-    return pa.RecordBatch.from_arrays(cols, schema=STAGE_OUTPUT_SCHEMA)
+    return _conform(batch, STAGE_OUTPUT_SCHEMA)
 
 
 def reject(batch: pa.RecordBatch, mask: pa.Array, stage: str, reason: pa.Array | str,

@@ -4,98 +4,87 @@
         decontam.evals=[evals/mmlu.jsonl,evals/gsm8k.parquet] decontam.mode=reject
     spark-submit dataproc/jobs/decontam.py --config conf/dedup/default.yaml ...
 
-The eval index is built once on the driver and broadcast; the `Decontaminator` stage runs in
-`mapInArrow` (Spark) or on local batches. Output (atomic): kept/ (by lang), rejected/ (reason
-`contaminated:<benchmark>`), stats.json (rejected and span-cut documents per benchmark). A rerun
-with the same config, input and eval sets (by content, `q3.commit`) skips.
+On the corpus engine (q3/engine/): the eval index is built once on the driver and handed to the
+`Decontaminator` batch function (`Shared`: a Spark broadcast, shipped once per executor, or the
+index itself locally); `map_batches` runs it by a local loop or `mapInArrow` (`runner: auto` picks
+by the input's size) and `write_split` writes kept/ (by lang) and rejected/ (reason
+`contaminated:<benchmark>`, by lang), kept + rejected = input checked. stats.json: documents in,
+rejected per benchmark, the index's size. A rerun with the same config, input and eval sets (by
+content, `q3.commit`) skips; a killed run leaves nothing committed and reruns from the start.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import os
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from dataproc.dedup.config import DedupConfig
+from dataproc.dedup.config import DecontamConfig, DedupConfig
 from dataproc.dedup.decontam import Decontaminator, EvalIndex
-from dataproc.stage import split
-from q3.commit import commit, job_key, reuse_if_committed
+from q3.commit import job_key
 from q3.config import load_config
+from q3.engine.io import corpus_size, read_corpus, scan_corpus
+from q3.engine.job import run_committed
+from q3.engine.map import map_batches
+from q3.engine.runner import choose_runner
+from q3.engine.shared import Shared
+from q3.engine.write import write_split
 from q3.errors import require_nonempty, require_path
 from q3.log import print_table
-from q3.schemas import DOC_SCHEMA, STAGE_OUTPUT_SCHEMA
+from q3.schemas import STAGE_OUTPUT_SCHEMA
 
 
-def _stage_fn(cfg_json: str, bc):
-    def fn(it):
-        from dataproc.dedup.config import DecontamConfig
-        stage = Decontaminator(DecontamConfig.model_validate_json(cfg_json), bc.value)
-        for b in it:
-            yield stage(b)
-    return fn
+def decontam_fn(cfg_json: str, index: Shared[EvalIndex]) -> Decontaminator:
+    """The batch-function factory (both runners): the stage over the shared eval index."""
+    return Decontaminator(DecontamConfig.model_validate_json(cfg_json), index.value)
+
+
+def _die_midway(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Test hook (Q3_DECONTAM_DIE_MIDWAY=1): die hard, like kill -9, once the first batch went to
+    the writer (local runner): a half-written output that must never be taken as done."""
+    for i, b in enumerate(batches):
+        if i == 1 and os.environ.get("Q3_DECONTAM_DIE_MIDWAY") == "1":
+            os._exit(137)
+        yield b
 
 
 def run_decontam(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig, spark=None) -> dict[str, Any]:
     """Decontaminate `input_dir` into `output_dir`; an output committed under the same job key (the
     decontam config, the content of the input and of the eval sets, the code) is reused."""
-    t0 = time.time()
-    out = Path(output_dir)
     key = job_key("decontam", {"decontam": cfg.decontam.model_dump(mode="json")},
                   inputs=[input_dir, *cfg.decontam.evals])
-    if reuse_if_committed(out, key) is not None and (out / "stats.json").exists():
-        return json.loads((out / "stats.json").read_text())
-    index = EvalIndex.build(cfg.decontam)
-    with commit(out, key, {"stage": "decontam", "input": str(input_dir)}) as tmp:
-        if cfg.runner == "local":
-            from dataproc.jobs.dedup import read_docs_local
-            docs = read_docs_local(input_dir)
-            stage = Decontaminator(cfg.decontam, index)
-            res = pa.Table.from_batches([stage(b) for b in docs.to_batches(max_chunksize=cfg.batch_size)],
-                                        schema=STAGE_OUTPUT_SCHEMA) if docs.num_rows else STAGE_OUTPUT_SCHEMA.empty_table()
-            kept, rejected = split(res)
-            if kept.num_rows:
-                pq.write_to_dataset(kept.select(DOC_SCHEMA.names), str(tmp / "kept"), partitioning=["lang"],
-                                    partitioning_flavor="hive")
-            (tmp / "rejected").mkdir(parents=True, exist_ok=True)
-            pq.write_table(rejected, str(tmp / "rejected" / "part-0.parquet"))
-            reasons = pc.value_counts(rejected.column("reason")).to_pylist() if rejected.num_rows else []
-            by_reason = {r["values"]: r["counts"] for r in reasons}
-            n_in = res.num_rows
-        else:
-            from pyspark.sql import functions as F
-            from pyspark.sql.pandas.types import from_arrow_schema
 
+    def body(tmp: Path, meta: dict[str, Any]) -> dict[str, Any]:
+        n_in = corpus_size(input_dir)[1]
+        runner = "local" if n_in == 0 else choose_runner(  # nothing to read: no Spark for it
+            cfg.runner, [input_dir], getattr(cfg, "auto", None), job="decontam").runner
+        index = EvalIndex.build(cfg.decontam)
+        session = None
+        if runner == "spark":
             from q3.engine.session import get_spark
-            spark = spark or get_spark("q3-decontam")
-            spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
-            docs = spark.read.parquet(str(input_dir))
-            for f in DOC_SCHEMA:
-                if f.name not in docs.columns:
-                    docs = docs.withColumn(f.name, F.lit(None).cast(from_arrow_schema(pa.schema([f]))[0].dataType))
-            docs = docs.select(*DOC_SCHEMA.names)
-            bc = spark.sparkContext.broadcast(index)
-            res = docs.mapInArrow(_stage_fn(cfg.decontam.model_dump_json(), bc),
-                                  from_arrow_schema(STAGE_OUTPUT_SCHEMA))
-            res.write.parquet(str(tmp / "work_all"))
-            res = spark.read.parquet(str(tmp / "work_all"))
-            live = F.col("reason").isNull()
-            res.where(live).select(*DOC_SCHEMA.names).write.partitionBy("lang").parquet(str(tmp / "kept"))
-            res.where(~live).write.parquet(str(tmp / "rejected"))
-            by_reason = {r["reason"]: r["count"] for r in res.where(~live).groupBy("reason").count().collect()}
-            n_in = res.count()
-            import shutil
-            shutil.rmtree(tmp / "work_all", ignore_errors=True)
-        stats = {"docs_in": n_in, "rejected": by_reason, "benchmarks": index.items,
-                 "eval_items_too_short": index.skipped, "ngram_index": int(len(index.hashes)),
-                 "mode": cfg.decontam.mode, "seconds": round(time.time() - t0, 2)}
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-    print_table("decontam: rejected per benchmark", ["reason", "docs"], sorted(by_reason.items()))
+
+            session = spark or get_spark("q3-decontam")
+            source = read_corpus(input_dir, spark=session)
+        else:
+            source = scan_corpus(input_dir, batch_size=cfg.batch_size)
+        shared = Shared(index, session)
+        fn = functools.partial(decontam_fn, cfg.decontam.model_dump_json(), shared)
+        result = map_batches(fn, source, STAGE_OUTPUT_SCHEMA, runner=runner, batch_size=cfg.batch_size)
+        counts = write_split(result if runner == "spark" else _die_midway(result), tmp, n_in=n_in, job="decontam")
+        shared.unpersist()
+        meta["runner"] = runner
+        return {"docs_in": n_in, "docs_kept": counts.kept, "docs_rejected": counts.rejected,
+                "rejected": counts.by_reason, "benchmarks": index.items,
+                "eval_items_too_short": index.skipped, "ngram_index": int(len(index.hashes)),
+                "mode": cfg.decontam.mode}
+
+    stats = run_committed(output_dir, key, body, meta={"stage": "decontam", "input": str(input_dir)})
+    print_table("decontam: rejected per benchmark", ["reason", "docs"], sorted(stats["rejected"].items()))
     return stats
 
 

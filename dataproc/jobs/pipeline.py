@@ -36,6 +36,8 @@ def print_summary(stats: dict, output: str, seconds: float) -> None:
                 [[lang, v["docs"], v["chars"]] for lang, v in langs])
     print(f"{stats['input_docs']:,} documents in, {stats['kept_docs']:,} kept, "
           f"{stats['rejected_docs']:,} rejected in {seconds:.1f}s")
+    if stats.get("skipped"):
+        print("(the committed output is up to date: same config and input; nothing recomputed)")
     out = Path(output).resolve()
     print(f"output: {out}  (kept/, rejected/ partitioned by lang; stats.json)")
 

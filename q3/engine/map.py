@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from q3.engine.schema import conform, spark_schema
 
-BatchFn = Callable[[pa.RecordBatch], pa.RecordBatch]
+BatchFn = Callable[[pa.RecordBatch], pa.RecordBatch | Iterable[pa.RecordBatch]]
 FnFactory = Callable[[], BatchFn]
 
 _BUILT: dict[bytes, BatchFn] = {}
@@ -44,12 +44,16 @@ def _built(fn_factory: FnFactory) -> BatchFn:
 
 
 def apply(fn_factory: FnFactory, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    """The batch function over `batches`, each output conformed to `schema` (empty batches skipped)."""
+    """The batch function over `batches`, each output conformed to `schema` (empty batches skipped).
+
+    The function returns one batch, or an iterable of batches where one input batch expands to
+    many rows (e.g. a batch of file paths -> their documents, streamed)."""
     fn = _built(fn_factory)
     for b in batches:
         if b.num_rows:
-            out = fn(b)
-            yield out if out.schema.equals(schema) else conform(out, schema)
+            res = fn(b)
+            for out in ([res] if isinstance(res, pa.RecordBatch) else res):
+                yield out if out.schema.equals(schema) else conform(out, schema)
 
 
 def map_batches(fn_factory: FnFactory, source: Any, schema: pa.Schema, *, runner: str,

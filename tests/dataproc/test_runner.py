@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -67,19 +69,58 @@ def test_kept_plus_rejected_is_input(corpus, local_run):
 def test_rerun_is_a_noop(corpus, local_run):
     out, stats = local_run
     before = (out / "_Q3_SUCCESS").stat().st_mtime_ns
-    assert runner.run(_cfg(corpus, out)) == stats
+    t0 = time.perf_counter()
+    again = runner.run(_cfg(corpus, out))
+    seconds = time.perf_counter() - t0
+    print(f"pipeline unchanged rerun: {seconds:.3f} s")
+    assert again.pop("skipped") is True and again == stats
     assert (out / "_Q3_SUCCESS").stat().st_mtime_ns == before
+    assert seconds < 1.0        # the key from file stats and the marker only: nothing read (~0.02 s)
 
 
-@pytest.mark.spark
-def test_spark_output_equals_local(spark, corpus, local_run, tmp_path):
+def test_input_edited_in_place_recomputes(tmp_path, caplog):
+    """(test_stale_inputs adds a file) The same file names with new content: the job recomputes,
+    and the new document is in the output."""
+    caplog.set_level(logging.INFO, logger="q3.commit")
+    inp = write_corpus(tmp_path / "in", n_files=1, copies=1)
+    cfg = _cfg(inp, tmp_path / "out")
+    first = runner.run(cfg)
+    with open(inp / "part-00.jsonl", "a", encoding="utf-8") as fh:
+        fh.write("\n" + json.dumps({"text": TEXTS["eng_Latn"][0] + " (edited)", "url": "test://edited"}) + "\n")
+    caplog.clear()
+    second = runner.run(cfg)
+    assert f"{tmp_path / 'out'}: recomputing (input changed)" in caplog.text
+    assert second["input_docs"] == first["input_docs"] + 1
+    assert "test://edited" in runner.read_output(tmp_path / "out", "kept").column("url").to_pylist()
+
+
+def _same_stats(a: dict, b: dict) -> dict:
+    drop = {"fingerprint", "seconds", "skipped"}   # the key differs with chunk_files; timings differ
+    return {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+@pytest.mark.parametrize("which", ["local", "spark"])
+def test_both_runners_give_the_same_rows_and_stats(which, request, corpus, local_run, tmp_path, caplog):
+    """Other chunks (6 files), each runner: the same kept/rejected rows and stats as the reference.
+    Spark comes from `runner: auto` over a size limit the corpus exceeds, as on a big input."""
     out, stats = local_run
-    sout = tmp_path / "spark"
-    sstats = runner.run(_cfg(corpus, sout, runner="spark", chunk_files=6), spark=spark)   # chunking: same rows
+    caplog.set_level(logging.INFO, logger="q3.engine")
+    spark = request.getfixturevalue("spark") if which == "spark" else None
+    kw = {"runner": "auto", "auto": {"local_max_bytes": 1}} if which == "spark" else {"runner": "local"}
+    other = runner.run(_cfg(corpus, tmp_path / which, chunk_files=6, **kw), spark=spark)
+    if which == "spark":
+        assert "pipeline: runner spark (input" in caplog.text and "> auto.local_max_bytes" in caplog.text
     for kind in ("kept", "rejected"):
-        assert runner.read_output(sout, kind).equals(runner.read_output(out, kind)), kind
-    assert {k: v for k, v in sstats.items() if k != "fingerprint"} == \
-        {k: v for k, v in stats.items() if k != "fingerprint"}
+        assert runner.read_output(tmp_path / which, kind).equals(runner.read_output(out, kind)), kind
+    assert _same_stats(other, stats)
+
+
+def test_auto_runner_is_local_on_a_small_input(corpus, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="q3.engine")
+    cfg = _cfg(corpus, tmp_path / "auto", runner="auto", quality={"enabled": []}, pii={"enabled": False})
+    assert cfg.runner == "auto" and PipelineConfig().runner == "auto"      # the default
+    runner.run(cfg)
+    assert "pipeline: runner local (input" in caplog.text and "under the auto.local_max_* limits" in caplog.text
 
 
 def test_killed_run_resumes_to_the_same_output(corpus, local_run, tmp_path):

@@ -163,3 +163,37 @@ def test_part_keys_resume_parts_of_one_run_and_redo_them_on_changed_input(corpus
     changed = job_key("t", {"a": 1}, inputs=[corpus])
     assert "skipped" not in run_committed(tmp_path / "p0", part_key(changed, "p0", ["a", "b"]), body("p0"))
     assert done == ["p0", "p1", "p0"]
+
+
+# ---- q3.engine.shared (Shared in, Tally out) and 1 -> many batch functions (issue 17: pipeline, decontam)
+
+def _one_row_per_batch_tagged(tag, seen):
+    """A factory: each input batch -> one output batch per row (a 1 -> many expansion), its text
+    prefixed by the Shared `tag`; every id counted once in the Tally `seen`."""
+    def fn(batch: pa.RecordBatch):
+        b = conform(batch, STAGE_OUTPUT_SCHEMA)
+        b = b.set_column(b.schema.get_field_index("text"), "text",
+                         pc.binary_join_element_wise(tag.value, b.column("text"), ""))
+        for i in range(b.num_rows):
+            yield b.slice(i, 1)
+            seen.set(b.column("id")[i].as_py(), 1)
+    return fn
+
+
+@pytest.mark.parametrize("runner", ["local", "spark"])
+def test_shared_value_in_tally_out_and_one_to_many_batches(runner, request, corpus, tmp_path):
+    from q3.engine.shared import Shared, Tally
+
+    spark = request.getfixturevalue("spark") if runner == "spark" else None
+    tag, seen = Shared("T:", spark), Tally(spark)
+    fac = functools.partial(_one_row_per_batch_tagged, tag, seen)
+    source = read_corpus(corpus, spark=spark) if spark else scan_corpus(corpus, batch_size=2)
+    result = map_batches(fac, source, STAGE_OUTPUT_SCHEMA, runner=runner, batch_size=2)
+    counts = write_split(result, tmp_path / "o", job="t")
+    ids = set(read_corpus(corpus).column("id").to_pylist())
+    assert counts.kept == 5 and seen.value == dict.fromkeys(ids, 1) and seen.total() == counts.total
+    assert all(t.startswith("T:") for t in read_corpus(tmp_path / "o" / "kept").column("text").to_pylist())
+    if spark is not None:   # the same rows computed twice (a re-executed task): each key still counts once
+        write_split(result, tmp_path / "again", job="t")
+        assert seen.total() == 5
+    tag.unpersist()
