@@ -59,7 +59,10 @@ def input_size(inputs: Iterable[str | Path]) -> tuple[int, int | None]:
         if p.is_dir() and not any(p.rglob("*.parquet")):
             total_bytes += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
             rows_known = False
-        elif p.suffix == ".parquet" or p.is_dir() or p.suffix in (".jsonl", ".json"):
+        elif p.suffix in (".jsonl", ".json"):      # rows unknown without reading it all: bytes decide
+            total_bytes += p.stat().st_size
+            rows_known = False
+        elif p.suffix == ".parquet" or p.is_dir():
             b, r = corpus_size(p)
             total_bytes, total_rows = total_bytes + b, total_rows + r
         elif p.exists():
