@@ -257,6 +257,12 @@ def _shingle_hash(sl0, k, n, words, sha1, buf, ring_h, ring_p, ring_s, ring_e, s
     return _fmix64(h) & M32
 
 
+@njit(cache=True)
+def sha1_lanes(mw, out):
+    """`sha1_x16` callable from Python (tests)."""
+    sha1_x16(mw, out)
+
+
 @intrinsic
 def _ld8(typingctx, arr, i):
     """arr[i:i+8] as a little-endian uint64 (an unaligned load; numba has none)."""
