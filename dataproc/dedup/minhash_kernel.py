@@ -299,7 +299,8 @@ def _lane_put(sl0, k, n, words, buf, ring_s, ring_e, mb, lane):
     one SHA-1 block, into lane `lane`'s 64 bytes of mb. Returns False, writing nothing, when it
     needs more than one block (> 55 bytes): those go to the scalar path.
     Units are copied 8 bytes at a time (byte loops cost more than the hashing): a copy may run up
-    to 7 bytes past its unit (buf has 16 spare bytes); the next unit or the 0x80 word overwrites it."""
+    to 7 bytes past its unit (buf has 16 spare bytes); the next unit or the 0x80 word overwrites it,
+    and no store reaches past byte 62 of the lane (m <= 55)."""
     m = k - 1 if words else 0
     sl = sl0
     for _ in range(k):
@@ -450,8 +451,8 @@ def sign_batch(buf, offs, char_mode, n_word, n_char, sha1, isw, a, b, tf, ctx):
     sb = np.empty(_max_len(offs) + 73 if sha1 else 1, np.uint8)   # a shingle is never longer than its doc
     none = np.empty(0, np.uint64)
     mw = np.zeros(16 * LANES, np.uint32)
-    mb32 = np.zeros(16 * LANES + 8, np.uint32)         # lane l's padded block: bytes 64*l .. 64*l+63
-    mb = mb32.view(np.uint8)                           # (+ 32 spare bytes for the chunked copies)
+    mb32 = np.zeros(16 * LANES, np.uint32)             # lane l's padded block: bytes 64*l .. 64*l+63
+    mb = mb32.view(np.uint8)
     hl = np.empty(LANES, np.uint32)
     rh, rp, rs, re = _rings(max(n_word, n_char))
     for d in range(nd):
@@ -483,8 +484,8 @@ def unique_hashes_batch(buf, offs, char_mode, n_word, n_char, sha1, isw, tf, ctx
     sig = np.empty(1, np.uint32)
     sb = np.empty(_max_len(offs) + 73 if sha1 else 1, np.uint8)
     mw = np.zeros(16 * LANES, np.uint32)
-    mb32 = np.zeros(16 * LANES + 8, np.uint32)         # lane l's padded block: bytes 64*l .. 64*l+63
-    mb = mb32.view(np.uint8)                           # (+ 32 spare bytes for the chunked copies)
+    mb32 = np.zeros(16 * LANES, np.uint32)             # lane l's padded block: bytes 64*l .. 64*l+63
+    mb = mb32.view(np.uint8)
     hl = np.empty(LANES, np.uint32)
     rh, rp, rs, re = _rings(max(n_word, n_char))
     for d in range(nd):
