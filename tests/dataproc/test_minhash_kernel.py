@@ -1,7 +1,7 @@
 """The compiled MinHash kernel: SHA-1 equal to hashlib, signatures equal to datasketch in both hash
 modes (real sample documents, CJK and edge cases), exact Jaccard equal to set arithmetic.
 
-The first run on a fresh checkout compiles the kernel (~20-30 s on a busy 2-core VM); numba's cache
+The first run on a fresh checkout compiles the kernel (~30 s of CPU; 1-1.5 min wall on a busy 2-core VM); numba's cache
 (dataproc/dedup/__pycache__) makes later runs load it in about a second.
 """
 
