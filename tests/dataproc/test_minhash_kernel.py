@@ -1,7 +1,7 @@
 """The compiled MinHash kernel: SHA-1 equal to hashlib, signatures equal to datasketch in both hash
 modes (real sample documents, CJK and edge cases), exact Jaccard equal to set arithmetic.
 
-The first run on a fresh checkout compiles the kernel (~20-30 s on a busy 2-core VM); numba's cache
+The first run on a fresh checkout compiles the kernel (~30 s of CPU; 1-1.5 min wall on a busy 2-core VM); numba's cache
 (dataproc/dedup/__pycache__) makes later runs load it in about a second.
 """
 
@@ -25,9 +25,10 @@ from dataproc.dedup.minhash import (
     sha1_block_fn,
     shingle_hash32,
     shingles,
+    unique_hashes,
     word_table,
 )
-from dataproc.dedup.minhash_kernel import sha1_32, sign_batch
+from dataproc.dedup.minhash_kernel import LANES, sha1_32, sha1_lanes, sign_batch
 
 EDGE = [
     ("", "eng_Latn"), ("  ...  !!! ", "eng_Latn"), ("one", "eng_Latn"), ("two words", "eng_Latn"),
@@ -70,6 +71,50 @@ def test_sha1_equals_hashlib():
             sb[:n] = np.frombuffer(data, np.uint8)
             assert _sha1_sb(sb, n, w, fn, ctx) == want, n
 
+
+
+def _want32(data: bytes) -> int:
+    return int.from_bytes(hashlib.sha1(data).digest()[:4], "little")
+
+
+def test_multibuffer_sha1_equals_hashlib():
+    """The 16-lane SHA-1 on its own: every one-block length (0..55 bytes), lanes in any order."""
+    rng = random.Random(3)
+    for start in range(0, 56, LANES):
+        msgs = [bytes(rng.randrange(256) for _ in range(min(start + q, 55))) for q in range(LANES)]
+        blocks = np.zeros((LANES, 64), np.uint8)
+        for q, msg in enumerate(msgs):
+            blocks[q, :len(msg)] = np.frombuffer(msg, np.uint8)
+            blocks[q, len(msg)] = 0x80
+            blocks[q, 56:] = np.frombuffer((8 * len(msg)).to_bytes(8, "big"), np.uint8)
+        mw = np.ascontiguousarray(blocks.view("<u4").T).ravel()       # word-major: mw[LANES*t + lane]
+        out = np.zeros(LANES, np.uint32)
+        sha1_lanes(mw, out)
+        assert out.tolist() == [_want32(m) for m in msgs]
+
+
+def test_kernel_shingle_hashes_equal_hashlib():
+    """Through the kernel's shingle assembly (16-lane path up to 55 bytes, scalar path above): each
+    document's hashes equal hashlib's of `shingles`, for shingles of 1 to 200+ bytes in ASCII,
+    Latin, Cyrillic, CJK and astral characters, and documents of any number of shingles."""
+    rng = random.Random(11)
+    alphabet = "abcxyzéßж中文日本語🙂"
+    texts = []
+    for _ in range(250):
+        cap = rng.choice([3, 8, 60])
+        words = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, cap + 1)))
+                 for _ in range(rng.randrange(0, 14))]
+        texts.append(rng.choice([" ", ", ", " -- "]).join(words))
+    for lang in ("eng_Latn", "cmn_Hans"):
+        cfg = MinHashConfig(hash="sha1", word_ngram=3, char_ngram=4)
+        flat, offs = unique_hashes(texts, [lang] * len(texts), cfg)
+        lengths = set()
+        for i, t in enumerate(texts):
+            sh = [s.encode("utf-8") for s in shingles(t, lang, cfg)]
+            lengths |= {len(s) for s in sh}
+            assert flat[offs[i]:offs[i + 1]].tolist() == sorted({_want32(s) for s in sh}), (lang, t)
+        if lang == "eng_Latn":
+            assert min(lengths) <= 2 and max(lengths) >= 200 and set(range(50, 60)) <= lengths
 
 def test_signatures_identical_to_datasketch_both_modes(docs):
     texts, langs = [t for t, _ in docs], [lg for _, lg in docs]
