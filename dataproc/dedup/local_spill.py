@@ -50,7 +50,8 @@ def dataset(path: str | Path) -> ds.Dataset:
 def scan(data: ds.Dataset, schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """The input in row order, conformed to `schema` (missing columns null, others cast)."""
     names = [f.name for f in schema if f.name in data.schema.names]
-    for b in data.to_batches(columns=names, batch_size=batch_rows, use_threads=True):
+    # readahead 1: Arrow's default (16 batches x 4 files) would hold ~16 batches of texts at once
+    for b in data.to_batches(columns=names, batch_size=batch_rows, batch_readahead=1, fragment_readahead=1):
         if not b.num_rows:
             continue
         cols = []
