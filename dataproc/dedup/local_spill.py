@@ -71,16 +71,19 @@ def check_fits(data: ds.Dataset, cfg: DedupConfig) -> int:
     from q3.config import ConfigError
 
     n = data.count_rows()
-    per_doc = BYTES_PER_DOC
-    cols = [c for c in ("id", "url", "source", "lang") if c in data.schema.names]
-    if n and cols:                       # id + url + source + lang bytes, from the first rows
-        t = data.head(min(n, 10_000), columns=cols)
-        per_doc += 2 * sum(pc.sum(pc.binary_length(pc.fill_null(t.column(c).cast(pa.string()), ""))).as_py() or 0
-                           for c in cols) // max(1, t.num_rows)      # held twice (rows + result ids)
+    per_doc, text = BYTES_PER_DOC, 2048
+    cols = [c for c in ("id", "url", "source", "lang", "text") if c in data.schema.names]
+    if n and cols:                       # string bytes per row, from the first rows
+        t = data.head(min(n, 2_000), columns=cols)
+        avg = {c: (pc.sum(pc.binary_length(pc.fill_null(t.column(c).cast(pa.string()), ""))).as_py() or 0)
+               // max(1, t.num_rows) for c in cols}
+        per_doc += 2 * sum(v for c, v in avg.items() if c != "text")     # held twice (rows + result ids)
+        text = avg.get("text", text)
     limit = cfg.local.max_memory_gib
     if limit is None:
         limit = 0.8 * psutil.virtual_memory().available / 2**30
-    need = (n * per_doc + 6 * cfg.local.batch_rows * 4096) / 2**30
+    # texts in flight: a few input batches, and one exact-Jaccard chunk (as Python str: up to 4 B/char)
+    need = (n * per_doc + (4 * cfg.local.batch_rows + 3 * cfg.local.verify_rows) * text) / 2**30
     if need > limit:
         raise ConfigError(f"dedup runner=local: {n:,} documents need ~{need:.1f} GiB of memory, over the "
                           f"local limit of {limit:.1f} GiB (local.max_memory_gib); use runner=spark")
