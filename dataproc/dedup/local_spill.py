@@ -39,7 +39,7 @@ ROW_COLS = ["rk", "id", "url", "source", "lang", "scope", "neg_score", "nh", "n_
 ORDER = [("neg_score", "ascending"), ("id", "ascending"), ("url", "ascending"),
          ("source", "ascending"), ("rk", "ascending")]     # survivor order: best score, smallest id
 REASONS = np.array([None, "exact_duplicate", "near_duplicate"], dtype=object)
-BYTES_PER_DOC = 400          # in-memory cost per document besides its id/url/source strings (measured ~300)
+BYTES_PER_DOC = 400          # per-document arrays (ints, sort indices, results) besides its strings: an estimate
 
 
 def dataset(path: str | Path) -> ds.Dataset:
