@@ -7,7 +7,9 @@ Corpus: `bench.dedup_scale.make_corpus` (reused from `<work>/input-<docs>` when 
 `run_dedup(runner=local)` in a fresh child under `/usr/bin/time -v` (peak RSS = the child's maximum
 resident set size); `--code DIR` puts another checkout first on PYTHONPATH (e.g. `git archive` of
 the commit before the change) so that before and after run the same corpus in the same session.
-Prints one JSON line; `--append` adds a table row to bench/RESULTS.md.
+Prints one JSON line; `--append` adds a table row to bench/RESULTS.md. `--chunk-texts N` instead
+measures what one exact-Jaccard chunk of N texts of the corpus costs (RSS as Python strings, then
+after `jaccard_pairs` on them): the term that `local.verify_rows` bounds.
 """
 
 from __future__ import annotations
@@ -52,6 +54,28 @@ def run_once(inp: Path, out: Path, code: Path, cfg: dict) -> dict:
     return res
 
 
+def chunk_texts_memory(inp: Path, n: int) -> dict:
+    import numpy as np
+    import psutil
+    import pyarrow.dataset as ds
+
+    from dataproc.dedup.config import MinHashConfig
+    from dataproc.dedup.minhash import jaccard_pairs
+
+    proc, cfg = psutil.Process(), MinHashConfig()
+    jaccard_pairs(["a b c d e f"], ["eng_Latn"], np.array([0]), np.array([0]), cfg)     # kernels loaded
+    r0 = proc.memory_info().rss
+    t = ds.dataset(str(inp)).head(n, columns=["text", "lang"])
+    text_bytes = t.column("text").nbytes
+    texts, langs = t.column("text").to_pylist(), t.column("lang").to_pylist()
+    del t
+    r1 = proc.memory_info().rss
+    jaccard_pairs(texts, langs, np.arange(n - 1), np.arange(1, n), cfg)
+    r2 = proc.memory_info().rss
+    return {"texts": n, "utf8_mib": round(text_bytes / 2**20), "as_str_gib": round((r1 - r0) / 2**30, 2),
+            "after_jaccard_gib": round((r2 - r0) / 2**30, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=100_000)
@@ -60,12 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label", default="after")
     ap.add_argument("--config", choices=sorted(CONFIGS), default="default")
     ap.add_argument("--append", action="store_true", help="add the row to bench/RESULTS.md")
+    ap.add_argument("--chunk-texts", type=int, default=0, help="measure one exact-Jaccard chunk of N texts")
     args = ap.parse_args(argv)
     work = Path(args.work)
     inp = work / f"input-{args.docs}"
     if not (inp / "_DONE").exists():
         from bench.dedup_scale import make_corpus
         (inp / "_DONE").write_text(json.dumps(make_corpus(inp, args.docs)))
+    if args.chunk_texts:
+        print(json.dumps(chunk_texts_memory(inp, args.chunk_texts)), flush=True)
+        return 0
     mib = sum(f.stat().st_size for f in inp.glob("*.parquet")) / 2**20
     res = run_once(inp, work / f"out-{args.label}-{args.docs}", Path(args.code), CONFIGS[args.config])
     res.update(docs=args.docs, label=args.label, config=args.config, parquet_mib=round(mib),
