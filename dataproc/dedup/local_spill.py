@@ -84,10 +84,10 @@ def check_fits(data: ds.Dataset, cfg: DedupConfig) -> int:
         limit = 0.8 * psutil.virtual_memory().available / 2**30
     # texts in flight: a few input batches, and one exact-Jaccard chunk as Python str + shingle hashes
     # (~10 KB per 1.9 KB text on the dedup_scale corpus, bench/RESULTS.md "Issue 17")
-    need = (n * per_doc + (4 * cfg.local.batch_rows + 6 * cfg.local.verify_rows) * text) / 2**30
+    need = (n * per_doc + (4 * min(n, cfg.local.batch_rows) + 6 * min(n, cfg.local.verify_rows)) * text) / 2**30
     if need > limit:
         raise ConfigError(f"dedup runner=local: {n:,} documents need ~{need:.1f} GiB of memory, over the "
-                          f"local limit of {limit:.1f} GiB (local.max_memory_gib); use runner=spark")
+                          f"local limit of {limit:.2f} GiB (local.max_memory_gib); use runner=spark")
     return n
 
 
