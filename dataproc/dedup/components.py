@@ -94,6 +94,21 @@ def local_components(nodes: np.ndarray, edges: np.ndarray) -> dict[int, int]:
     return dict(zip(ids.tolist(), ids[first[labels]].tolist(), strict=True))
 
 
+def component_roots(n: int, edges: np.ndarray) -> np.ndarray:
+    """Nodes 0..n-1 -> smallest node of their component, as an int64 array (the bounded-memory local
+    runner: no dict of n Python ints; same partition and roots as `local_components`)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as cc
+
+    e = np.asarray(edges, np.int64).reshape(-1, 2)
+    if n == 0:
+        return np.empty(0, np.int64)
+    graph = coo_matrix((np.ones(len(e), np.int8), (e[:, 0], e[:, 1])), shape=(n, n)).tocsr()
+    _, labels = cc(graph, directed=False)
+    _, first = np.unique(labels, return_index=True)        # smallest node of each label
+    return first[labels].astype(np.int64)
+
+
 # --- Spark --------------------------------------------------------------------------------
 
 

@@ -63,6 +63,14 @@ class LinesConfig(Q3Config):
     max_frequent: int = 5_000_000        # the frequent-unit set is broadcast; refuse beyond this
 
 
+class LocalConfig(Q3Config):
+    """The local runner's memory bound (runner=local; issue 17)."""
+
+    batch_rows: int = Field(65_536, ge=64)      # input rows per streamed batch (texts held at once)
+    verify_rows: int = Field(200_000, ge=2)     # texts held at once for the exact-Jaccard check
+    max_memory_gib: float | None = None         # refuse bigger inputs; None: 80% of available memory
+
+
 class DecontamConfig(Q3Config):
     """N-gram overlap against evaluation sets (JSONL/Parquet, one item per row)."""
 
@@ -83,6 +91,7 @@ class DedupConfig(Q3Config):
     minhash: MinHashConfig = Field(default_factory=MinHashConfig)
     lines: LinesConfig = Field(default_factory=LinesConfig)
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    local: LocalConfig = Field(default_factory=LocalConfig)
     partitions: int | None = None        # Spark shuffle partitions; None: session default
     batch_size: int = 512                # rows per Arrow batch in mapInArrow / the local runner
     allow_empty: bool = False            # True: an input with 0 documents is not a failure

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -114,16 +115,30 @@ class LineRemover:
 
 
 def _frequent_from_counts(counts: dict[int, int], cfg: LinesConfig) -> np.ndarray:
-    return np.array(sorted(h for h, c in counts.items() if c >= cfg.min_count), np.int64)
+    """The frequent units; like the Spark runner, refuse more than `max_frequent` of them."""
+    frequent = np.array(sorted(h for h, c in counts.items() if c >= cfg.min_count), np.int64)
+    if len(frequent) > cfg.max_frequent:
+        raise RuntimeError(f"{len(frequent)} frequent {cfg.unit}s exceed lines.max_frequent={cfg.max_frequent}; "
+                           "raise min_count or max_frequent")
+    return frequent
+
+
+def count_units(batches: Iterable[pa.RecordBatch], cfg: LinesConfig) -> dict[int, int]:
+    """Count pass of the local runner: unit hash -> number of live documents holding it."""
+    counts: dict[int, int] = {}
+    for b in batches:
+        for h in unit_hashes(b, cfg).column("h").to_pylist():
+            counts[h] = counts.get(h, 0) + 1
+    return counts
+
+
+def frequent_units(batches: Iterable[pa.RecordBatch], cfg: LinesConfig) -> np.ndarray:
+    return _frequent_from_counts(count_units(batches, cfg), cfg)
 
 
 def line_dedup_table(full: pa.Table, cfg: LinesConfig) -> tuple[pa.Table, dict]:
     """Local runner over a table with the stage columns (reason null = live)."""
-    counts: dict[int, int] = {}
-    for b in full.to_batches(max_chunksize=1024):
-        for h in unit_hashes(b, cfg).column("h").to_pylist():
-            counts[h] = counts.get(h, 0) + 1
-    frequent = _frequent_from_counts(counts, cfg)
+    frequent = frequent_units(full.to_batches(max_chunksize=1024), cfg)
     before = pc.sum(pc.utf8_length(pc.fill_null(full.column("text"), ""))).as_py() or 0
     rem = LineRemover(frequent, cfg)
     out = pa.Table.from_batches([rem(b) for b in full.to_batches(max_chunksize=1024)], schema=full.schema)

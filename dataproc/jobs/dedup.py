@@ -20,7 +20,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from dataproc.dedup.config import DedupConfig
@@ -36,48 +35,81 @@ STAGE = "dedup"
 
 
 def read_docs_local(path: str | Path) -> pa.Table:
-    """All Parquet under `path` (hive `lang=` partitions understood), conformed to DOC_SCHEMA."""
-    p = Path(path)
-    dataset = ds.dataset(str(p), format="parquet", partitioning="hive") if p.is_dir() else ds.dataset(str(p))
-    t = dataset.to_table()
-    cols = []
-    for f in DOC_SCHEMA:
-        if f.name in t.schema.names:
-            c = t.column(f.name)
-            cols.append(c.cast(f.type) if c.type != f.type else c)
-        else:
-            cols.append(pa.nulls(t.num_rows, f.type))
-    return pa.Table.from_arrays(cols, schema=DOC_SCHEMA)
+    """All Parquet under `path` (hive `lang=` partitions understood), conformed to DOC_SCHEMA, in
+    memory (small inputs: decontam; the dedup local runner streams instead, `local_spill.scan`)."""
+    from dataproc.dedup.local_spill import dataset, scan
+
+    data = dataset(path)
+    batches = list(scan(data, DOC_SCHEMA, 1 << 16))
+    return pa.Table.from_batches(batches, schema=DOC_SCHEMA) if batches else DOC_SCHEMA.empty_table()
 
 
 def _run_local(cfg: DedupConfig, input_dir: str, out: Path) -> dict[str, Any]:
-    from dataproc.dedup.local import dedup_table
+    """Bounded memory (issue 17): two streamed passes over the input, no text kept (local_spill)."""
+    from dataproc.dedup import local_spill as ls
 
-    docs = read_docs_local(input_dir)
-    res = dedup_table(docs, cfg)
-    stats = compute_stats(res)
-    t = docs.set_column(docs.schema.get_field_index("dup_cluster"), "dup_cluster",
-                        pa.array(res["dup_cluster"].tolist(), pa.string()))
-    t = t.set_column(t.schema.get_field_index("dup_cluster_size"), "dup_cluster_size",
-                     pa.array(res["dup_cluster_size"].astype("int64").to_numpy()))
-    reason = pa.array(res["reason"].tolist(), pa.string())
-    full = (t.append_column("reason", reason)
-             .append_column("stage", pc.if_else(pc.is_valid(reason), STAGE, pa.scalar(None, pa.string())))
-             .append_column("detail", pc.if_else(pc.is_valid(reason), t.column("dup_cluster"),
-                                                 pa.scalar(None, pa.string()))))
+    data = ls.dataset(input_dir)
+    ls.check_fits(data, cfg)
+    work = out / "_work"
+    rows, res = ls.dedup_streamed(data, cfg, work)
+    stats = compute_stats(ls.stats_frame(rows, res))
+    rows = rows.select(["id"])                                   # for the row-order check only
+    frequent, rem = None, None
     if cfg.lines.enabled:
-        from dataproc.dedup.lines import line_dedup_table
-        full, stats["lines"] = line_dedup_table(full, cfg.lines)
-        stats["docs_kept"] -= stats["lines"]["docs_emptied"]
-    live = pc.is_null(full.column("reason"))
-    kept = full.filter(live).select(DOC_SCHEMA.names)
-    rejected = full.filter(pc.invert(live)).cast(STAGE_OUTPUT_SCHEMA)
-    if kept.num_rows:
-        pq.write_to_dataset(kept, str(out / "kept"), partitioning=["lang"], partitioning_flavor="hive")
-    else:
-        (out / "kept").mkdir(parents=True, exist_ok=True)
+        from dataproc.dedup.lines import LineRemover, frequent_units
+
+        def live_texts():
+            r0 = 0
+            for b in ls.scan(data, pa.schema([("text", pa.string())]), cfg.local.batch_rows):
+                reason = pa.array(ls.REASONS[res.reason[r0:r0 + b.num_rows]], pa.string())
+                r0 += b.num_rows
+                yield pa.RecordBatch.from_arrays([b.column("text"), reason], names=["text", "reason"])
+
+        with timed(log, "dedup: line counts"):
+            frequent = frequent_units(live_texts(), cfg.lines)
+        rem = LineRemover(frequent, cfg.lines)
+    line_stats = {"frequent_units": 0 if frequent is None else int(len(frequent)), "chars_removed": 0,
+                  "docs_emptied": 0}
+    (out / "kept").mkdir(parents=True, exist_ok=True)
     (out / "rejected").mkdir(parents=True, exist_ok=True)
-    pq.write_table(rejected, str(out / "rejected" / "part-0.parquet"))
+    kept_w = ls.PartitionedWriter(out / "kept", DOC_SCHEMA)
+    rej_w = pq.ParquetWriter(str(out / "rejected" / "part-0.parquet"), STAGE_OUTPUT_SCHEMA)
+    r0 = 0
+    with timed(log, "dedup: writing kept/ and rejected/ (streamed)"):
+        for b in ls.scan(data, DOC_SCHEMA, cfg.local.batch_rows):
+            n = b.num_rows
+            if not pa.chunked_array([b.column("id")]).equals(rows.column("id").slice(r0, n)):
+                raise RuntimeError("dedup: the input changed while it was read (row order differs)")
+            dc = res.dup_cluster.slice(r0, n)
+            reason = pa.array(ls.REASONS[res.reason[r0:r0 + n]], pa.string())
+            t = pa.Table.from_batches([b])
+            t = t.set_column(t.schema.get_field_index("dup_cluster"), "dup_cluster", dc)
+            t = t.set_column(t.schema.get_field_index("dup_cluster_size"), "dup_cluster_size",
+                             pa.array(res.size[r0:r0 + n]))
+            out_ = pc.is_valid(reason)
+            t = (t.append_column("reason", reason)
+                  .append_column("stage", pc.if_else(out_, STAGE, pa.scalar(None, pa.string())))
+                  .append_column("detail", pc.if_else(out_, dc, pa.scalar(None, pa.string()))))
+            r0 += n
+            if rem is not None:
+                before = pc.sum(pc.utf8_length(pc.fill_null(t.column("text"), ""))).as_py() or 0
+                t = pa.Table.from_batches([rem(x) for x in t.to_batches()], schema=t.schema)
+                after = pc.sum(pc.utf8_length(pc.fill_null(t.column("text"), ""))).as_py() or 0
+                line_stats["chars_removed"] += int(before - after)
+                line_stats["docs_emptied"] += int(pc.sum(pc.equal(t.column("reason"), "line_dedup_empty")).as_py() or 0)
+            keep = pc.is_null(t.column("reason"))
+            kept = t.filter(keep)
+            if kept.num_rows:
+                kept_w.write(kept.select(DOC_SCHEMA.names))
+            rej = t.filter(pc.invert(keep))
+            if rej.num_rows:
+                rej_w.write_table(rej.select(STAGE_OUTPUT_SCHEMA.names).cast(STAGE_OUTPUT_SCHEMA))
+    kept_w.close()
+    rej_w.close()
+    shutil.rmtree(work, ignore_errors=True)
+    if cfg.lines.enabled:
+        stats["lines"] = line_stats
+        stats["docs_kept"] -= line_stats["docs_emptied"]
     return stats
 
 
