@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from q3.config import Q3Config
+from q3.engine.runner import AutoRunner, Runner
 
 
 class MinHashConfig(Q3Config):
@@ -85,7 +86,9 @@ class DecontamConfig(Q3Config):
 class DedupConfig(Q3Config):
     input: str = "data/pipeline/kept"
     output: str = "data/dedup"
-    runner: Literal["spark", "local"] = "spark"
+    runner: Runner = "auto"             # auto: local below auto.local_max_*, Spark above or on a cluster
+    auto: AutoRunner = Field(default_factory=AutoRunner)
+    cluster: str | None = None           # a conf/cluster/ profile: runner auto then uses Spark
     scope: Literal["global", "lang", "source"] = "lang"   # FineWeb-2 dedups per language
     exact: ExactConfig = Field(default_factory=ExactConfig)
     minhash: MinHashConfig = Field(default_factory=MinHashConfig)

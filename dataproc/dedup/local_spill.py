@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +30,7 @@ from dataproc.dedup.components import bucket_edges_np, component_roots
 from dataproc.dedup.config import DedupConfig
 from dataproc.dedup.lsh import min_matches
 from dataproc.dedup.minhash import jaccard_pairs
+from q3.engine.io import scan_corpus
 from q3.log import get_logger, timed
 
 log = get_logger("dedup")
@@ -42,26 +42,9 @@ REASONS = np.array([None, "exact_duplicate", "near_duplicate"], dtype=object)
 BYTES_PER_DOC = 400          # per-document arrays (ints, sort indices, results) besides its strings: an estimate
 
 
-def dataset(path: str | Path) -> ds.Dataset:
-    p = Path(path)
-    return ds.dataset(str(p), format="parquet", partitioning="hive") if p.is_dir() else ds.dataset(str(p))
-
-
 def scan(data: ds.Dataset, schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """The input in row order, conformed to `schema` (missing columns null, others cast)."""
-    names = [f.name for f in schema if f.name in data.schema.names]
-    # readahead 1: Arrow's default (16 batches x 4 files) would hold ~16 batches of texts at once
-    for b in data.to_batches(columns=names, batch_size=batch_rows, batch_readahead=1, fragment_readahead=1):
-        if not b.num_rows:
-            continue
-        cols = []
-        for f in schema:
-            if f.name in b.schema.names:
-                c = b.column(f.name)
-                cols.append(c.cast(f.type) if c.type != f.type else c)
-            else:
-                cols.append(pa.nulls(b.num_rows, f.type))
-        yield pa.RecordBatch.from_arrays(cols, schema=schema)
+    """The input in row order, conformed to `schema` (the engine's bounded streaming read)."""
+    return scan_corpus(data, batch_rows, schema=schema)
 
 
 def check_fits(data: ds.Dataset, cfg: DedupConfig) -> int:
@@ -327,29 +310,3 @@ def stats_frame(rows: pa.Table, res: Results):
         "dup_cluster_size": res.size,
         "reason": REASONS[res.reason],
     })
-
-
-# --- pass 3: write kept / rejected ------------------------------------------------------------
-
-
-class PartitionedWriter:
-    """kept/lang=<lang>/part-0.parquet (lang dropped from the files, as `pq.write_to_dataset`)."""
-
-    def __init__(self, root: Path, schema: pa.Schema):
-        self.root, self.schema = root, schema.remove(schema.get_field_index("lang"))
-        self.writers: dict[str | None, pq.ParquetWriter] = {}
-
-    def write(self, t: pa.Table) -> None:
-        langs = t.column("lang")
-        for lang in pc.unique(langs).to_pylist():
-            part = t.filter(pc.is_null(langs) if lang is None else pc.equal(langs, lang)).drop_columns(["lang"])
-            w = self.writers.get(lang)
-            if w is None:
-                d = self.root / f"lang={'__HIVE_DEFAULT_PARTITION__' if lang is None else quote(lang, safe='')}"
-                d.mkdir(parents=True, exist_ok=True)
-                w = self.writers[lang] = pq.ParquetWriter(str(d / "part-0.parquet"), self.schema)
-            w.write_table(part.cast(self.schema))
-
-    def close(self) -> None:
-        for w in self.writers.values():
-            w.close()

@@ -11,21 +11,23 @@ survivor id), `stats.json` (cluster-size histogram, bytes removed per language).
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dataproc.dedup.config import DedupConfig
 from dataproc.dedup.stats import compute_stats, compute_stats_spark, print_stats
-from q3.commit import commit, job_key, reuse_if_committed
+from q3.commit import job_key
 from q3.config import load_config
+from q3.engine.io import dataset, read_corpus, scan_corpus
+from q3.engine.job import run_committed
+from q3.engine.runner import choose_runner
+from q3.engine.schema import conform
+from q3.engine.write import write_split
 from q3.errors import require_nonempty, require_path
 from q3.log import get_logger, timed
 from q3.schemas import DOC_SCHEMA, STAGE_OUTPUT_SCHEMA
@@ -35,21 +37,16 @@ STAGE = "dedup"
 
 
 def read_docs_local(path: str | Path) -> pa.Table:
-    """All Parquet under `path` (hive `lang=` partitions understood), conformed to DOC_SCHEMA, in
-    memory (small inputs: decontam; the dedup local runner streams instead, `local_spill.scan`)."""
-    from dataproc.dedup.local_spill import dataset, scan
-
-    data = dataset(path)
-    batches = list(scan(data, DOC_SCHEMA, 1 << 16))
-    return pa.Table.from_batches(batches, schema=DOC_SCHEMA) if batches else DOC_SCHEMA.empty_table()
+    """All documents under `path` in memory (small inputs and tests; the local runner streams)."""
+    return read_corpus(path)
 
 
 def _run_local(cfg: DedupConfig, input_dir: str, out: Path) -> dict[str, Any]:
     """Bounded memory (issue 17): two streamed passes over the input, no text kept (local_spill)."""
     from dataproc.dedup import local_spill as ls
 
-    data = ls.dataset(input_dir)
-    ls.check_fits(data, cfg)
+    data = dataset(input_dir)
+    n_in = ls.check_fits(data, cfg)
     work = out / "_work"
     rows, res = ls.dedup_streamed(data, cfg, work)
     stats = compute_stats(ls.stats_frame(rows, res))
@@ -70,42 +67,36 @@ def _run_local(cfg: DedupConfig, input_dir: str, out: Path) -> dict[str, Any]:
         rem = LineRemover(frequent, cfg.lines)
     line_stats = {"frequent_units": 0 if frequent is None else int(len(frequent)), "chars_removed": 0,
                   "docs_emptied": 0}
-    (out / "kept").mkdir(parents=True, exist_ok=True)
-    (out / "rejected").mkdir(parents=True, exist_ok=True)
-    kept_w = ls.PartitionedWriter(out / "kept", DOC_SCHEMA)
-    rej_w = pq.ParquetWriter(str(out / "rejected" / "part-0.parquet"), STAGE_OUTPUT_SCHEMA)
-    r0 = 0
-    with timed(log, "dedup: writing kept/ and rejected/ (streamed)"):
-        for b in ls.scan(data, DOC_SCHEMA, cfg.local.batch_rows):
+
+    def results():
+        """Pass 2: the input again, with each row's cluster and reason (STAGE_OUTPUT_SCHEMA)."""
+        r0 = 0
+        for b in scan_corpus(data, cfg.local.batch_rows):
             n = b.num_rows
             if not pa.chunked_array([b.column("id")]).equals(rows.column("id").slice(r0, n)):
                 raise RuntimeError("dedup: the input changed while it was read (row order differs)")
             dc = res.dup_cluster.slice(r0, n)
             reason = pa.array(ls.REASONS[res.reason[r0:r0 + n]], pa.string())
-            t = pa.Table.from_batches([b])
-            t = t.set_column(t.schema.get_field_index("dup_cluster"), "dup_cluster", dc)
-            t = t.set_column(t.schema.get_field_index("dup_cluster_size"), "dup_cluster_size",
-                             pa.array(res.size[r0:r0 + n]))
             out_ = pc.is_valid(reason)
-            t = (t.append_column("reason", reason)
-                  .append_column("stage", pc.if_else(out_, STAGE, pa.scalar(None, pa.string())))
-                  .append_column("detail", pc.if_else(out_, dc, pa.scalar(None, pa.string()))))
+            t = conform(b.set_column(b.schema.get_field_index("dup_cluster"), "dup_cluster", dc)
+                         .set_column(b.schema.get_field_index("dup_cluster_size"), "dup_cluster_size",
+                                     pa.array(res.size[r0:r0 + n])), STAGE_OUTPUT_SCHEMA)
+            t = (t.set_column(t.schema.get_field_index("reason"), "reason", reason)
+                  .set_column(t.schema.get_field_index("stage"), "stage",
+                              pc.if_else(out_, STAGE, pa.scalar(None, pa.string())))
+                  .set_column(t.schema.get_field_index("detail"), "detail",
+                              pc.if_else(out_, dc, pa.scalar(None, pa.string()))))
             r0 += n
             if rem is not None:
                 before = pc.sum(pc.utf8_length(pc.fill_null(t.column("text"), ""))).as_py() or 0
-                t = pa.Table.from_batches([rem(x) for x in t.to_batches()], schema=t.schema)
+                t = rem(t)
                 after = pc.sum(pc.utf8_length(pc.fill_null(t.column("text"), ""))).as_py() or 0
                 line_stats["chars_removed"] += int(before - after)
                 line_stats["docs_emptied"] += int(pc.sum(pc.equal(t.column("reason"), "line_dedup_empty")).as_py() or 0)
-            keep = pc.is_null(t.column("reason"))
-            kept = t.filter(keep)
-            if kept.num_rows:
-                kept_w.write(kept.select(DOC_SCHEMA.names))
-            rej = t.filter(pc.invert(keep))
-            if rej.num_rows:
-                rej_w.write_table(rej.select(STAGE_OUTPUT_SCHEMA.names).cast(STAGE_OUTPUT_SCHEMA))
-    kept_w.close()
-    rej_w.close()
+            yield t
+
+    with timed(log, "dedup: writing kept/ and rejected/ (streamed)"):
+        write_split(results(), out, n_in=n_in, job="dedup")
     shutil.rmtree(work, ignore_errors=True)
     if cfg.lines.enabled:
         stats["lines"] = line_stats
@@ -165,24 +156,22 @@ def run_dedup(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig | 
     """Dedup the DOC_SCHEMA Parquet under `input_dir` into `output_dir`; returns the stats dict.
 
     Idempotent: a committed output with the same job key (config, input content, code; `q3.commit`)
-    is not recomputed."""
+    is not recomputed (the stats come back with `skipped: true`)."""
     cfg = cfg or DedupConfig()
-    out = Path(output_dir)
-    key = job_key("dedup", cfg.model_dump(mode="json", exclude={"allow_empty", "input", "output"}),
+    key = job_key("dedup", cfg.model_dump(mode="json", exclude={"allow_empty", "input", "output", "runner",
+                                                                "auto", "cluster", "local", "partitions",
+                                                                "batch_size"}),
                   inputs=[input_dir])
-    if reuse_if_committed(out, key) is not None and (out / "stats.json").exists():
-        return json.loads((out / "stats.json").read_text())
-    t0 = time.time()
-    meta: dict[str, Any] = {"stage": STAGE, "config_hash": key.config, "input": str(input_dir)}
-    with commit(out, key, meta) as tmp:
-        if cfg.runner == "local":
-            stats = _run_local(cfg, str(input_dir), tmp)
-        else:
-            stats = _run_spark(cfg, str(input_dir), tmp, spark)
-        stats["seconds"] = round(time.time() - t0, 2)
-        stats["runner"] = cfg.runner
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-        meta.update({"docs_in": stats["docs_in"], "docs_kept": stats["docs_kept"]})
+
+    def body(tmp: Path, meta: dict[str, Any]) -> dict[str, Any]:
+        runner = choose_runner(cfg.runner, [input_dir], cfg.auto, cfg.cluster, job="dedup").runner
+        stats = _run_local(cfg, str(input_dir), tmp) if runner == "local" else \
+            _run_spark(cfg, str(input_dir), tmp, spark)
+        stats["runner"] = runner
+        meta.update({"stage": STAGE, "input": str(input_dir)})
+        return stats
+
+    stats = run_committed(output_dir, key, body)
     print_stats(stats)
     return stats
 

@@ -98,16 +98,20 @@ def read_corpus(path: str | Path, columns: list[str] | None = None, *, spark: An
     return pa.Table.from_batches([batch])
 
 
-def scan_corpus(path: str | Path, batch_size: int = 2048, columns: list[str] | None = None,
-                keep_extra: bool = False) -> Iterator[pa.RecordBatch]:
-    """The documents under `path`, streamed in conformed batches of at most `batch_size` rows
-    (memory bounded by the batch, not the corpus). Order: files in sorted order, rows as stored."""
-    p = Path(path)
-    if _is_jsonl(p):
-        yield from (b for b in read_corpus(p, columns, keep_extra=keep_extra).to_batches(batch_size))
+def scan_corpus(path: str | Path | ds.Dataset, batch_size: int = 2048, columns: list[str] | None = None,
+                keep_extra: bool = False, schema: pa.Schema = DOC_SCHEMA) -> Iterator[pa.RecordBatch]:
+    """The documents under `path` (or of an opened `dataset`), streamed in batches of at most
+    `batch_size` rows conformed to `schema` (DOC_SCHEMA by default; a job may ask for a narrower
+    one), then `columns` selected. Memory is bounded by a batch, not by the corpus: Arrow's default
+    read-ahead (16 batches x 4 files) would hold ~16 batches of texts at once, so it is off.
+    Order: files in the dataset's (sorted) order, rows as stored."""
+    if not isinstance(path, ds.Dataset) and _is_jsonl(Path(path)):
+        yield from (b for b in read_corpus(path, columns, keep_extra=keep_extra).to_batches(batch_size))
         return
-    d = dataset(p)
-    want = None if columns is None or keep_extra else [c for c in columns if c in d.schema.names]
-    for b in d.to_batches(columns=want, batch_size=batch_size):   # partition keys filled in by the scanner
+    d = path if isinstance(path, ds.Dataset) else dataset(path)
+    wanted = [f.name for f in schema]
+    read = None if keep_extra else [c for c in (columns or wanted) if c in d.schema.names]
+    for b in d.to_batches(columns=read, batch_size=batch_size, batch_readahead=1, fragment_readahead=1):
         if b.num_rows:
-            yield _select(b, columns, keep_extra)
+            c = conform(b, schema, keep_extra=keep_extra)
+            yield c if columns is None else c.select(columns)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -20,6 +19,7 @@ from dataproc.dedup.planted import sample_docs as load_docs
 from dataproc.dedup.stats import compute_stats
 from dataproc.jobs.dedup import read_docs_local, run_dedup
 from q3.config import ConfigError
+from q3.engine.io import read_corpus
 
 LANGS = ["eng_Latn", "deu_Latn", "fra_Latn", "cmn_Hans", "jpn_Jpan"]
 
@@ -35,8 +35,8 @@ def corpus(sample_dir, tmp_path_factory):
 
 
 def _rows(out):
-    kept = ds.dataset(str(out / "kept"), partitioning="hive").to_table()
-    rej = ds.dataset(str(out / "rejected")).to_table()
+    kept = read_corpus(out / "kept")
+    rej = read_corpus(out / "rejected", keep_extra=True)
     rows = {}
     for tab, reason in ((kept, False), (rej, True)):
         for r in tab.to_pylist():
