@@ -24,7 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from dataproc.dedup.config import DedupConfig
-from dataproc.dedup.stats import compute_stats, compute_stats_spark, print_stats
+from dataproc.dedup.stats import compute_stats, print_stats
 from q3.commit import commit, job_key, reuse_if_committed
 from q3.config import load_config
 from q3.errors import require_nonempty, require_path
@@ -82,25 +82,50 @@ def _run_local(cfg: DedupConfig, input_dir: str, out: Path) -> dict[str, Any]:
 
 
 def _run_spark(cfg: DedupConfig, input_dir: str, out: Path, spark=None) -> dict[str, Any]:
-    from pyspark.sql import functions as F
-
-    from dataproc.dedup.spark_dedup import annotate, dedup_meta, with_row_key
+    """Spark passes: signatures (materialised: read twice), edges, result rows, kept + rejected.
+    Stats come from the result rows' Parquet on the driver (Arrow, four small columns) and the
+    row-count check from the written files' footers: neither costs a Spark job."""
+    from dataproc.dedup.spark_dedup import JobCounter
     from q3.engine.session import get_spark
 
     spark = spark or get_spark("q3-dedup")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
     if cfg.partitions:
         spark.conf.set("spark.sql.shuffle.partitions", str(cfg.partitions))
+    t0 = time.perf_counter()
+    with JobCounter(spark, "q3-dedup") as jc:
+        stats = _spark_passes(spark, cfg, input_dir, out)
+    log.info("dedup: %d Spark jobs (%d stages) in %.1f s", jc.jobs, jc.stages, time.perf_counter() - t0)
+    stats["spark_jobs"] = jc.jobs
+    return stats
+
+
+def _spark_passes(spark, cfg: DedupConfig, input_dir: str, out: Path) -> dict[str, Any]:
+    from pyspark.sql import functions as F
+
+    from dataproc.dedup.annotate import META_DDL
+    from dataproc.dedup.spark_dedup import (
+        BROADCAST_MAX_ROWS,
+        RES_DDL,
+        annotate,
+        dedup_meta,
+        parquet_rows,
+        read_parquet,
+        with_row_key,
+    )
+
     work = out / "_work"
     docs = with_row_key(spark.read.parquet(str(input_dir)))
     with timed(log, "dedup: hashes, MinHash signatures and band keys"):
         annotate(docs, cfg).write.mode("overwrite").parquet(str(work / "meta"))
-    meta = spark.read.parquet(str(work / "meta"))
-    res = dedup_meta(meta, cfg, str(work), texts=docs.select("rk", "text", "lang"))
+    meta = read_parquet(spark, str(work / "meta"), META_DDL)
+    res_path = dedup_meta(meta, cfg, str(work), texts=docs.select("rk", "text", "lang"))
     with timed(log, "dedup: stats"):
-        stats = compute_stats_spark(res)
-    r = res.select("rk", "id", "dup_cluster", "dup_cluster_size", "reason")
-    full = docs.drop("dup_cluster", "dup_cluster_size").join(r, ["rk", "id"])
+        stats = compute_stats(ds.dataset(res_path, format="parquet"))
+    res = read_parquet(spark, res_path, RES_DDL).select("rk", "dup_cluster", "dup_cluster_size", "reason")
+    if stats["docs_in"] <= BROADCAST_MAX_ROWS:       # join without shuffling the texts
+        res = F.broadcast(res)
+    full = docs.drop("dup_cluster", "dup_cluster_size").join(res, "rk")
     full = (full.withColumn("stage", F.when(F.col("reason").isNotNull(), F.lit(STAGE)))
                 .withColumn("detail", F.when(F.col("reason").isNotNull(), F.col("dup_cluster"))))
     for f in DOC_SCHEMA:
@@ -110,14 +135,13 @@ def _run_spark(cfg: DedupConfig, input_dir: str, out: Path, spark=None) -> dict[
         from dataproc.dedup.lines import line_dedup_spark
         full, stats["lines"] = line_dedup_spark(full, cfg.lines, str(work / "lines"))
         stats["docs_kept"] -= stats["lines"]["docs_emptied"]
-    with timed(log, "dedup: joining results to documents"):
-        full.write.mode("overwrite").parquet(str(work / "full"))
-    full = spark.read.parquet(str(work / "full"))
     live = F.col("reason").isNull()
+    # Two writes, each one pass over the documents joined to the broadcast result rows (cheaper
+    # than materialising the joined corpus once and reading it back twice).
     with timed(log, "dedup: writing kept/ and rejected/"):
         full.where(live).select(*DOC_SCHEMA.names).write.partitionBy("lang").parquet(str(out / "kept"))
         full.where(~live).select(*STAGE_OUTPUT_SCHEMA.names).write.parquet(str(out / "rejected"))
-    n_out = spark.read.parquet(str(out / "kept")).count() + spark.read.parquet(str(out / "rejected")).count()
+    n_out = parquet_rows(out / "kept") + parquet_rows(out / "rejected")
     if n_out != stats["docs_in"]:
         raise RuntimeError(f"dedup lost rows: {stats['docs_in']} in, {n_out} out (row keys unstable?)")
     shutil.rmtree(work, ignore_errors=True)
