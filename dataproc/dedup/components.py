@@ -5,9 +5,10 @@ so a bucket of k members gives k-1 edges (a 10^5-member bucket costs 10^5 rows, 
 With `verify`, an edge survives only if the two signatures agree on >= min_matches positions
 (estimated Jaccard >= threshold).
 
-Spark runner: below `driver_max_edges` verified edges, `driver_components` computes the
-components on the driver (scipy) from the materialised edges. Above it, `connected_components` runs the alternating large-star / small-star algorithm (Kiveris et
-al., "Connected Components in MapReduce and Beyond", 2014) on an edge DataFrame; every round is
+Spark runner: below `driver_max_edges` verified edges, `driver_components` computes the components
+on the driver (scipy, from the materialised edges: two longs per edge). Above it,
+`connected_components` runs the alternating large-star / small-star algorithm (Kiveris et al.,
+"Connected Components in MapReduce and Beyond", 2014) on an edge DataFrame; every round is
 materialised to Parquet (lineage stays short, memory bounded); nothing is collected to the driver.
 It stops as soon as the edges form stars whose centre is the component's smallest node.
 
@@ -106,17 +107,17 @@ def local_components(nodes: np.ndarray, edges: np.ndarray) -> dict[int, int]:
 def bucket_edges_spark(meta, cfg_minhash, need: int | None, texts=None):
     """meta: DataFrame(rk, scope, sig, bands) of exact survivors -> DataFrame(u, v) edges.
     `need`: signature positions that must agree; `texts` (rk, text, lang): check true Jaccard."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     ex = (meta.where(F.col("bands").isNotNull())
               .select("rk", "scope", F.posexplode("bands").alias("band", "bucket")))
-    roots = (ex.groupBy("scope", "band", "bucket")
-               .agg(F.min("rk").alias("root"), F.count(F.lit(1)).alias("c"))
-               .where(F.col("c") > 1).drop("c"))
-    edges = (ex.join(roots, ["scope", "band", "bucket"])
+    # the bucket's smallest row key by a window: one shuffle of the exploded keys (groupBy + join: two)
+    edges = (ex.withColumn("root", F.min("rk").over(Window.partitionBy("scope", "band", "bucket")))
                .where(F.col("rk") != F.col("root"))
-               .select(F.col("rk").alias("u"), F.col("root").alias("v"))
-               .distinct())
+               .select(F.col("rk").alias("u"), F.col("root").alias("v")))
+    if need is not None or texts is not None:
+        edges = edges.distinct()      # verify each pair once; unverified, repeats are harmless
     if need is not None:
         s = meta.select("rk", "sig")
         edges = (edges.join(s.withColumnRenamed("rk", "u").withColumnRenamed("sig", "su"), "u")

@@ -50,7 +50,17 @@ def annotate(docs_rk, cfg: DedupConfig):
     par = docs_rk.sparkSession.sparkContext.defaultParallelism
     if len(docs_rk.inputFiles()) < 2 * par:
         inp = inp.repartition(2 * par)
-    return inp.mapInArrow(annotate_batches(cfg.model_dump_json()), META_DDL)
+    fn = annotate_batches(cfg.model_dump_json())
+    if cfg.minhash.verify != "none":
+        return inp.mapInArrow(fn, META_DDL)
+    # unverified, nobody reads the signatures again: drop them in the worker (not sent back to
+    # the JVM nor written: 4 bytes x num_perm per document); reading `meta` with META_DDL gives nulls
+
+    def no_sig(it):
+        for b in fn(it):
+            yield b.drop_columns(["sig"])
+
+    return inp.mapInArrow(no_sig, META_DDL.replace(" sig array<int>,", ""))
 
 
 def parquet_rows(path: str | Path) -> int:
@@ -72,11 +82,12 @@ def _order(prefix: str = ""):
 
 def _with_rep(meta, cfg: DedupConfig):
     """+ rep: the row key of the exact-duplicate group's survivor (the row itself without exact)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
     if not cfg.exact.enabled:
         return meta.withColumn("rep", F.col("rk"))
-    reps = meta.groupBy("scope", "nh").agg(F.min(_order()).alias("best"))
-    return meta.join(reps, ["scope", "nh"]).withColumn("rep", F.col("best.rk")).drop("best")
+    # a window: one shuffle (a groupBy joined back costs two)
+    return meta.withColumn("rep", F.min(_order()).over(Window.partitionBy("scope", "nh")).getField("rk"))
 
 
 def _components(spark, cfg: DedupConfig, edges_path: str, workdir: str):
@@ -98,6 +109,7 @@ def _components(spark, cfg: DedupConfig, edges_path: str, workdir: str):
 def dedup_meta(meta, cfg: DedupConfig, workdir: str, texts=None) -> str:
     """meta (materialised) -> path of the Parquet result rows
     (rk, id, lang, n_bytes, dup_cluster, dup_cluster_size, reason), schema `RES_DDL`."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     spark = meta.sparkSession
@@ -119,8 +131,8 @@ def dedup_meta(meta, cfg: DedupConfig, workdir: str, texts=None) -> str:
         rows = _with_rep(small, cfg).join(cc, "rep", "left").withColumn("comp", F.coalesce("comp", "rep"))
     else:
         rows = _with_rep(small, cfg).withColumn("comp", F.col("rep"))
-    surv = rows.groupBy("comp").agg(F.min(_order()).alias("s"), F.count(F.lit(1)).alias("dup_cluster_size"))
-    res = (rows.join(surv, "comp")
+    w = Window.partitionBy("comp")
+    res = (rows.withColumn("s", F.min(_order()).over(w)).withColumn("dup_cluster_size", F.count(F.lit(1)).over(w))
                .select("rk", "id", "lang", "n_bytes",
                        F.col("s.id").alias("dup_cluster"), "dup_cluster_size",
                        F.when(F.col("rk") == F.col("s.rk"), F.lit(None).cast("string"))
