@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of the signature bench")
     ap.add_argument("--pairs", type=int, default=4000, help="candidate pairs of the exact-Jaccard bench")
     ap.add_argument("--no-spark", action="store_true")
+    ap.add_argument("--pipelines", default="datatrove,local,spark",
+                    help="end-to-end pipelines to run (comma list of datatrove, local, spark)")
     ap.add_argument("--no-e2e", action="store_true", help="signatures and Jaccard only")
     ap.add_argument("--docs", type=int, default=0,
                     help="end-to-end corpus of this many docs made by bench.dedup_scale (mutations of "
@@ -263,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench_e2e(docs: list[dict], args) -> dict:
+    todo = set(args.pipelines.split(",")) - ({"spark"} if args.no_spark else set())
     root = Path(tempfile.mkdtemp(prefix="q3-dedup-bench-"))
     phases = PhaseLog()
     logging.getLogger("dedup").addHandler(phases)
@@ -280,37 +283,39 @@ def bench_e2e(docs: list[dict], args) -> dict:
         jdir, pdir = write_inputs(corpus, root)
         n = len(corpus)
         del corpus
-        print(f"e2e: {n} docs written; datatrove ...", flush=True)
-        dt_secs, dt_removed, dt_phases = run_datatrove(jdir, root / "dt")
-        print(f"e2e: datatrove {dt_secs:.1f} s {dt_phases}", flush=True)
         fw = {"minhash": {"preset": "fineweb", "verify": "none"}}
-        res = {"docs": n, "datatrove_s": dt_secs, "datatrove_removed": dt_removed, "datatrove_phases": dt_phases,
-               "corpus": "bench.dedup_scale mutations of sample segments" if args.docs
-               else "sample + planted mutations"}
+        res = {"docs": n, "corpus": "bench.dedup_scale mutations of sample segments" if args.docs
+               else "sample + planted mutations", "load_start": os.getloadavg()[0]}
+        if "datatrove" in todo:
+            print(f"e2e: {n} docs written; datatrove ...", flush=True)
+            dt_secs, dt_removed, dt_phases = run_datatrove(jdir, root / "dt")
+            print(f"e2e: datatrove {dt_secs:.1f} s {dt_phases}", flush=True)
+            res.update({"datatrove_s": dt_secs, "datatrove_removed": dt_removed, "datatrove_phases": dt_phases})
         from dataproc.jobs.dedup import run_dedup
-        t0 = time.perf_counter()
-        st = run_dedup(pdir, root / "ours_local", DedupConfig(runner="local", scope="global", **fw))
-        res["ours_local_s"] = time.perf_counter() - t0
-        res["ours_local_removed"] = st["exact_duplicate"] + st["near_duplicate"]
-        res["ours_local_phases"], phases.phases = phases.phases, []
-        print(f"e2e: ours local {res['ours_local_s']:.1f} s {res['ours_local_phases']}", flush=True)
-        if not args.no_spark:
+        if "local" in todo:
+            t0 = time.perf_counter()
+            st = run_dedup(pdir, root / "ours_local", DedupConfig(runner="local", scope="global", **fw))
+            res["ours_local_s"] = time.perf_counter() - t0
+            res["ours_local_removed"] = st["exact_duplicate"] + st["near_duplicate"]
+            res["ours_local_phases"], phases.phases = phases.phases, []
+            print(f"e2e: ours local {res['ours_local_s']:.1f} s {res['ours_local_phases']}", flush=True)
+        if "spark" in todo:
             from q3.engine.session import get_spark
-            parts = str(max(8, min(64, n // 20_000)))
-            spark = get_spark("q3-dedup-bench", master="local[2]", conf={"spark.sql.shuffle.partitions": parts})
+            # local[2]: a few shuffle partitions per core (AQE coalesces small ones further)
+            spark = get_spark("q3-dedup-bench", master="local[2]", conf={"spark.sql.shuffle.partitions": "8"})
             spark.range(10).count()                                    # JVM warm-up outside the timing
             t0 = time.perf_counter()
             st = run_dedup(pdir, root / "ours_spark", DedupConfig(runner="spark", scope="global", **fw), spark=spark)
             res["ours_spark_s"] = time.perf_counter() - t0
             res["ours_spark_removed"] = st["exact_duplicate"] + st["near_duplicate"]
+            res["ours_spark_jobs"] = st.get("spark_jobs")
             res["ours_spark_phases"] = phases.phases
             spark.stop()
         for k in ("datatrove", "ours_local", "ours_spark"):
             if f"{k}_s" in res:
                 res[f"{k}_docs_s"] = n / res[f"{k}_s"]
-        res["ratio_local_vs_datatrove"] = res["datatrove_s"] / res["ours_local_s"]
-        if "ours_spark_s" in res:
-            res["ratio_spark_vs_datatrove"] = res["datatrove_s"] / res["ours_spark_s"]
+                if "datatrove_s" in res and k != "datatrove":
+                    res[f"ratio_{k.removeprefix('ours_')}_vs_datatrove"] = res["datatrove_s"] / res[f"{k}_s"]
         res["load"] = os.getloadavg()[0]
         print(json.dumps(res, indent=1), flush=True)
     finally:
@@ -350,19 +355,27 @@ def _append(sig: dict, jac: dict, e2e: dict | None, cmd: str) -> None:
         "(a 32-bit hash collision would show here).",
     ]
     if e2e:
+        def ratio(k: str) -> str:
+            return f"{e2e[k]:.2f}x" if k in e2e else "—"
         lines += [
             "", f"End-to-end MinHash dedup, {e2e['docs']} docs ({e2e['corpus']}), 5-grams, 14x8 bands, "
-            f"wall time; 1-minute load average at the end {e2e['load']:.1f}:", "",
-            "| pipeline | seconds | docs/s | removed | speed-up vs datatrove | phases |", "|---|---:|---:|---:|---:|---|",
-            f"| datatrove 0.10.1 (LocalPipelineExecutor, 2 workers) | {e2e['datatrove_s']:.1f} | "
-            f"{e2e['datatrove_docs_s']:.0f} | {e2e['datatrove_removed']} | 1.0x | {_phases(e2e['datatrove_phases'])} |",
-            f"| ours, local runner | {e2e['ours_local_s']:.1f} | {e2e['ours_local_docs_s']:.0f} | "
-            f"{e2e['ours_local_removed']} | {e2e['ratio_local_vs_datatrove']:.2f}x | {_phases(e2e['ours_local_phases'])} |",
+            f"wall time; 1-minute load average {e2e['load_start']:.1f} at the start, {e2e['load']:.1f} at the end:", "",
+            "| pipeline | seconds | docs/s | removed | speed-up vs datatrove | Spark jobs | phases |",
+            "|---|---:|---:|---:|---:|---:|---|",
         ]
+        if "datatrove_s" in e2e:
+            lines.append(f"| datatrove 0.10.1 (LocalPipelineExecutor, 2 workers) | {e2e['datatrove_s']:.1f} | "
+                         f"{e2e['datatrove_docs_s']:.0f} | {e2e['datatrove_removed']} | 1.0x | — | "
+                         f"{_phases(e2e['datatrove_phases'])} |")
+        if "ours_local_s" in e2e:
+            lines.append(f"| ours, local runner | {e2e['ours_local_s']:.1f} | {e2e['ours_local_docs_s']:.0f} | "
+                         f"{e2e['ours_local_removed']} | {ratio('ratio_local_vs_datatrove')} | — | "
+                         f"{_phases(e2e['ours_local_phases'])} |")
         if "ours_spark_s" in e2e:
-            lines.append(f"| ours, Spark local[2] (incl. exact dedup, CC in Spark, Parquet out) | {e2e['ours_spark_s']:.1f} | "
+            lines.append(f"| ours, Spark local[2] (incl. exact dedup, Parquet out) | {e2e['ours_spark_s']:.1f} | "
                          f"{e2e['ours_spark_docs_s']:.0f} | {e2e['ours_spark_removed']} | "
-                         f"{e2e['ratio_spark_vs_datatrove']:.2f}x | {_phases(e2e['ours_spark_phases'])} |")
+                         f"{ratio('ratio_spark_vs_datatrove')} | {e2e['ours_spark_jobs']} | "
+                         f"{_phases(e2e['ours_spark_phases'])} |")
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     if "\n## Dedup" not in text:
         text += "\n## Dedup\n"

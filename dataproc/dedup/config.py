@@ -96,5 +96,8 @@ class DedupConfig(Q3Config):
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
     partitions: int | None = None        # Spark shuffle partitions; None: session default
+    # Spark runner: up to this many verified edges, connected components run on the driver (scipy
+    # on two int64 columns: 10^7 edges ~ 160 MB); above it, large-star/small-star rounds in Spark.
+    driver_max_edges: int = Field(10_000_000, ge=0)
     batch_size: int = 512                # rows per Arrow batch in mapInArrow / the local runner
     allow_empty: bool = False            # True: an input with 0 documents is not a failure

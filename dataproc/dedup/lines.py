@@ -162,11 +162,13 @@ def line_dedup_spark(full, cfg: LinesConfig, workdir: str):
 
     freq = (full.select("text", "reason").mapInArrow(count_fn, "h long")
                 .groupBy("h").count().where(F.col("count") >= cfg.min_count).select("h"))
-    n = freq.count()
+    # one job: collect at most max_frequent + 1 hashes (count and collect were two passes)
+    hs = freq.limit(cfg.max_frequent + 1).toArrow().column("h").to_numpy()
+    n = len(hs)
     if n > cfg.max_frequent:
-        raise RuntimeError(f"{n} frequent {cfg.unit}s exceed lines.max_frequent={cfg.max_frequent}; "
+        raise RuntimeError(f"more than {cfg.max_frequent} frequent {cfg.unit}s (lines.max_frequent); "
                            "raise min_count or max_frequent")
-    frequent = np.array(sorted(r["h"] for r in freq.collect()), np.int64)
+    frequent = np.sort(hs.astype(np.int64))
     bc = spark.sparkContext.broadcast(frequent)
     schema = full.schema
 
@@ -178,7 +180,8 @@ def line_dedup_spark(full, cfg: LinesConfig, workdir: str):
     before = full.agg(F.sum(F.length(F.coalesce("text", F.lit(""))))).collect()[0][0] or 0
     out = full.mapInArrow(rewrite_fn, schema)
     out.write.mode("overwrite").parquet(f"{workdir}/rewritten")
-    out = spark.read.parquet(f"{workdir}/rewritten")
-    after = out.agg(F.sum(F.length(F.coalesce("text", F.lit(""))))).collect()[0][0] or 0
-    emptied = out.where(F.col("reason") == "line_dedup_empty").count()
+    out = spark.read.schema(schema).parquet(f"{workdir}/rewritten")
+    row = out.agg(F.sum(F.length(F.coalesce("text", F.lit("")))).alias("after"),
+                  F.sum(F.when(F.col("reason") == "line_dedup_empty", 1).otherwise(0)).alias("emptied")).collect()[0]
+    after, emptied = row["after"] or 0, row["emptied"] or 0
     return out, {"frequent_units": int(n), "chars_removed": int(before - after), "docs_emptied": int(emptied)}

@@ -1,47 +1,91 @@
-"""Dedup statistics: cluster-size histogram and bytes removed per language, as tables and JSON."""
+"""Dedup statistics: cluster-size histogram and bytes removed per language, as tables and JSON.
+
+One function for both runners: `compute_stats` aggregates the result rows (lang, n_bytes,
+dup_cluster_size, reason) with Arrow, batch by batch, so the Spark runner streams its result
+Parquet through it on the driver (a few small columns, never the texts) and the local runner
+passes its in-memory result.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from q3.log import print_table
 
 SIZE_BUCKETS = [(1, 1), (2, 2), (3, 5), (6, 10), (11, 100), (101, 1000), (1001, 10**18)]
+STATS_COLUMNS = ["lang", "n_bytes", "dup_cluster_size", "reason"]
 
 
 def _label(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else (f">{lo - 1}" if hi >= 10**18 else f"{lo}-{hi}")
 
 
-def compute_stats(res: pd.DataFrame) -> dict[str, Any]:
-    """res: one row per input doc with lang, n_bytes, dup_cluster, dup_cluster_size, reason."""
-    sizes = res.groupby("dup_cluster")["dup_cluster_size"].first() if len(res) else pd.Series([], dtype=int)
+def _batches(res: Any) -> Iterable[pa.RecordBatch | pa.Table]:
+    if isinstance(res, (pa.Table, pa.RecordBatch)):
+        return [res.select(STATS_COLUMNS)]
+    if hasattr(res, "to_batches"):                 # a pyarrow dataset: stream the four columns
+        return res.to_batches(columns=STATS_COLUMNS)
+    if hasattr(res, "columns") and hasattr(res, "iloc"):    # pandas (the local runner's result)
+        return [pa.Table.from_pandas(res[STATS_COLUMNS], preserve_index=False)]
+    return res
+
+
+def compute_stats(res: Any) -> dict[str, Any]:
+    """res: the result rows (one per input doc with lang, n_bytes, dup_cluster_size, reason) as an
+    Arrow table, a pyarrow dataset, an iterable of Arrow batches or a pandas DataFrame.
+
+    A cluster of size s has exactly s rows, each with dup_cluster_size = s, so clusters of size s =
+    rows with size s / s: the histogram needs no grouping by cluster id."""
+    by_lang: list[pa.Table] = []
+    by_size: list[pa.Table] = []
+    for b in _batches(res):
+        t = b if isinstance(b, pa.Table) else pa.Table.from_batches([b])
+        if not t.num_rows:
+            continue
+        reason = t.column("reason").cast(pa.string())
+        nb = pc.fill_null(t.column("n_bytes").cast(pa.int64()), 0)
+        g = pa.table({
+            "lang": pc.fill_null(t.column("lang").cast(pa.string()), ""),
+            "kept": pc.is_null(reason).cast(pa.int64()),
+            "exact": pc.fill_null(pc.equal(reason, "exact_duplicate"), False).cast(pa.int64()),
+            "near": pc.fill_null(pc.equal(reason, "near_duplicate"), False).cast(pa.int64()),
+            "bytes_in": nb,
+            "bytes_removed": pc.if_else(pc.is_valid(reason), nb, 0),
+        })
+        by_lang.append(g.group_by("lang").aggregate([("kept", "count"), ("kept", "sum"), ("exact", "sum"),
+                                                     ("near", "sum"), ("bytes_in", "sum"),
+                                                     ("bytes_removed", "sum")]))
+        s = pa.table({"s": t.column("dup_cluster_size").cast(pa.int64())})
+        by_size.append(s.group_by("s").aggregate([("s", "count")]))
+    per_lang: list[dict[str, Any]] = []
+    if by_lang:
+        cols = ["kept_count", "kept_sum", "exact_sum", "near_sum", "bytes_in_sum", "bytes_removed_sum"]
+        lang = (pa.concat_tables(by_lang).group_by("lang").aggregate([(c, "sum") for c in cols])
+                .sort_by("lang").to_pylist())
+        per_lang = [{"lang": r["lang"], "docs": int(r["kept_count_sum"]), "kept": int(r["kept_sum_sum"]),
+                     "exact_removed": int(r["exact_sum_sum"]), "near_removed": int(r["near_sum_sum"]),
+                     "bytes_in": int(r["bytes_in_sum_sum"]), "bytes_removed": int(r["bytes_removed_sum_sum"])}
+                    for r in lang]
+    rows_of_size: dict[int, int] = {}
+    if by_size:
+        for r in pa.concat_tables(by_size).group_by("s").aggregate([("s_count", "sum")]).to_pylist():
+            if r["s"] is not None:
+                rows_of_size[int(r["s"])] = int(r["s_count_sum"])
     hist = []
     for lo, hi in SIZE_BUCKETS:
-        sel = sizes[(sizes >= lo) & (sizes <= hi)]
-        if len(sel):
-            hist.append({"size": _label(lo, hi), "clusters": int(len(sel)), "docs": int(sel.sum())})
-    per_lang = []
-    for lang, g in res.groupby(res["lang"].fillna("")):
-        ex = g[g["reason"] == "exact_duplicate"]
-        nd = g[g["reason"] == "near_duplicate"]
-        per_lang.append({"lang": lang, "docs": int(len(g)), "kept": int(g["reason"].isna().sum()),
-                         "exact_removed": int(len(ex)), "near_removed": int(len(nd)),
-                         "bytes_in": int(g["n_bytes"].sum()),
-                         "bytes_removed": int(ex["n_bytes"].sum() + nd["n_bytes"].sum())})
-    n = int(len(res))
-    kept = int(res["reason"].isna().sum()) if n else 0
-    return {
-        "docs_in": n, "docs_kept": kept,
-        "exact_duplicate": int((res["reason"] == "exact_duplicate").sum()) if n else 0,
-        "near_duplicate": int((res["reason"] == "near_duplicate").sum()) if n else 0,
-        "bytes_in": int(res["n_bytes"].sum()) if n else 0,
-        "bytes_removed": int(res.loc[res["reason"].notna(), "n_bytes"].sum()) if n else 0,
-        "cluster_size_histogram": hist,
-        "per_lang": per_lang,
-    }
+        sel = {s: n for s, n in rows_of_size.items() if lo <= s <= hi}
+        if sel:
+            hist.append({"size": _label(lo, hi), "clusters": sum(n // s for s, n in sel.items()),
+                         "docs": sum(sel.values())})
+    tot = {k: sum(r[k] for r in per_lang) for k in ("docs", "kept", "exact_removed", "near_removed",
+                                                     "bytes_in", "bytes_removed")}
+    return {"docs_in": tot["docs"], "docs_kept": tot["kept"], "exact_duplicate": tot["exact_removed"],
+            "near_duplicate": tot["near_removed"], "bytes_in": tot["bytes_in"],
+            "bytes_removed": tot["bytes_removed"], "cluster_size_histogram": hist, "per_lang": per_lang}
 
 
 def print_stats(stats: dict[str, Any]) -> None:
@@ -54,32 +98,3 @@ def print_stats(stats: dict[str, Any]) -> None:
     print_table("dedup: total", ["docs in", "kept", "exact dup", "near dup", "bytes removed"],
                 [[stats["docs_in"], stats["docs_kept"], stats["exact_duplicate"], stats["near_duplicate"],
                   stats["bytes_removed"]]])
-
-
-def compute_stats_spark(res) -> dict[str, Any]:
-    """The same figures as `compute_stats`, aggregated in Spark (only small tables collected)."""
-    from pyspark.sql import functions as F
-
-    sizes = res.groupBy("dup_cluster").agg(F.first("dup_cluster_size").alias("s"))
-    bucket = F.lit(len(SIZE_BUCKETS) - 1)
-    for i, (lo, hi) in reversed(list(enumerate(SIZE_BUCKETS))):
-        bucket = F.when((F.col("s") >= lo) & (F.col("s") <= hi), F.lit(i)).otherwise(bucket)
-    got = {r["b"]: r for r in sizes.groupBy(bucket.alias("b"))
-           .agg(F.count(F.lit(1)).alias("c"), F.sum("s").alias("d")).collect()}
-    hist = [{"size": _label(lo, hi), "clusters": int(got[i]["c"]), "docs": int(got[i]["d"])}
-            for i, (lo, hi) in enumerate(SIZE_BUCKETS) if i in got]
-    rem = F.col("reason").isNotNull()
-    rows = (res.groupBy(F.coalesce("lang", F.lit("")).alias("lang"))
-               .agg(F.count(F.lit(1)).alias("docs"),
-                    F.sum(F.when(~rem, 1).otherwise(0)).alias("kept"),
-                    F.sum(F.when(F.col("reason") == "exact_duplicate", 1).otherwise(0)).alias("exact_removed"),
-                    F.sum(F.when(F.col("reason") == "near_duplicate", 1).otherwise(0)).alias("near_removed"),
-                    F.sum("n_bytes").alias("bytes_in"),
-                    F.sum(F.when(rem, F.col("n_bytes")).otherwise(0)).alias("bytes_removed"))
-               .orderBy("lang").collect())
-    per_lang = [{k: (r[k] if k == "lang" else int(r[k] or 0)) for k in r.asDict()} for r in rows]
-    tot = {k: sum(r[k] for r in per_lang) for k in ("docs", "kept", "exact_removed", "near_removed",
-                                                     "bytes_in", "bytes_removed")}
-    return {"docs_in": tot["docs"], "docs_kept": tot["kept"], "exact_duplicate": tot["exact_removed"],
-            "near_duplicate": tot["near_removed"], "bytes_in": tot["bytes_in"],
-            "bytes_removed": tot["bytes_removed"], "cluster_size_histogram": hist, "per_lang": per_lang}

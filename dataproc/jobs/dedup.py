@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataproc.dedup.config import DedupConfig
-from dataproc.dedup.stats import compute_stats, compute_stats_spark, print_stats
+from dataproc.dedup.stats import compute_stats, print_stats
 from q3.commit import job_key
 from q3.config import load_config
 from q3.engine.io import dataset, read_corpus, scan_corpus
@@ -30,7 +31,7 @@ from q3.engine.schema import conform
 from q3.engine.write import write_split
 from q3.errors import require_nonempty, require_path
 from q3.log import get_logger, timed
-from q3.schemas import DOC_SCHEMA, STAGE_OUTPUT_SCHEMA
+from q3.schemas import STAGE_OUTPUT_SCHEMA
 
 log = get_logger("dedup")
 STAGE = "dedup"
@@ -105,50 +106,62 @@ def _run_local(cfg: DedupConfig, input_dir: str, out: Path) -> dict[str, Any]:
 
 
 def _run_spark(cfg: DedupConfig, input_dir: str, out: Path, spark=None) -> dict[str, Any]:
-    from pyspark.sql import functions as F
-
-    from dataproc.dedup.spark_dedup import annotate, dedup_meta, with_row_key
+    """Spark passes: signatures (materialised: read twice), edges, result rows, kept + rejected.
+    Stats come from the result rows' Parquet on the driver (Arrow, four small columns) and the
+    row-count check from the written files' footers: neither costs a Spark job."""
+    from dataproc.dedup.spark_dedup import JobCounter
     from q3.engine.session import get_spark
 
     spark = spark or get_spark("q3-dedup")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
     if cfg.partitions:
         spark.conf.set("spark.sql.shuffle.partitions", str(cfg.partitions))
+    t0 = time.perf_counter()
+    with JobCounter(spark, "q3-dedup") as jc:
+        stats = _spark_passes(spark, cfg, input_dir, out)
+    log.info("dedup: %d Spark jobs (%d stages) in %.1f s", jc.jobs, jc.stages, time.perf_counter() - t0)
+    stats["spark_jobs"] = jc.jobs
+    return stats
+
+
+def _spark_passes(spark, cfg: DedupConfig, input_dir: str, out: Path) -> dict[str, Any]:
+    from pyspark.sql import functions as F
+
+    from dataproc.dedup.annotate import META_DDL
+    from dataproc.dedup.spark_dedup import (
+        BROADCAST_MAX_ROWS,
+        RES_DDL,
+        annotate,
+        dedup_meta,
+        read_parquet,
+        with_row_key,
+    )
+
     work = out / "_work"
-    docs = with_row_key(spark.read.parquet(str(input_dir)))
+    docs = with_row_key(read_corpus(input_dir, spark=spark))
     with timed(log, "dedup: hashes, MinHash signatures and band keys"):
         annotate(docs, cfg).write.mode("overwrite").parquet(str(work / "meta"))
-    meta = spark.read.parquet(str(work / "meta"))
-    res = dedup_meta(meta, cfg, str(work), texts=docs.select("rk", "text", "lang"))
+    meta = read_parquet(spark, str(work / "meta"), META_DDL)
+    res_path = dedup_meta(meta, cfg, str(work), texts=docs.select("rk", "text", "lang"))
     with timed(log, "dedup: stats"):
-        stats = compute_stats_spark(res)
-    r = res.select("rk", "id", "dup_cluster", "dup_cluster_size", "reason")
-    full = docs.drop("dup_cluster", "dup_cluster_size").join(r, ["rk", "id"])
+        stats = compute_stats(dataset(res_path))
+    res = read_parquet(spark, res_path, RES_DDL).select("rk", "dup_cluster", "dup_cluster_size", "reason")
+    if stats["docs_in"] <= BROADCAST_MAX_ROWS:       # join without shuffling the texts
+        res = F.broadcast(res)
+    full = docs.drop("dup_cluster", "dup_cluster_size").join(res, "rk")
     full = (full.withColumn("stage", F.when(F.col("reason").isNotNull(), F.lit(STAGE)))
                 .withColumn("detail", F.when(F.col("reason").isNotNull(), F.col("dup_cluster"))))
-    for f in DOC_SCHEMA:
-        if f.name not in full.columns:
-            full = full.withColumn(f.name, F.lit(None).cast(_ddl(f.type)))
     if cfg.lines.enabled:
         from dataproc.dedup.lines import line_dedup_spark
         full, stats["lines"] = line_dedup_spark(full, cfg.lines, str(work / "lines"))
         stats["docs_kept"] -= stats["lines"]["docs_emptied"]
-    with timed(log, "dedup: joining results to documents"):
-        full.write.mode("overwrite").parquet(str(work / "full"))
-    full = spark.read.parquet(str(work / "full"))
-    live = F.col("reason").isNull()
+    # Two writes, each one pass over the documents joined to the broadcast result rows (cheaper
+    # than caching the joined corpus for both); the engine checks kept + rejected = input.
     with timed(log, "dedup: writing kept/ and rejected/"):
-        full.where(live).select(*DOC_SCHEMA.names).write.partitionBy("lang").parquet(str(out / "kept"))
-        full.where(~live).select(*STAGE_OUTPUT_SCHEMA.names).write.parquet(str(out / "rejected"))
-    n_out = spark.read.parquet(str(out / "kept")).count() + spark.read.parquet(str(out / "rejected")).count()
-    if n_out != stats["docs_in"]:
-        raise RuntimeError(f"dedup lost rows: {stats['docs_in']} in, {n_out} out (row keys unstable?)")
+        write_split(full.select(*STAGE_OUTPUT_SCHEMA.names), out, n_in=stats["docs_in"], job="dedup",
+                    persist=False)
     shutil.rmtree(work, ignore_errors=True)
     return stats
-
-
-def _ddl(t: pa.DataType) -> str:
-    return {pa.string(): "string", pa.int64(): "bigint", pa.float32(): "float"}.get(t, "string")
 
 
 def run_dedup(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig | None = None,

@@ -101,38 +101,56 @@ def write_split_local(batches: Iterable[pa.RecordBatch], where: str | Path, n_in
 
 
 def written_rows(where: str | Path) -> int:
-    """Rows in the Parquet files under `where`, from their footers (no data read)."""
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in Path(where).rglob("*.parquet")
-               if not any(p.startswith(("_", ".")) for p in f.relative_to(where).parts))
+    """Rows in the Parquet files under `where` (a dir or one file), from their footers (no data read,
+    no Spark job)."""
+    p = Path(where)
+    if p.is_file():
+        return pq.read_metadata(str(p)).num_rows
+    return sum(pq.read_metadata(str(f)).num_rows for f in p.rglob("*.parquet")
+               if not any(part.startswith(("_", ".")) for part in f.relative_to(p).parts))
 
 
-def write_split_spark(df: Any, where: str | Path, n_in: int | None = None, job: str = "job") -> SplitCounts:
-    """Write a STAGE_OUTPUT_SCHEMA DataFrame into kept/ and rejected/ (computed once: persisted
-    between the two writes); counts come from the written files' footers and one small aggregate."""
+def _reasons(rejected: Path) -> dict[str, int]:
+    """Rejected rows by reason, from the written files (one column read on the driver: no Spark job)."""
+    files = [f for f in rejected.rglob("*.parquet") if not f.name.startswith((".", "_"))]
+    reasons: Counter[str] = Counter()
+    for f in files:
+        reasons.update(pq.read_table(f, columns=["reason"]).column("reason").to_pylist())
+    return dict(sorted(reasons.items()))
+
+
+def write_split_spark(df: Any, where: str | Path, n_in: int | None = None, job: str = "job",
+                      persist: bool = True) -> SplitCounts:
+    """Write a STAGE_OUTPUT_SCHEMA DataFrame into kept/ and rejected/. persist: compute it once for
+    the two writes (right when its rows are costly, e.g. model stages); a job whose rows are a cheap
+    read + broadcast join passes False and reads twice instead of caching the corpus. Counts come
+    from the written files, so they cost no Spark job."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     where = Path(where)
     df = df.withColumn("lang", F.coalesce(F.col("lang"), F.lit(UNKNOWN_LANG)))   # as the local writer does
-    df = df.persist(StorageLevel.MEMORY_AND_DISK)
+    if persist:
+        df = df.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         live = F.col("reason").isNull()
         (df.where(live).select(*DOC_SCHEMA.names)
            .write.mode("overwrite").partitionBy("lang").parquet(str(where / "kept")))
-        rej = df.where(~live).select(*STAGE_OUTPUT_SCHEMA.names)
-        rej.write.mode("overwrite").partitionBy("lang").parquet(str(where / "rejected"))
-        by_reason = {r["reason"]: r["count"] for r in rej.groupBy("reason").count().collect()}
+        (df.where(~live).select(*STAGE_OUTPUT_SCHEMA.names)
+           .write.mode("overwrite").partitionBy("lang").parquet(str(where / "rejected")))
     finally:
-        df.unpersist()
+        if persist:
+            df.unpersist()
     for kind in ("kept", "rejected"):      # Spark's own markers are noise next to ours
         for junk in [*(where / kind).glob("_SUCCESS"), *(where / kind).rglob(".*.crc")]:
             junk.unlink()
-    counts = SplitCounts(written_rows(where / "kept"), written_rows(where / "rejected"), dict(sorted(by_reason.items())))
+    counts = SplitCounts(written_rows(where / "kept"), written_rows(where / "rejected"), _reasons(where / "rejected"))
     return counts.check(n_in, job)
 
 
-def write_split(result: Any, where: str | Path, n_in: int | None = None, job: str = "job") -> SplitCounts:
+def write_split(result: Any, where: str | Path, n_in: int | None = None, job: str = "job",
+                persist: bool = True) -> SplitCounts:
     """kept/ + rejected/ from local batches or a Spark DataFrame; kept + rejected = `n_in` checked."""
     if hasattr(result, "sparkSession"):
-        return write_split_spark(result, where, n_in, job)
+        return write_split_spark(result, where, n_in, job, persist)
     return write_split_local(result, where, n_in, job)
