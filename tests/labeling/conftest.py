@@ -20,7 +20,7 @@ def label_sample_dir() -> Path:
 @pytest.fixture(scope="session")
 def sample_parquet(label_sample_dir: Path, tmp_path_factory) -> Path:
     """The sample as kept documents in DOC_SCHEMA (lang = lang_hint), one Parquet file."""
-    from labeling.io import jsonl_to_table
+    from q3.engine.io import jsonl_to_table
 
     out = tmp_path_factory.mktemp("docs") / "kept"
     out.mkdir()

@@ -1,5 +1,5 @@
-"""Keyed commits (q3.commit) for `q3 label apply`: an unchanged rerun skips (says so, writes nothing);
-re-running the upstream stage on changed documents makes it relabel them."""
+"""Keyed commits (q3.commit) for `q3 label apply`: an unchanged rerun skips (says so, writes nothing),
+on any runner; re-running the upstream stage on changed documents makes it relabel them."""
 
 from __future__ import annotations
 
@@ -50,6 +50,9 @@ def test_label_apply_skips_unchanged_and_redoes_changed_input(sample_parquet, tm
     print(f"label apply skip: {seconds:.3f}s")
     assert f"{out} is up to date (same config and input); skipping" in caplog.text
     assert _tree(out) == before and seconds < 10             # generous; measured ~0.05 s
+    caplog.clear()
+    run_apply(cfg.model_copy(update={"runner": "spark"}))     # the runner is not in the key: still a skip
+    assert f"{out} is up to date (same config and input); skipping" in caplog.text and _tree(out) == before
 
     _upstream(tmp_path / "dedup", docs.slice(0, docs.num_rows - 7))   # upstream re-ran: 7 documents fewer
     caplog.clear()
