@@ -7,16 +7,18 @@ How it works (one pass over the corpus, whatever the number of datasets):
 1. Every document gets a hash bucket `int(id[:8], 16) % buckets`. Spark repartitions by bucket and
    sorts by (bucket, id), so each bucket is a contiguous run inside one partition; the local
    runner sorts the same way. Buckets, not Spark partitions, are the shards: the output does not
-   depend on how many executors ran it.
-2. `tokenize_rows` (the one function both runners call, via `mapInArrow` or directly) evaluates
+   depend on how many executors ran it. The corpus is read by the engine (`q3.engine.io.read_corpus`,
+   conformed to DOC_SCHEMA on both runners); `runner: auto` picks local or Spark by input size.
+2. `tokenize_rows` (the one function both runners call, through the engine's `map_partitions`: a
+   bucket's rows span batches, so it takes a partition's whole stream) evaluates
    every dataset's selection on a batch, encodes the union once with `encode_batch`, appends EOD
    (151643) per document, cuts long documents into chunks where a dataset asks for it (S3), and
    appends each selected document/chunk to that dataset's shard in the bucket, written with
    megatron-core's `IndexedDatasetBuilder`. A finished bucket is committed atomically
    (`<output>/.work/<job>/bucket-NNNNN/` + `_Q3_SUCCESS` with its counts).
 3. The driver merges the shards of each dataset in bucket order (`IndexedDatasetBuilder.add_index`)
-   into `<output>/tokens/<dataset>.{bin,idx}` and commits `<output>/tokens` with per-dataset
-   token/document counts and content hashes in the marker.
+   into `<output>/tokens/<dataset>.{bin,idx}` and commits `<output>/tokens` (`run_committed`) with
+   per-dataset token/document counts and content hashes in the marker and in tokens/stats.json.
 
 Resume: a rerun with the same inputs and config skips committed buckets (and the whole job when
 `tokens/` is committed with the same job key); the merged output is byte-identical to an
