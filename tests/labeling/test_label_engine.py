@@ -14,26 +14,11 @@ import pyarrow.compute as pc
 import pytest
 
 from labeling.apply import DIE_ENV, run_apply
-from labeling.classifier import run_train
 from labeling.config import LabelConfig
-from labeling.judge import run_judge
-from labeling.rule_judge import MODEL, RuleJudgeServer
 from q3.atomic import is_committed
 from q3.engine.io import read_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def models(sample_parquet, tmp_path_factory) -> Path:
-    """Classifiers trained once (rule judge, linear heads: the fast ones) for every test here."""
-    work = tmp_path_factory.mktemp("label-train")
-    with RuleJudgeServer() as srv:
-        cfg = LabelConfig(input=str(sample_parquet), output=str(work), dimensions=["reasoning", "code"],
-                          endpoint={"base_url": srv.base_url, "model": MODEL, "concurrency": 4},
-                          judge={"sample_size": 160}, train={"classifier": "linear"})
-        run_judge(cfg)
-    return run_train(cfg)
 
 
 def _apply(sample_parquet: Path, models: Path, work: Path, runner: str, **over) -> Path:
@@ -54,16 +39,16 @@ def _result(out: Path) -> tuple[list[dict], dict, dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(sample_parquet, models, tmp_path_factory):
-    return _result(_apply(sample_parquet, models, tmp_path_factory.mktemp("label-ref"), "local"))
+def reference(sample_parquet, label_models, tmp_path_factory):
+    return _result(_apply(sample_parquet, label_models, tmp_path_factory.mktemp("label-ref"), "local"))
 
 
 @pytest.mark.parametrize("runner", ["local", pytest.param("spark", marks=pytest.mark.spark)])
-def test_runners_write_the_same_labeled_rows_and_stats(runner, request, sample_parquet, models, reference,
+def test_runners_write_the_same_labeled_rows_and_stats(runner, request, sample_parquet, label_models, reference,
                                                        tmp_path):
     if runner == "spark":
         request.getfixturevalue("spark")              # the tests' one local[2] session
-    out = _apply(sample_parquet, models, tmp_path, runner, partitions=3 if runner == "spark" else None)
+    out = _apply(sample_parquet, label_models, tmp_path, runner, partitions=3 if runner == "spark" else None)
     rows, dist, stats = _result(out)
     ref_rows, ref_dist, ref_stats = reference
     assert json.loads((out / "stats.json").read_text())["runner"] == runner
@@ -75,9 +60,9 @@ def test_runners_write_the_same_labeled_rows_and_stats(runner, request, sample_p
     assert sorted(p.name for p in (out / "docs").iterdir()) == sorted(f"lang={lg}" for lg in dist["per_lang"])
 
 
-def test_killed_run_then_rerun_equals_uninterrupted(sample_parquet, models, reference, tmp_path):
+def test_killed_run_then_rerun_equals_uninterrupted(sample_parquet, label_models, reference, tmp_path):
     work = tmp_path / "w"
-    shutil.copytree(models, work / "models")
+    shutil.copytree(label_models, work / "models")
     args = [sys.executable, "-m", "q3.cli", "label", "run", f"input={sample_parquet}", f"output={work}",
             "runner=local", "run.batch_size=64"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), Q3_PROGRESS="0")
