@@ -127,18 +127,20 @@ def _label_fn(models_dir: str):
 
 
 def _spark_input(inp: Path, work: Path) -> Path:
-    """Spark reads Parquet: a JSONL input is converted once (keyed on its content) into work/input_docs."""
+    """Spark reads Parquet: a JSONL input is converted once (keyed on its content) into
+    work/input_docs/docs (stats.json beside it, as every committed output)."""
     if inp.suffix not in (".jsonl", ".json"):
         return inp
     out = work / "input_docs"
 
     def body(tmp: Path, meta: dict[str, Any]) -> dict[str, Any]:
         t = read_corpus(inp)
-        pq.write_table(t, tmp / "part-0.parquet")
+        (tmp / "docs").mkdir()
+        pq.write_table(t, tmp / "docs" / "part-0.parquet")
         return {"docs": t.num_rows, "source": str(inp.resolve())}
 
     run_committed(out, job_key("jsonl-to-parquet", {}, inputs=[inp]), body)
-    return out
+    return out / "docs"
 
 
 def label_docs(inp: Path, models_dir: Path, dest: Path, cfg: LabelConfig, runner: str) -> int:

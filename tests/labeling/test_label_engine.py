@@ -1,5 +1,6 @@
 """`q3 label run` on the corpus engine: the local and Spark runners write the same labeled rows and
-the same distributions/stats; a run killed (-9) mid-way and rerun equals an uninterrupted run."""
+the same distributions/stats (Spark from the JSONL form of the same documents, so its conversion
+is covered too); a run killed (-9) mid-way and rerun equals an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from q3.engine.io import read_corpus
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _apply(sample_parquet: Path, models: Path, work: Path, runner: str, **over) -> Path:
+def _apply(docs: Path, models: Path, work: Path, runner: str, **over) -> Path:
     shutil.copytree(models, work / "models")          # the marker travels with it: same commit id
-    cfg = LabelConfig(input=str(sample_parquet), output=str(work), runner=runner,
+    cfg = LabelConfig(input=str(docs), output=str(work), runner=runner,
                       run={"batch_size": 64, **over})
     return run_apply(cfg)
 
@@ -44,11 +45,13 @@ def reference(sample_parquet, label_models, tmp_path_factory):
 
 
 @pytest.mark.parametrize("runner", ["local", pytest.param("spark", marks=pytest.mark.spark)])
-def test_runners_write_the_same_labeled_rows_and_stats(runner, request, sample_parquet, label_models, reference,
-                                                       tmp_path):
+def test_runners_write_the_same_labeled_rows_and_stats(runner, request, sample_parquet, label_sample_dir,
+                                                       label_models, reference, tmp_path):
+    docs = sample_parquet
     if runner == "spark":
         request.getfixturevalue("spark")              # the tests' one local[2] session
-    out = _apply(sample_parquet, label_models, tmp_path, runner, partitions=3 if runner == "spark" else None)
+        docs = label_sample_dir / "docs.jsonl"        # the same documents as JSONL: Spark reads them converted
+    out = _apply(docs, label_models, tmp_path, runner, partitions=3 if runner == "spark" else None)
     rows, dist, stats = _result(out)
     ref_rows, ref_dist, ref_stats = reference
     assert json.loads((out / "stats.json").read_text())["runner"] == runner
