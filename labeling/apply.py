@@ -20,6 +20,7 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,7 @@ def get_stage(models_dir: str) -> LabelStage:
 DIE_ENV = "Q3_LABEL_DIE_AFTER_BATCHES"    # test hook: os._exit(137) after N labeled batches (a kill -9)
 
 
-def _label_fn(models_dir: str):
+def _label_fn(models_dir: str) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
     """The engine's batch-function factory: the process's LabelStage, with the kill test hook."""
     stage = get_stage(models_dir)
     die_after = int(os.environ.get(DIE_ENV, "0") or 0)
