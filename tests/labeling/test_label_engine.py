@@ -51,7 +51,7 @@ def test_runners_write_the_same_labeled_rows_and_stats(runner, request, sample_p
     if runner == "spark":
         request.getfixturevalue("spark")              # the tests' one local[2] session
         docs = label_sample_dir / "docs.jsonl"        # the same documents as JSONL: Spark reads them converted
-    out = _apply(docs, label_models, tmp_path, runner, partitions=3 if runner == "spark" else None)
+    out = _apply(docs, label_models, tmp_path, runner, partitions=2 if runner == "spark" else None)
     rows, dist, stats = _result(out)
     ref_rows, ref_dist, ref_stats = reference
     assert json.loads((out / "stats.json").read_text())["runner"] == runner
