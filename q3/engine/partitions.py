@@ -9,6 +9,7 @@ of its partition instead. The factory and the declared Arrow output schema work 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -20,8 +21,8 @@ from q3.engine.schema import conform, spark_schema
 StreamFn = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
 
-def _run(fn_factory: Callable[[], StreamFn], batches: Iterable[pa.RecordBatch],
-         schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+def _run(fn_factory: Callable[[], StreamFn], schema: pa.Schema,
+         batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     fn = _built(fn_factory)
     for out in fn(b for b in batches if b.num_rows):
         yield out if out.schema.equals(schema) else conform(out, schema)
@@ -29,17 +30,12 @@ def _run(fn_factory: Callable[[], StreamFn], batches: Iterable[pa.RecordBatch],
 
 def map_partitions(fn_factory: Callable[[], StreamFn], source: Any, schema: pa.Schema, *, runner: str,
                    batch_size: int = 2048) -> Any:
-    """`fn_factory()` over the stream of `source`'s batches (local: the whole source is one
-    partition; Spark: each partition of the DataFrame is one stream, in its order)."""
-    if runner == "local":
-        if isinstance(source, pa.Table):
-            source = source.to_batches(max_chunksize=batch_size)
-        return _run(fn_factory, source, schema)
-    if runner != "spark":
+    """`fn_factory()` over the stream of `source`'s batches (local: the whole source, an iterable of
+    batches or a Table, is one stream; Spark: each partition of the DataFrame is one, in its order)."""
+    if runner not in ("local", "spark"):
         raise ValueError(f"runner must be local or spark here (auto is resolved before), not {runner!r}")
+    run = functools.partial(_run, fn_factory, schema)
+    if runner == "local":
+        return run(source.to_batches(max_chunksize=batch_size) if isinstance(source, pa.Table) else source)
     source.sparkSession.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-
-    def body(it: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        yield from _run(fn_factory, it, schema)
-
-    return source.mapInArrow(body, spark_schema(schema))
+    return source.mapInArrow(run, spark_schema(schema))
