@@ -25,9 +25,9 @@ from pathlib import Path
 from labeling.apply import LabelStage, run_apply
 from labeling.classifier import Predictor, clean
 from labeling.config import LabelConfig
-from labeling.io import jsonl_to_table
 from labeling.judge import run_judge
 from labeling.rule_judge import MODEL, RuleJudgeServer
+from q3.engine.io import jsonl_to_table
 from q3.paths import data_dir
 
 

@@ -1,39 +1,48 @@
-"""`q3 label run`: apply the trained classifiers + rule signals to every kept document (Spark).
+"""`q3 label run`: apply the trained classifiers + rule signals to every kept document.
 
 The work is one stage function over Arrow batches, `LabelStage` (models loaded once per process:
-per Spark Python worker, which Spark reuses across tasks), run by Spark `mapInArrow` or by the
-local runner (same function). It fills the `labels` struct (q3.schemas.LABELS_TYPE) of every row:
+per Spark Python worker, which Spark reuses across tasks), run by the corpus engine
+(`q3.engine`: read_corpus -> map_batches -> write_docs -> run_committed) locally or by Spark
+`mapInArrow` (`runner: auto` picks by input size). It fills the `labels` struct (q3.schemas.LABELS_TYPE) of every row:
 classifier outputs (edu_score, domain, quality_score, safety, safety_severity, reasoning_score),
 rule outputs (has_code, has_math; raw signals in `extra`), and `versions` (model file hashes,
 rule version). Rows are never dropped: same rows, same order.
 
-Output: <output>/labeled/docs/lang=*/part-*.parquet + distributions.json, committed atomically
-with a key of (config, model versions, input); a rerun with the same key does nothing.
+Output: <output>/labeled/docs/lang=*/part-*.parquet + distributions.json + stats.json, committed
+atomically with a key of (model versions, rules, input and models content, code); a rerun with the
+same key does nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from labeling.classifier import Predictor
 from labeling.config import LabelConfig
 from labeling.dimensions import LABEL_FIELDS
-from labeling.io import as_parquet
 from labeling.rules import apply_rules
 from q3.atomic import is_committed
-from q3.commit import commit, job_key, reuse_if_committed
+from q3.commit import job_key
 from q3.config import load_config
-from q3.errors import InputMissing
+from q3.engine.docs import write_docs
+from q3.engine.io import corpus_size, read_corpus, scan_corpus
+from q3.engine.job import run_committed
+from q3.engine.map import map_batches
+from q3.engine.runner import choose_runner
+from q3.errors import InputMissing, require_path
 from q3.log import get_logger, print_table
+from q3.schemas import DOC_SCHEMA
 
 log = get_logger("labeling.apply")
 RULES_VERSION = "rules:v1"
@@ -98,52 +107,66 @@ def get_stage(models_dir: str) -> LabelStage:
     return _STAGES[models_dir]
 
 
-def _order(batch: pa.RecordBatch, names: list[str]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([batch.column(n) for n in names], names=names)
+DIE_ENV = "Q3_LABEL_DIE_AFTER_BATCHES"    # test hook: os._exit(137) after N labeled batches (a kill -9)
 
 
-def label_spark(inp: Path, models_dir: Path, dest: Path, cfg: LabelConfig) -> None:
-    from pyspark.sql.pandas.types import from_arrow_type
-    from pyspark.sql.types import StructField, StructType
+def _label_fn(models_dir: str) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    """The engine's batch-function factory: the process's LabelStage, with the kill test hook."""
+    stage = get_stage(models_dir)
+    die_after = int(os.environ.get(DIE_ENV, "0") or 0)
+    if not die_after:
+        return stage
+    seen = 0
 
-    from q3.engine.session import get_spark
-
-    spark = get_spark("q3-label")
-    df = spark.read.parquet(str(inp))
-    if cfg.run.partitions:
-        df = df.repartition(cfg.run.partitions)
-    labels_field = StructField("labels", from_arrow_type(_labels_type()), True)
-    fields = [labels_field if f.name == "labels" else f for f in df.schema.fields]
-    if "labels" not in df.columns:
-        fields.append(labels_field)
-    out_schema = StructType(fields)
-    names = [f.name for f in fields]
-    mdir = str(models_dir)
-
-    def fn(batches):
-        stage = get_stage(mdir)
-        for b in batches:
-            yield _order(stage(b), names)
-
-    df.mapInArrow(fn, out_schema).write.mode("overwrite").partitionBy("lang").parquet(str(dest))
+    def fn(batch: pa.RecordBatch) -> pa.RecordBatch:
+        nonlocal seen
+        seen += 1
+        if seen > die_after:
+            os._exit(137)      # as a kill -9: no cleanup, nothing committed
+        return stage(batch)
+    return fn
 
 
-def label_local(inp: Path, models_dir: Path, dest: Path, cfg: LabelConfig) -> None:
-    stage = get_stage(str(models_dir))
-    dataset = ds.dataset(str(inp), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
-    batches = (stage(b) for b in dataset.to_batches(batch_size=cfg.run.batch_size))
-    first = next(batches, None)
-    if first is None:
-        return
-    table = pa.Table.from_batches([first, *batches])
-    ds.write_dataset(table, str(dest), format="parquet", partitioning=["lang"], partitioning_flavor="hive",
-                     existing_data_behavior="overwrite_or_ignore")
+def _spark_input(inp: Path, work: Path) -> Path:
+    """Spark reads Parquet: a JSONL input is converted once (keyed on its content) into
+    work/input_docs/docs (stats.json beside it, as every committed output)."""
+    if inp.suffix not in (".jsonl", ".json"):
+        return inp
+    out = work / "input_docs"
+
+    def body(tmp: Path, meta: dict[str, Any]) -> dict[str, Any]:
+        t = read_corpus(inp)
+        (tmp / "docs").mkdir()
+        pq.write_table(t, tmp / "docs" / "part-0.parquet")
+        return {"docs": t.num_rows, "source": str(inp.resolve())}
+
+    run_committed(out, job_key("jsonl-to-parquet", {}, inputs=[inp]), body)
+    return out / "docs"
+
+
+def label_docs(inp: Path, models_dir: Path, dest: Path, cfg: LabelConfig, runner: str) -> int:
+    """Every document under `inp` with its labels, written to dest/lang=*/; returns the rows written."""
+    factory = functools.partial(_label_fn, str(models_dir))
+    if runner == "spark":
+        from q3.engine.session import get_spark
+
+        inp = _spark_input(inp, cfg.work())
+        n_in = corpus_size(inp)[1]
+        df = read_corpus(inp, spark=get_spark("q3-label"))
+        if cfg.run.partitions:
+            df = df.repartition(cfg.run.partitions)
+        result = map_batches(factory, df, DOC_SCHEMA, runner="spark", batch_size=cfg.run.batch_size)
+    else:
+        n_in = None if inp.suffix in (".jsonl", ".json") else corpus_size(inp)[1]   # JSONL: rows as parsed
+        result = map_batches(factory, scan_corpus(inp, cfg.run.batch_size), DOC_SCHEMA, runner="local",
+                             batch_size=cfg.run.batch_size)
+    return write_docs(result, dest, n_in, job="label apply")
 
 
 def distributions(docs_dir: Path) -> dict[str, Any]:
     """Label distributions per language and per domain (read back from the written Parquet)."""
-    t = ds.dataset(str(docs_dir), format="parquet", partitioning="hive",
-                   ignore_prefixes=[".", "_"]).to_table(columns=["lang", "labels"])
+    # in (lang, id) order: float sums then add up the same whichever runner wrote the files
+    t = read_corpus(docs_dir, ["lang", "id", "labels"]).sort_by([("lang", "ascending"), ("id", "ascending")])
     lab = t.column("labels").combine_chunks()
     langs = t.column("lang").to_pylist()
     cols = {f: pc.struct_field(lab, f).to_pylist() for f in
@@ -194,35 +217,35 @@ def run_apply(cfg: LabelConfig) -> Path:
     models_dir = work / "models"
     if not is_committed(models_dir):
         raise InputMissing(f"no trained classifiers at {models_dir}: run `q3 label train` first")
-    inp = as_parquet(cfg.input_path(), work)
+    inp = require_path(cfg.input_path(), "input", "kept documents from `q3 data run` or a JSONL")
     versions = {f: e["version"] for f, e in json.loads((models_dir / "models.json").read_text())["outputs"].items()}
-    # the key (q3.commit): run settings, classifier versions and rules; the content of the documents
-    # and of the trained models (a retrain commits anew); the code
-    jk = job_key("label-apply", {"run": {**cfg.run.model_dump(), "runner": cfg.runner}, "versions": versions,
-                                 "rules": RULES_VERSION}, inputs=[inp, models_dir])
+    # the key (q3.commit): classifier versions and rules; the content of the documents and of the
+    # trained models (a retrain commits anew); the code. Not the runner: both write the same rows.
+    jk = job_key("label-apply", {"versions": versions, "rules": RULES_VERSION}, inputs=[inp, models_dir])
     out = work / "labeled"
-    if reuse_if_committed(out, jk) is not None:
-        d = json.loads((out / "distributions.json").read_text())
-        print_distributions(d)
-        return out
-    meta: dict[str, Any] = {"key": jk.id, "versions": versions, "runner": cfg.runner}
-    with commit(out, jk, meta) as tmp:
-        runner = label_spark if cfg.runner == "spark" else label_local
-        runner(inp, models_dir, tmp / "docs", cfg)
+
+    def body(tmp: Path, meta: dict[str, Any]) -> dict[str, Any]:
+        choice = choose_runner(cfg.runner, [inp], cfg.auto, job="label apply")
+        n = label_docs(inp, models_dir, tmp / "docs", cfg, choice.runner)
         d = distributions(tmp / "docs")
         (tmp / "distributions.json").write_text(json.dumps(d, indent=2, ensure_ascii=False))
-        meta.update({"docs": d["docs"], "seconds": round(time.time() - t0, 1)})
-    print_distributions(d)
-    log.info("labeled %d documents in %.1fs (%s) -> %s", d["docs"], time.time() - t0, cfg.runner, out)
+        meta["versions"] = versions
+        return {"docs": n, "per_lang": {lang: s["docs"] for lang, s in d["per_lang"].items()},
+                "runner": choice.runner, "runner_why": choice.why}
+
+    stats = run_committed(out, jk, body)
+    print_distributions(json.loads((out / "distributions.json").read_text()))
+    if not stats.get("skipped"):
+        log.info("labeled %d documents in %.1fs (%s) -> %s", stats["docs"], time.time() - t0, stats["runner"], out)
     return out
 
 
 def read_labeled(out: Path) -> pa.Table:
-    return pq.read_table(str(out / "docs"))
+    return read_corpus(out / "docs")
 
 
 def cli(config: str | None, overrides: list[str]) -> int:
-    """Apply classifiers + rule signals to every kept document (Spark)."""
+    """Apply classifiers + rule signals to every kept document (local or Spark: runner=auto)."""
     cfg = load_config(LabelConfig, "labeling", config, overrides)
     run_apply(cfg)
     return 0

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from q3.config import Q3Config
+from q3.engine.runner import AutoRunner, Runner
 from q3.llm import EndpointConfig
 from q3.paths import data_dir
 
@@ -38,7 +39,8 @@ class LabelConfig(Q3Config):
     aliases = {"workdir": "output", "run.runner": "runner"}
     input: str | None = None               # kept docs: Parquet dir/file (DOC_SCHEMA) or sample JSONL
     output: str | None = None              # work dir (judgements/, models/, labeled/); default: $Q3_DATA/labeling
-    runner: Literal["spark", "local"] = "spark"   # `q3 label run`: Spark or the same code in-process
+    runner: Runner = "auto"                # `q3 label run`: auto (local below auto.local_max_*), spark, local
+    auto: AutoRunner = Field(default_factory=AutoRunner)   # how `runner: auto` chooses (input bytes, rows)
     allow_empty: bool = False              # True: 0 valid judgements / 0 classifiers is not a failure
     dimensions_dir: str | None = None      # default: conf/labeling/dimensions
     dimensions: list[str] | None = None    # None: all

@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 
 from labeling.config import LabelConfig
 from labeling.dimensions import Dimension, load_dimensions
-from labeling.io import read_docs
 from q3.atomic import atomic_dir
 from q3.config import config_hash, load_config
+from q3.engine.io import read_corpus
 from q3.errors import require_nonempty, require_path
 from q3.llm import ChatRequest, LLMClient, LLMConfigError
 from q3.log import get_logger, print_table
@@ -99,7 +99,7 @@ def build_request(dim: Dimension, text: str, lang: str, cfg: LabelConfig) -> Cha
 def run_judge(cfg: LabelConfig) -> Path:
     t0 = time.time()
     dims = [d for d in load_dimensions(cfg.dimensions_dir, cfg.dimensions) if d.source == "judge"]
-    docs = read_docs(require_path(cfg.input_path(), "input", "kept documents from `q3 data run` or a JSONL"),
+    docs = read_corpus(require_path(cfg.input_path(), "input", "kept documents from `q3 data run` or a JSONL"),
                      ["id", "text", "source", "lang", "n_chars"])
     require_nonempty(docs.num_rows, "0 documents to judge", f"input {cfg.input_path()} holds no rows",
                      allow_empty=cfg.allow_empty)

@@ -7,16 +7,18 @@ How it works (one pass over the corpus, whatever the number of datasets):
 1. Every document gets a hash bucket `int(id[:8], 16) % buckets`. Spark repartitions by bucket and
    sorts by (bucket, id), so each bucket is a contiguous run inside one partition; the local
    runner sorts the same way. Buckets, not Spark partitions, are the shards: the output does not
-   depend on how many executors ran it.
-2. `tokenize_rows` (the one function both runners call, via `mapInArrow` or directly) evaluates
+   depend on how many executors ran it. The corpus is read by the engine (`q3.engine.io.read_corpus`,
+   conformed to DOC_SCHEMA on both runners); `runner: auto` picks local or Spark by input size.
+2. `tokenize_rows` (the one function both runners call, through the engine's `map_partitions`: a
+   bucket's rows span batches, so it takes a partition's whole stream) evaluates
    every dataset's selection on a batch, encodes the union once with `encode_batch`, appends EOD
    (151643) per document, cuts long documents into chunks where a dataset asks for it (S3), and
    appends each selected document/chunk to that dataset's shard in the bucket, written with
    megatron-core's `IndexedDatasetBuilder`. A finished bucket is committed atomically
    (`<output>/.work/<job>/bucket-NNNNN/` + `_Q3_SUCCESS` with its counts).
 3. The driver merges the shards of each dataset in bucket order (`IndexedDatasetBuilder.add_index`)
-   into `<output>/tokens/<dataset>.{bin,idx}` and commits `<output>/tokens` with per-dataset
-   token/document counts and content hashes in the marker.
+   into `<output>/tokens/<dataset>.{bin,idx}` and commits `<output>/tokens` (`run_committed`) with
+   per-dataset token/document counts and content hashes in the marker and in tokens/stats.json.
 
 Resume: a rerun with the same inputs and config skips committed buckets (and the whole job when
 `tokens/` is committed with the same job key); the merged output is byte-identical to an
@@ -25,6 +27,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -33,7 +36,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +47,12 @@ import pyarrow.compute as pc
 from dataproc.mix.config import MixConfig, StageConfig, load_stage
 from dataproc.mix.select import TokenDataset, chunk_lengths, doc_mask, length_ok, token_datasets
 from q3.atomic import atomic_dir, is_committed, read_marker
-from q3.commit import JobKey, commit, job_key, reuse_if_committed
+from q3.commit import JobKey, job_key
 from q3.config import load_config
+from q3.engine.io import dataset, read_corpus
+from q3.engine.job import run_committed
+from q3.engine.partitions import map_partitions
+from q3.engine.runner import choose_runner
 from q3.errors import InputMissing, require_path
 from q3.log import get_logger, print_table, progress
 from q3.tokenizer import EOD_ID, encode_batch, tokenizer_files_hash
@@ -177,69 +184,57 @@ def tokenize_rows(batches: Iterable[pa.RecordBatch], datasets: list[TokenDataset
         yield finish(current, pending)
 
 
-# ---------------------------------------------------------------- runners
+# ---------------------------------------------------------------- runners (the engine's)
 
 def bucket_of(ids: list[str], buckets: int) -> np.ndarray:
-    """Same arithmetic as the Spark expression in `_spark_stats` (first 32 bits of the id hash)."""
+    """Same arithmetic as the Spark expression in `_spark_source` (first 32 bits of the id hash)."""
     return np.array([int(i[:8], 16) % buckets for i in ids], dtype=np.int32)
 
 
-def _input_files(path: str) -> list[Path]:
-    p = Path(path)
-    if p.is_file():
-        return [p]
-    files = sorted(x for x in p.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in
-                                                              x.relative_to(p).parts))
-    if not files:
-        raise InputMissing(f"no Parquet files under {path}")
-    return files
+# sort keys: bucket, then content id, then where it came from (ties only for exact duplicates,
+# whose tokens are the same whichever comes first)
+SORT_COLS = ["_bucket", "id", "source", "lang"]
 
 
-def _read_local(path: str) -> pa.Table:
-    import pyarrow.dataset as ds
-
-    dset = ds.dataset(path, format="parquet", partitioning="hive", exclude_invalid_files=False,
-                      ignore_prefixes=[".", "_"])
-    cols = [c for c in COLUMNS if c in dset.schema.names]
-    return dset.to_table(columns=cols)
-
-
-def _local_stats(cfg: MixConfig, datasets: list[TokenDataset], workdir: Path) -> list[dict]:
-    table = _read_local(cfg.input)
+def _local_source(cfg: MixConfig) -> Iterable[pa.RecordBatch]:
+    table = read_corpus(cfg.input, COLUMNS)
     table = table.append_column("_bucket", pa.array(bucket_of(table.column("id").to_pylist(), cfg.buckets)))
-    # sort keys: bucket, then content id, then where it came from (ties only for exact duplicates)
-    keys = [("_bucket", "ascending"), ("id", "ascending")] + \
-        [(c, "ascending") for c in ("source", "lang") if c in table.column_names]
-    table = table.sort_by(keys)
-    batches = table.to_batches(max_chunksize=cfg.batch_size)
-    out = tokenize_rows(progress(batches, "tokenize", unit="batch"), datasets, cfg.lang_groups, workdir)
-    return [json.loads(r) for b in out for r in b.column("stats").to_pylist()]
+    table = table.sort_by([(c, "ascending") for c in SORT_COLS])
+    return progress(table.to_batches(max_chunksize=cfg.batch_size), "tokenize", unit="batch")
 
 
-def _spark_stats(cfg: MixConfig, datasets: list[TokenDataset], workdir: Path) -> list[dict]:
+def _spark_source(cfg: MixConfig) -> Any:
     from pyspark.sql import functions as F
 
     from q3.engine.session import get_spark
 
-    spark = get_spark("q3-mix-tokenize", conf={"spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.batch_size)})
-    df = spark.read.option("basePath", cfg.input).parquet(cfg.input) if Path(cfg.input).is_dir() \
-        else spark.read.parquet(cfg.input)
-    df = df.select(*[c for c in COLUMNS if c in df.columns])
+    spark = get_spark("q3-mix-tokenize")
+    df = read_corpus(cfg.input, COLUMNS, spark=spark)
     df = df.withColumn("_bucket", (F.conv(F.substring("id", 1, 8), 16, 10).cast("long")
                                    % F.lit(cfg.buckets)).cast("int"))
     parts = min(cfg.buckets, cfg.spark.partitions or 2 * (os.cpu_count() or 2))
-    sort_cols = ["_bucket", "id"] + [c for c in ("source", "lang") if c in df.columns]
-    df = df.repartition(parts, "_bucket").sortWithinPartitions(*sort_cols)
-    groups, wd = cfg.lang_groups, str(workdir)
+    return df.repartition(parts, "_bucket").sortWithinPartitions(*SORT_COLS)
 
-    def run(it: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+
+def _tokenizer_fn(datasets: list[TokenDataset], groups: dict[str, list[str]], workdir: str,
+                  one_core: bool) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The engine's stream-function factory (runs once per process): rows sorted by bucket ->
+    committed bucket shards, one stats row per bucket."""
+    if one_core:
         # one Spark task = one core: keep tokenizers' rayon pool from oversubscribing the executor
-        # (read when the worker process first encodes)
+        # (read when the worker process first encodes); the local runner keeps every core
         os.environ.setdefault("RAYON_NUM_THREADS", "1")
-        yield from tokenize_rows(it, datasets, groups, wd)
+    return functools.partial(tokenize_rows, datasets=datasets, groups=groups, workdir=workdir)
 
-    rows = df.mapInArrow(run, "bucket int, stats string").collect()
-    return [json.loads(r["stats"]) for r in rows]
+
+def bucket_stats(cfg: MixConfig, datasets: list[TokenDataset], workdir: Path, runner: str) -> list[dict]:
+    """Tokenise every bucket (skipping those a crashed run committed); their stats rows."""
+    factory = functools.partial(_tokenizer_fn, datasets, cfg.lang_groups, str(workdir), runner == "spark")
+    source = _spark_source(cfg) if runner == "spark" else _local_source(cfg)
+    out = map_partitions(factory, source, STATS_SCHEMA, runner=runner, batch_size=cfg.batch_size)
+    if runner == "spark":
+        return [json.loads(r["stats"]) for r in out.collect()]
+    return [json.loads(r) for b in out for r in b.column("stats").to_pylist()]
 
 
 def _merge(datasets: list[TokenDataset], buckets: list[dict], workdir: Path, out: Path) -> dict[str, dict]:
@@ -282,40 +277,48 @@ def _merge_all(datasets: list[TokenDataset], buckets: list[dict], order: list[in
 def tokenize_key(cfg: MixConfig, datasets: list[TokenDataset]) -> JobKey:
     """The job key (`q3.commit`): datasets, groups, buckets and tokenizer; the input's content; the code.
     Bucket shards live under `.work/<key id>`, so a changed input never reuses old buckets."""
-    _input_files(cfg.input)   # a folder without Parquet is the user's mistake, said before any work
+    if not dataset(cfg.input).files:   # a folder without Parquet is the user's mistake, said before any work
+        raise InputMissing(f"no Parquet files under {cfg.input}")
     spec = {"datasets": [{"name": d.name, "select": d.select.model_dump(mode="json")} for d in datasets],
             "groups": cfg.lang_groups, "buckets": cfg.buckets, "tokenizer": tokenizer_files_hash()}
     return job_key("tokenise", spec, inputs=[cfg.input])
 
 
 def run_tokenize(cfg: MixConfig, stages: list[StageConfig] | None = None, force: bool = False) -> dict[str, Any]:
-    """Tokenise the kept corpus into every dataset the stages need. Returns the output marker."""
+    """Tokenise the kept corpus into every dataset the stages need. Returns the stats (= the
+    output marker's content: per-dataset counts and hashes, documents seen/selected, buckets)."""
     t0 = time.time()
     stages = stages if stages is not None else [load_stage(s) for s in cfg.stages]
     datasets = token_datasets(stages)
     jk = tokenize_key(cfg, datasets)
-    key = jk.id
     out = Path(cfg.output) / "tokens"
-    if (done := reuse_if_committed(out, jk, force=force)) is not None:
-        return done
-    work = Path(cfg.output) / ".work" / key
-    work.mkdir(parents=True, exist_ok=True)
-    log.info("tokenising %s into %d datasets, %d buckets (%s runner)", cfg.input, len(datasets),
-             cfg.buckets, cfg.runner)
-    stats = (_spark_stats if cfg.runner == "spark" else _local_stats)(cfg, datasets, work)
-    meta: dict[str, Any] = {"job": key, "input": cfg.input, "buckets": len(stats),
-                            "buckets_resumed": sum(1 for s in stats if s.get("resumed")),
-                            "tokenizer_sha256": tokenizer_files_hash(), "eod": EOD_ID}
-    for k in ("docs_seen", "docs_unselected", "docs_tokenized"):
-        meta[k] = sum(s.get(k, 0) for s in stats)
-    with commit(out, jk, meta) as tmp:
+    work = Path(cfg.output) / ".work" / jk.id
+
+    def body(tmp: Path, meta: dict[str, Any]) -> dict[str, Any]:
+        choice = choose_runner(cfg.runner, [cfg.input], cfg.auto, job="tokenise")
+        work.mkdir(parents=True, exist_ok=True)
+        log.info("tokenising %s into %d datasets, %d buckets", cfg.input, len(datasets), cfg.buckets)
+        stats = bucket_stats(cfg, datasets, work, choice.runner)
+        meta.update({"job": jk.id, "input": cfg.input, "buckets": len(stats),
+                     "buckets_resumed": sum(1 for s in stats if s.get("resumed")),
+                     "tokenizer_sha256": tokenizer_files_hash(), "eod": EOD_ID})
+        for k in ("docs_seen", "docs_unselected", "docs_tokenized"):
+            meta[k] = sum(s.get(k, 0) for s in stats)
         meta["datasets"] = _merge(datasets, stats, work, tmp)
+        # the marker keeps what manifests read (datasets, job, tokenizer); stats.json the same
+        # plus which runner ran and why (not in the marker's key: both give the same bytes)
+        return {k: v for k, v in meta.items() if k != "job_key"} | {"runner": choice.runner,
+                                                                    "runner_why": choice.why}
+
+    stats = run_committed(out, jk, body, force=force)
+    if stats.get("skipped"):
+        return stats
     shutil.rmtree(work, ignore_errors=True)
     dt = time.time() - t0
-    print_table(f"q3 mix tokenize: {out} ({dt:.1f}s, {meta['buckets_resumed']} buckets resumed)",
+    print_table(f"q3 mix tokenize: {out} ({dt:.1f}s, {stats['buckets_resumed']} buckets resumed)",
                 ["dataset", "docs", "tokens"],
-                [[n, s["n_docs"], s["n_tokens"]] for n, s in meta["datasets"].items()])
-    return meta
+                [[n, s["n_docs"], s["n_tokens"]] for n, s in stats["datasets"].items()])
+    return stats
 
 
 def cli(config: str | None, overrides: list[str]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from q3.config import Q3Config, load_config
+from q3.engine.runner import AutoRunner, Runner
 from q3.manifest import LengthBucket, Schedule
 
 
@@ -81,7 +82,8 @@ class MixConfig(Q3Config):
     output: str = "data/mix"            # tokens/ and manifests/ go below this
     stages: list[str] = Field(default_factory=lambda: ["s1", "s2", "s3"])   # conf/stages/<name>
     lang_groups: dict[str, list[str]] = Field(default_factory=dict)
-    runner: str = Field(default="spark", pattern="^(spark|local)$")
+    runner: Runner = "auto"             # auto: local below auto.local_max_* (input bytes, rows), else Spark
+    auto: AutoRunner = Field(default_factory=AutoRunner)   # how `runner: auto` chooses
     buckets: int = Field(default=16, ge=1)   # hash buckets of documents = shards and resume units
     batch_size: int = Field(default=256, ge=1)
     spark: SparkOpts = Field(default_factory=SparkOpts)

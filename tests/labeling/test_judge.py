@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from labeling.config import LabelConfig
-from labeling.io import read_docs
 from labeling.judge import run_judge, stratified_sample
 from labeling.rule_judge import MODEL, RuleJudgeServer
+from q3.engine.io import read_corpus
 from q3.errors import RunFailed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -19,7 +19,7 @@ from llm_fault_server import FaultServer  # noqa: E402
 
 
 def test_stratified_sample_is_deterministic_and_covers_strata(sample_parquet):
-    docs = read_docs(sample_parquet)
+    docs = read_corpus(sample_parquet)
     a = stratified_sample(docs, 60, seed=0, bounds=[1500, 6000])
     b = stratified_sample(docs, 60, seed=0, bounds=[1500, 6000])
     c = stratified_sample(docs, 60, seed=1, bounds=[1500, 6000])

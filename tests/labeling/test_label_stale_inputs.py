@@ -1,19 +1,17 @@
-"""Keyed commits (q3.commit) for `q3 label apply`: an unchanged rerun skips (says so, writes nothing);
-re-running the upstream stage on changed documents makes it relabel them."""
+"""Keyed commits (q3.commit) for `q3 label apply`: an unchanged rerun skips (says so, writes nothing),
+on any runner; re-running the upstream stage on changed documents makes it relabel them."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from labeling.apply import run_apply
-from labeling.classifier import run_train
 from labeling.config import LabelConfig
-from labeling.judge import run_judge
-from labeling.rule_judge import MODEL, RuleJudgeServer
 from q3.atomic import atomic_dir
 
 
@@ -29,16 +27,12 @@ def _tree(path: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")}
 
 
-def test_label_apply_skips_unchanged_and_redoes_changed_input(sample_parquet, tmp_path, caplog):
+def test_label_apply_skips_unchanged_and_redoes_changed_input(sample_parquet, label_models, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="q3.commit")
     docs = pq.read_table(str(sample_parquet))
     kept = _upstream(tmp_path / "dedup", docs)
-    with RuleJudgeServer() as srv:
-        cfg = LabelConfig(input=str(kept), output=str(tmp_path / "w"), dimensions=["reasoning"],
-                          endpoint={"base_url": srv.base_url, "model": MODEL, "concurrency": 4},
-                          judge={"sample_size": 160}, train={"classifier": "linear"}, runner="local")
-        run_judge(cfg)
-    run_train(cfg)
+    cfg = LabelConfig(input=str(kept), output=str(tmp_path / "w"), runner="local")
+    shutil.copytree(label_models, tmp_path / "w" / "models")     # trained once for the folder (conftest)
     out = run_apply(cfg)
     assert pq.read_table(str(out / "docs")).num_rows == docs.num_rows
 
@@ -50,6 +44,9 @@ def test_label_apply_skips_unchanged_and_redoes_changed_input(sample_parquet, tm
     print(f"label apply skip: {seconds:.3f}s")
     assert f"{out} is up to date (same config and input); skipping" in caplog.text
     assert _tree(out) == before and seconds < 10             # generous; measured ~0.05 s
+    caplog.clear()
+    run_apply(cfg.model_copy(update={"runner": "spark"}))     # the runner is not in the key: still a skip
+    assert f"{out} is up to date (same config and input); skipping" in caplog.text and _tree(out) == before
 
     _upstream(tmp_path / "dedup", docs.slice(0, docs.num_rows - 7))   # upstream re-ran: 7 documents fewer
     caplog.clear()

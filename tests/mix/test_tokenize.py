@@ -1,5 +1,6 @@
-"""`q3 mix tokenize`: ids in .bin equal the reference tokenizer on every sample language and code;
-Spark and local runners agree byte for byte; reruns are identical; a crashed run resumes."""
+"""`q3 mix tokenize`: ids in .bin equal the reference tokenizer on every sample language and code,
+on either runner; Spark and local runners agree byte for byte (and in their stats); reruns are
+identical; a crashed run resumes."""
 
 import os
 import subprocess
@@ -33,15 +34,26 @@ def _cfg(corpus: Path, out: Path, runner: str, buckets: int = 5) -> MixConfig:
     return MixConfig(input=str(corpus), output=str(out), runner=runner, buckets=buckets, batch_size=16)
 
 
-@pytest.fixture(scope="module")
-def spark_run(kept_corpus, tmp_path_factory, spark):
-    out = tmp_path_factory.mktemp("tok-spark")
-    meta = run_tokenize(_cfg(kept_corpus, out, "spark"), [_per_lang_stage(kept_corpus)])
-    return out, meta
+_RUNS: dict[str, tuple[Path, dict]] = {}
 
 
-def test_bin_ids_equal_reference_tokenizer_for_every_language(kept_corpus, spark_run):
-    out, meta = spark_run
+def _run(runner: str, corpus: Path, tmp_path_factory, request) -> tuple[Path, dict]:
+    """One tokenisation per runner for the module (Spark through the tests' local[2] session)."""
+    if runner not in _RUNS:
+        if runner == "spark":
+            request.getfixturevalue("spark")
+        out = tmp_path_factory.mktemp(f"tok-{runner}")
+        _RUNS[runner] = out, run_tokenize(_cfg(corpus, out, runner), [_per_lang_stage(corpus)])
+    return _RUNS[runner]
+
+
+RUNNERS = ["local", pytest.param("spark", marks=pytest.mark.spark)]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_bin_ids_equal_reference_tokenizer_for_every_language(runner, kept_corpus, tmp_path_factory, request):
+    out, meta = _run(runner, kept_corpus, tmp_path_factory, request)
+    assert meta["runner"] == runner
     ref = Tokenizer.from_file(str(tokenizer_dir() / "tokenizer.json"))   # independent instance
     table = ds.dataset(kept_corpus, format="parquet", partitioning="hive").to_table(columns=["id", "text", "lang"])
     langs = _langs(kept_corpus)
@@ -59,14 +71,18 @@ def test_bin_ids_equal_reference_tokenizer_for_every_language(kept_corpus, spark
     assert meta["docs_seen"] == table.num_rows and meta["docs_unselected"] == 0
 
 
-def test_local_runner_and_rerun_are_byte_identical(kept_corpus, spark_run, tmp_path):
-    _, spark_meta = spark_run
-    cfg = _cfg(kept_corpus, tmp_path, "local")
+@pytest.mark.spark
+def test_runners_are_byte_identical_and_rerun_skips_whatever_the_runner(kept_corpus, tmp_path_factory, request):
+    (local_out, local), (_, spark) = (_run(r, kept_corpus, tmp_path_factory, request) for r in ("local", "spark"))
+    assert local["datasets"] == spark["datasets"]                # sha256 of .bin+.idx per dataset
+    same = ("buckets", "docs_seen", "docs_unselected", "docs_tokenized", "tokenizer_sha256", "job")
+    assert {k: local[k] for k in same} == {k: spark[k] for k in same}
+    cfg = _cfg(kept_corpus, local_out, "local")
     stage = _per_lang_stage(kept_corpus)
-    first = run_tokenize(cfg, [stage])
-    assert first["datasets"] == spark_meta["datasets"]          # sha256 of .bin+.idx per dataset
+    # the runner is not in the key: an unchanged rerun on the other runner reuses the output
+    assert run_tokenize(cfg.model_copy(update={"runner": "spark"}), [stage])["skipped"] is True
     again = run_tokenize(cfg, [stage], force=True)
-    assert again["datasets"] == first["datasets"]
+    assert again["datasets"] == local["datasets"] and not again.get("skipped")
 
 
 def test_crash_then_resume_matches_clean_run(kept_corpus, tmp_path):

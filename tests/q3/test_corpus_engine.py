@@ -197,3 +197,42 @@ def test_shared_value_in_tally_out_and_one_to_many_batches(runner, request, corp
         write_split(result, tmp_path / "again", job="t")
         assert seen.total() == 5
     tag.unpersist()
+
+
+# ---- label apply / tokenise additions: write_docs (a job that drops no row), map_partitions (a
+# stream function whose state spans batches)
+
+def _upper_text():
+    def fn(batch: pa.RecordBatch) -> pa.RecordBatch:
+        return batch.set_column(batch.schema.get_field_index("text"), "text", pc.utf8_upper(batch.column("text")))
+    return fn
+
+
+def _count_stream():
+    """A stream function: one row per stream with its row count (state across batches)."""
+    def fn(batches):
+        n = sum(b.num_rows for b in batches)
+        yield pa.RecordBatch.from_pylist([{"rows": n}], schema=pa.schema([("rows", pa.int64())]))
+    return fn
+
+
+def test_write_docs_and_map_partitions_on_both_runners(corpus, spark, tmp_path):
+    from q3.engine.docs import write_docs
+    from q3.engine.partitions import map_partitions
+
+    local = map_batches(_upper_text, scan_corpus(corpus, batch_size=2), DOC_SCHEMA, runner="local")
+    assert write_docs(local, tmp_path / "local", n_in=5, job="t") == 5
+    remote = map_batches(_upper_text, read_corpus(corpus, spark=spark), DOC_SCHEMA, runner="spark")
+    assert write_docs(remote, tmp_path / "spark", n_in=5, job="t") == 5
+    assert sorted(p.name for p in (tmp_path / "spark").iterdir()) == ["lang=deu_Latn", "lang=eng_Latn"]
+    assert _rows(read_corpus(tmp_path / "local")) == _rows(read_corpus(tmp_path / "spark"))
+    assert "EIN LANGES DOKUMENT" in read_corpus(tmp_path / "local").column("text").to_pylist()
+    with pytest.raises(LostRows, match="6 rows in, but 5 written"):
+        write_docs(scan_corpus(corpus), tmp_path / "o", n_in=6, job="t")
+
+    schema = pa.schema([("rows", pa.int64())])
+    out = list(map_partitions(_count_stream, scan_corpus(corpus, batch_size=2), schema, runner="local"))
+    assert [b.to_pylist() for b in out] == [[{"rows": 5}]]                     # one stream, 3 batches
+    df = map_partitions(_count_stream, read_corpus(corpus, spark=spark).repartition(2), schema, runner="spark")
+    counts = [r["rows"] for r in df.collect()]
+    assert len(counts) == 2 and sum(counts) == 5                                # one row per partition
