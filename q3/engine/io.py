@@ -50,7 +50,13 @@ def dataset(path: str | Path) -> ds.Dataset:
         raise InputMissing(f"input {p} does not exist")
     if p.is_file():
         return ds.dataset(str(p), format="parquet")
-    return ds.dataset(str(p), format="parquet", partitioning="hive", ignore_prefixes=IGNORE)
+    # only *.parquet files are data (a stats.json or a marker beside them is not), as on Spark
+    files = sorted(str(f) for f in p.rglob("*.parquet")
+                   if not any(part.startswith(tuple(IGNORE)) for part in f.relative_to(p).parts))
+    if not files:
+        return ds.dataset([], schema=DOC_SCHEMA, format="parquet")
+    return ds.dataset(files, format="parquet", partitioning=ds.partitioning(flavor="hive"),
+                      partition_base_dir=str(p))
 
 
 def corpus_size(path: str | Path) -> tuple[int, int]:
