@@ -59,13 +59,12 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def _parquet_rows(directory: Path, columns: list[str]) -> dict[str, list]:
-    """Columns of a hive-partitioned Parquet dir (lang=*/part-*.parquet) as Python lists."""
-    import pyarrow.dataset as ds
+    """Columns of a corpus folder (lang=*/part-*.parquet) as Python lists."""
+    from q3.engine.io import read_corpus
 
     if not directory.is_dir() or not any(directory.rglob("*.parquet")):
         return {}
-    d = ds.dataset(str(directory), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
-    t = d.to_table(columns=[c for c in columns if c in d.schema.names])
+    t = read_corpus(directory, columns)
     return {c: t.column(c).to_pylist() for c in t.column_names}
 
 
@@ -229,12 +228,12 @@ def label_columns(docs: Path) -> dict[str, list]:
     """{dimension: values} of the `labels` struct of labelled documents (None where unlabelled)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
+
+    from q3.engine.io import read_corpus
 
     if not docs.is_dir() or not any(docs.rglob("*.parquet")):
         return {}
-    t = ds.dataset(str(docs), format="parquet", partitioning="hive",
-                   ignore_prefixes=[".", "_"]).to_table(columns=["lang", "labels"])
+    t = read_corpus(docs, ["lang", "labels"])
     lab = t.column("labels").combine_chunks()
     scalar = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_string)
     cols = {f.name: pc.struct_field(lab, f.name).to_pylist() for f in lab.type   # no maps (extra, versions)
