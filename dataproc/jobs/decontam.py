@@ -62,7 +62,7 @@ def run_decontam(input_dir: str | Path, output_dir: str | Path, cfg: DedupConfig
     def body(tmp: Path, meta: dict[str, Any]) -> dict[str, Any]:
         n_in = corpus_size(input_dir)[1]
         runner = "local" if n_in == 0 else choose_runner(  # nothing to read: no Spark for it
-            cfg.runner, [input_dir], getattr(cfg, "auto", None), job="decontam").runner
+            cfg.runner, [input_dir], cfg.auto, cfg.cluster, job="decontam").runner
         index = EvalIndex.build(cfg.decontam)
         session = None
         if runner == "spark":
