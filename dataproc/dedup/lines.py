@@ -118,8 +118,7 @@ def _frequent_from_counts(counts: dict[int, int], cfg: LinesConfig) -> np.ndarra
     """The frequent units; like the Spark runner, refuse more than `max_frequent` of them."""
     frequent = np.array(sorted(h for h, c in counts.items() if c >= cfg.min_count), np.int64)
     if len(frequent) > cfg.max_frequent:
-        raise RuntimeError(f"{len(frequent)} frequent {cfg.unit}s exceed lines.max_frequent={cfg.max_frequent}; "
-                           "raise min_count or max_frequent")
+        raise too_many_frequent(cfg)
     return frequent
 
 
@@ -130,6 +129,12 @@ def count_units(batches: Iterable[pa.RecordBatch], cfg: LinesConfig) -> dict[int
         for h in unit_hashes(b, cfg).column("h").to_pylist():
             counts[h] = counts.get(h, 0) + 1
     return counts
+
+
+def too_many_frequent(cfg: LinesConfig) -> RuntimeError:
+    """One message for both runners (Spark stops counting at max_frequent + 1, so no exact count)."""
+    return RuntimeError(f"more than {cfg.max_frequent} frequent {cfg.unit}s (lines.max_frequent); "
+                        "raise min_count or max_frequent")
 
 
 def frequent_units(batches: Iterable[pa.RecordBatch], cfg: LinesConfig) -> np.ndarray:
@@ -166,8 +171,7 @@ def line_dedup_spark(full, cfg: LinesConfig, workdir: str):
     hs = freq.limit(cfg.max_frequent + 1).toArrow().column("h").to_numpy()
     n = len(hs)
     if n > cfg.max_frequent:
-        raise RuntimeError(f"more than {cfg.max_frequent} frequent {cfg.unit}s (lines.max_frequent); "
-                           "raise min_count or max_frequent")
+        raise too_many_frequent(cfg)
     frequent = np.sort(hs.astype(np.int64))
     bc = spark.sparkContext.broadcast(frequent)
     schema = full.schema

@@ -119,4 +119,4 @@ def test_lines_max_frequent_local_equals_spark(spark, tmp_path):
     with pytest.raises(RuntimeError) as se:
         line_dedup_spark(sdf, at, str(tmp_path / "lines"))
     assert str(le.value) == str(se.value) == (
-        "4 frequent lines exceed lines.max_frequent=3; raise min_count or max_frequent")
+        "more than 3 frequent lines (lines.max_frequent); raise min_count or max_frequent")
