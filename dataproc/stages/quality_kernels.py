@@ -259,6 +259,32 @@ def intern_spans(cps: np.ndarray, starts: np.ndarray, ends: np.ndarray, k: int,
 
 
 @njit(cache=True, nogil=True)
+def split_newline_runs(cps: np.ndarray, a: int, b: int, min_run: int, ls: np.ndarray,
+                       le: np.ndarray) -> int:  # pragma: no cover - compiled
+    """Spans of cps[a:b] between runs of >= `min_run` newlines (Python's re.split of `\\n{min_run,}`):
+    starts/ends into ls/le; returns how many (always >= 1)."""
+    k = 0
+    start = a
+    i = a
+    while i < b:
+        if cps[i] == 10:
+            j = i + 1
+            while j < b and cps[j] == 10:
+                j += 1
+            if j - i >= min_run:
+                ls[k] = start
+                le[k] = i
+                k += 1
+                start = j
+            i = j
+        else:
+            i += 1
+    ls[k] = start
+    le[k] = b
+    return k + 1
+
+
+@njit(cache=True, nogil=True)
 def _contains(buf: np.ndarray, m: int, needles: np.ndarray, a: int, b: int) -> bool:  # pragma: no cover - compiled
     k = b - a
     for i in range(m - k + 1):
@@ -527,48 +553,13 @@ def compat_signals(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray, fla
             a += 1
         while b > a and flags[cps[b - 1]] & C_SPACE:
             b -= 1
-        np_ = 0
-        start = a
-        i = a
-        while i < b:
-            if cps[i] == 10:
-                j = i + 1
-                while j < b and cps[j] == 10:
-                    j += 1
-                if j - i >= 2:
-                    ls[np_] = start
-                    le[np_] = i
-                    np_ += 1
-                    start = j
-                i = j
-            else:
-                i += 1
-        ls[np_] = start
-        le[np_] = b
-        np_ += 1
+        np_ = split_newline_runs(cps, a, b, 2, ls, le)
         row[S_N_PARAS] = np_
         dup, dup_chars = intern_spans(cps, ls, le, np_, ids)
         row[S_DUP_PARAS] = dup
         row[S_DUP_PARA_CHARS] = dup_chars
         # lines split at \n+
-        nr = 0
-        start = 0
-        i = 0
-        while i < n:
-            if cps[i] == 10:
-                j = i + 1
-                while j < n and cps[j] == 10:
-                    j += 1
-                ls[nr] = start
-                le[nr] = i
-                nr += 1
-                start = j
-                i = j
-            else:
-                i += 1
-        ls[nr] = start
-        le[nr] = n
-        nr += 1
+        nr = split_newline_runs(cps, 0, n, 1, ls, le)
         row[S_N_RLINES] = nr
         dup, dup_chars = intern_spans(cps, ls, le, nr, ids)
         row[S_DUP_RLINES] = dup
