@@ -119,18 +119,67 @@ def component_roots(n: int, edges: np.ndarray) -> np.ndarray:
 # --- Spark --------------------------------------------------------------------------------
 
 
+# Bucket keys per shuffle partition of the candidate-pair pass: its Arrow hash join holds one
+# partition (three longs a key), so more keys than this get more partitions.
+KEYS_PER_PARTITION = 4_000_000
+
+
+def bucket_root_edges(batches) -> pa.Table:
+    """Arrow (rk, scope, band, bucket) rows, all the rows of each key included -> (u, v): every
+    member of a key with >= 2 members linked to the key's smallest row key (the same edges as
+    `local_edges`). Hash aggregate + hash join: no sort."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = pa.Table.from_batches(batches) if isinstance(batches, list) else batches
+    if not t.num_rows:
+        return pa.table({"u": pa.array([], pa.int64()), "v": pa.array([], pa.int64())})
+    # scope as a dictionary index: null is a group of its own there, as in Spark's partitionBy
+    # (a null string key would never match in the join)
+    sc = pc.dictionary_encode(t.column("scope").combine_chunks(), null_encoding="encode")
+    t = pa.table({"rk": t.column("rk"), "s": sc.indices,
+                  "band": t.column("band"), "bucket": t.column("bucket")})
+    keys = ["s", "band", "bucket"]
+    g = t.group_by(keys, use_threads=False).aggregate([("rk", "min"), ("rk", "count")])
+    g = g.filter(pc.greater_equal(g.column("rk_count"), 2)).select([*keys, "rk_min"])
+    j = t.join(g, keys, join_type="inner", use_threads=False)
+    j = j.filter(pc.not_equal(j.column("rk"), j.column("rk_min")))
+    return pa.table({"u": j.column("rk"), "v": j.column("rk_min")})
+
+
+def _bucket_parts(meta, num_bands: int) -> int:
+    """Shuffle partitions for the exploded band keys: the session's default, more when the
+    input's footers say a partition would hold over `KEYS_PER_PARTITION` keys."""
+    from urllib.parse import unquote, urlparse
+
+    import pyarrow.parquet as pq
+
+    spark = meta.sparkSession
+    parts = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    try:
+        rows = sum(pq.read_metadata(unquote(urlparse(f).path)).num_rows for f in meta.inputFiles())
+    except (OSError, ValueError):          # not local files: the default
+        return parts
+    return max(parts, -(-rows * num_bands // KEYS_PER_PARTITION))
+
+
+def _root_edges_batches(it):
+    """mapInArrow body: a whole partition's keys in, its edges out (a key never spans partitions)."""
+    yield from bucket_root_edges(list(it)).to_batches(max_chunksize=1 << 20)
+
+
 def bucket_edges_spark(meta, cfg_minhash, need: int | None, texts=None):
     """meta: DataFrame(rk, scope, sig, bands) of exact survivors -> DataFrame(u, v) edges.
     `need`: signature positions that must agree; `texts` (rk, text, lang): check true Jaccard."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     ex = (meta.where(F.col("bands").isNotNull())
               .select("rk", "scope", F.posexplode("bands").alias("band", "bucket")))
-    # the bucket's smallest row key by a window: one shuffle of the exploded keys (groupBy + join: two)
-    edges = (ex.withColumn("root", F.min("rk").over(Window.partitionBy("scope", "band", "bucket")))
-               .where(F.col("rk") != F.col("root"))
-               .select(F.col("rk").alias("u"), F.col("root").alias("v")))
+    # Hash-partition the exploded keys, then per partition an Arrow hash aggregate (root = the
+    # key's smallest row key) and hash join: one shuffle and no sort of the ~num_bands x docs
+    # rows (a window over (scope, band, bucket) sorted them all).
+    edges = (ex.repartition(_bucket_parts(meta, cfg_minhash.bands or 32), "scope", "band", "bucket")
+               .mapInArrow(_root_edges_batches, "u long, v long"))
     if need is not None or texts is not None:
         edges = edges.distinct()      # verify each pair once; unverified, repeats are harmless
     if need is not None:
