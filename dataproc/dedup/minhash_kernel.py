@@ -439,6 +439,20 @@ def _padded(buf):
 
 
 @njit(cache=True)
+def _scan_buffers(offs, sha1, n_word, n_char):  # pragma: no cover - compiled
+    """The scratch `_scan` needs, allocated once per batch: SHA-1 schedule, shingle bytes (a shingle
+    is never longer than its document), the 16-lane blocks and the shingle rings."""
+    w = np.empty(80, np.uint64)
+    sb = np.empty(_max_len(offs) + 73 if sha1 else 1, np.uint8)
+    mw = np.zeros(16 * LANES, np.uint32)
+    mb32 = np.zeros(16 * LANES, np.uint32)             # lane l's padded block: bytes 64*l .. 64*l+63
+    mb = mb32.view(np.uint8)
+    hl = np.empty(LANES, np.uint32)
+    rh, rp, rs, re = _rings(max(n_word, n_char))
+    return w, sb, mw, mb32, mb, hl, rh, rp, rs, re
+
+
+@njit(cache=True)
 def sign_batch(buf, offs, char_mode, n_word, n_char, sha1, isw, a, b, tf, ctx):
     """(n_docs, num_perm) uint32 signatures (empty document: all 0xFFFFFFFF) and has_shingles."""
     nd, npm = offs.shape[0] - 1, a.shape[0]
@@ -447,14 +461,8 @@ def sign_batch(buf, offs, char_mode, n_word, n_char, sha1, isw, a, b, tf, ctx):
     has = np.zeros(nd, np.bool_)
     blk = np.empty(BLOCK, np.uint32)
     sig = np.empty(npm, np.uint32)
-    w = np.empty(80, np.uint64)
-    sb = np.empty(_max_len(offs) + 73 if sha1 else 1, np.uint8)   # a shingle is never longer than its doc
     none = np.empty(0, np.uint64)
-    mw = np.zeros(16 * LANES, np.uint32)
-    mb32 = np.zeros(16 * LANES, np.uint32)             # lane l's padded block: bytes 64*l .. 64*l+63
-    mb = mb32.view(np.uint8)
-    hl = np.empty(LANES, np.uint32)
-    rh, rp, rs, re = _rings(max(n_word, n_char))
+    w, sb, mw, mb32, mb, hl, rh, rp, rs, re = _scan_buffers(offs, sha1, n_word, n_char)
     for d in range(nd):
         sig[:] = np.uint32(0xFFFFFFFF)
         cm = char_mode[d] != 0
@@ -479,15 +487,9 @@ def unique_hashes_batch(buf, offs, char_mode, n_word, n_char, sha1, isw, tf, ctx
     buf = _padded(buf)
     out_offs = np.zeros(nd + 1, np.int64)
     parts = []
-    w = np.empty(80, np.uint64)
     blk = np.empty(1, np.uint32)
     sig = np.empty(1, np.uint32)
-    sb = np.empty(_max_len(offs) + 73 if sha1 else 1, np.uint8)
-    mw = np.zeros(16 * LANES, np.uint32)
-    mb32 = np.zeros(16 * LANES, np.uint32)             # lane l's padded block: bytes 64*l .. 64*l+63
-    mb = mb32.view(np.uint8)
-    hl = np.empty(LANES, np.uint32)
-    rh, rp, rs, re = _rings(max(n_word, n_char))
+    w, sb, mw, mb32, mb, hl, rh, rp, rs, re = _scan_buffers(offs, sha1, n_word, n_char)
     for d in range(nd):
         cm = char_mode[d] != 0
         tmp = np.empty(offs[d + 1] - offs[d] + 1, np.uint64)  # <= one shingle per byte, + the short one
