@@ -71,8 +71,9 @@ def corpus_size(path: str | Path) -> tuple[int, int]:
     return sum(Path(f).stat().st_size for f in files), rows
 
 
-def _select(data: pa.RecordBatch, columns: list[str] | None, keep_extra: bool) -> pa.RecordBatch:
-    b = conform(data, DOC_SCHEMA, keep_extra=keep_extra)
+def _select(data: pa.RecordBatch | pa.Table, columns: list[str] | None, keep_extra: bool,
+            schema: pa.Schema = DOC_SCHEMA) -> pa.RecordBatch:
+    b = conform(data, schema, keep_extra=keep_extra)
     return b if columns is None else b.select(columns)
 
 
@@ -99,9 +100,7 @@ def read_corpus(path: str | Path, columns: list[str] | None = None, *, spark: An
     d = dataset(p)
     want = None if columns is None else [c for c in columns if c in d.schema.names]
     t = d.to_table(columns=None if keep_extra or columns is None else want)
-    batch = _select(pa.Table.from_batches(t.to_batches(), t.schema).combine_chunks(), columns, keep_extra) \
-        if t.num_rows else _select(t.schema.empty_table(), columns, keep_extra)
-    return pa.Table.from_batches([batch])
+    return pa.Table.from_batches([_select(t, columns, keep_extra)])
 
 
 def scan_corpus(path: str | Path | ds.Dataset, batch_size: int = 2048, columns: list[str] | None = None,
@@ -119,5 +118,4 @@ def scan_corpus(path: str | Path | ds.Dataset, batch_size: int = 2048, columns: 
     read = None if keep_extra else [c for c in (columns or wanted) if c in d.schema.names]
     for b in d.to_batches(columns=read, batch_size=batch_size, batch_readahead=1, fragment_readahead=1):
         if b.num_rows:
-            c = conform(b, schema, keep_extra=keep_extra)
-            yield c if columns is None else c.select(columns)
+            yield _select(b, columns, keep_extra, schema)
