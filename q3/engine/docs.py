@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow as pa
 
 from q3.engine.schema import conform
-from q3.engine.write import KEPT_COLS, LostRows, _LangWriters, written_rows
-from q3.schemas import DOC_SCHEMA, UNKNOWN_LANG
+from q3.engine.write import KEPT_COLS, LostRows, _LangWriters, write_by_lang, written_rows
+from q3.schemas import DOC_SCHEMA
 
 
 def _check(n: int, n_in: int | None, job: str) -> int:
@@ -41,13 +41,8 @@ def write_docs_local(batches: Iterable[pa.RecordBatch], where: str | Path, n_in:
 
 def write_docs_spark(df: Any, where: str | Path, n_in: int | None = None, job: str = "job") -> int:
     """Write a DOC_SCHEMA DataFrame into `where`/lang=*/; rows counted from the written footers."""
-    from pyspark.sql import functions as F
-
     where = Path(where)
-    (df.withColumn("lang", F.coalesce(F.col("lang"), F.lit(UNKNOWN_LANG))).select(*DOC_SCHEMA.names)
-       .write.mode("overwrite").partitionBy("lang").parquet(str(where)))
-    for junk in [*where.glob("_SUCCESS"), *where.rglob(".*.crc")]:     # Spark's markers are noise next to ours
-        junk.unlink()
+    write_by_lang(df, where, DOC_SCHEMA.names)
     return _check(written_rows(where), n_in, job)
 
 

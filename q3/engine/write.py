@@ -119,6 +119,17 @@ def _reasons(rejected: Path) -> dict[str, int]:
     return dict(sorted(reasons.items()))
 
 
+def write_by_lang(df: Any, where: Path, columns: list[str]) -> None:
+    """Spark: `columns` of `df` into `where`/lang=*/ (a null lang as UNKNOWN_LANG, as the local
+    writer does), without Spark's own _SUCCESS and .crc files beside our marker."""
+    from pyspark.sql import functions as F
+
+    (df.withColumn("lang", F.coalesce(F.col("lang"), F.lit(UNKNOWN_LANG))).select(*columns)
+       .write.mode("overwrite").partitionBy("lang").parquet(str(where)))
+    for junk in [*where.glob("_SUCCESS"), *where.rglob(".*.crc")]:
+        junk.unlink()
+
+
 def write_split_spark(df: Any, where: str | Path, n_in: int | None = None, job: str = "job",
                       persist: bool = True) -> SplitCounts:
     """Write a STAGE_OUTPUT_SCHEMA DataFrame into kept/ and rejected/. persist: compute it once for
@@ -129,21 +140,15 @@ def write_split_spark(df: Any, where: str | Path, n_in: int | None = None, job: 
     from pyspark.sql import functions as F
 
     where = Path(where)
-    df = df.withColumn("lang", F.coalesce(F.col("lang"), F.lit(UNKNOWN_LANG)))   # as the local writer does
     if persist:
         df = df.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         live = F.col("reason").isNull()
-        (df.where(live).select(*DOC_SCHEMA.names)
-           .write.mode("overwrite").partitionBy("lang").parquet(str(where / "kept")))
-        (df.where(~live).select(*STAGE_OUTPUT_SCHEMA.names)
-           .write.mode("overwrite").partitionBy("lang").parquet(str(where / "rejected")))
+        write_by_lang(df.where(live), where / "kept", DOC_SCHEMA.names)
+        write_by_lang(df.where(~live), where / "rejected", STAGE_OUTPUT_SCHEMA.names)
     finally:
         if persist:
             df.unpersist()
-    for kind in ("kept", "rejected"):      # Spark's own markers are noise next to ours
-        for junk in [*(where / kind).glob("_SUCCESS"), *(where / kind).rglob(".*.crc")]:
-            junk.unlink()
     counts = SplitCounts(written_rows(where / "kept"), written_rows(where / "rejected"), _reasons(where / "rejected"))
     return counts.check(n_in, job)
 
